@@ -1,0 +1,171 @@
+/* libtpar: the core shared by the tpar CLI, the tpar-worker and the Trio
+ * extension.  Sans-I/O where it can be: the frame codec never reads or
+ * writes an fd; the process helpers spawn, signal and reap, and never wait
+ * on their own.  No event loop and no Python inside.
+ *
+ * Errors: functions return 0 (or a count) on success and -errno or one of
+ * the TPAR_E* codes below on failure. */
+#ifndef TPAR_H
+#define TPAR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ errors */
+
+/* Our own codes sit far from errno, as libuv's do. */
+#define TPAR_ERRNO_MAP(X)                                                     \
+    X(TOOBIG, -7001, "frame longer than the limit")                           \
+    X(BADFRAME, -7002, "malformed frame")                                     \
+    X(TRUNCATED, -7003, "stream ended inside a frame")                        \
+    X(BADJSON, -7004, "invalid JSON")
+
+enum {
+#define TPAR__ERR_ENUM(name, code, msg) TPAR_E##name = (code),
+    TPAR_ERRNO_MAP(TPAR__ERR_ENUM)
+#undef TPAR__ERR_ENUM
+};
+
+/* A static message for a TPAR_E* code or a negated errno. */
+const char *tpar_strerror(int err);
+
+/* ------------------------------------------------------------------ frames */
+
+/* Every frame is an 8-byte header, then `len` payload bytes:
+ *   u32 len (little endian) | u8 kind | u8 status | u16 zero
+ * A worker handles the jobs it is sent strictly in order, one result frame
+ * per job frame, so a parent may pipeline several jobs to one worker. */
+#define TPAR_FRAME_HEADER 8
+#define TPAR_FRAME_MAX_DEFAULT ((size_t)1 << 30) /* 1 GiB */
+
+enum tpar_frame_kind {
+    TPAR_FRAME_READY = 1,      /* w->p: initialised; payload: u32 pid (LE) */
+    TPAR_FRAME_JOB_JSON = 2,   /* p->w: "mod:fn" NUL args-JSON NUL kwargs-JSON */
+    TPAR_FRAME_JOB_PICKLE = 3, /* p->w: pickle of (fn, args, kwargs) */
+    TPAR_FRAME_RESULT = 4,     /* w->p: status below; payload: f64 duration (LE)
+                                  then the body: JSON text for JSON jobs, a
+                                  pickle for pickle jobs */
+    TPAR_FRAME_CONFIG = 5,     /* p->w: pickle of (init, retire); before any job */
+    TPAR_FRAME_SHUTDOWN = 6,   /* p->w: finish the queued jobs, then exit 0 */
+};
+
+/* Status byte of a TPAR_FRAME_RESULT. */
+enum tpar_result_status {
+    TPAR_RESULT_OK = 0,    /* body: the value */
+    TPAR_RESULT_ERROR = 1, /* JSON body: {"type","message","traceback"};
+                              pickle body: (exception or None, type name,
+                              message, traceback text) */
+};
+/* Flag or'ed into the status byte: the worker retires after this result
+ * (its retire() returned true, or its task limit was reached). */
+#define TPAR_RESULT_RETIRING 0x80
+
+typedef struct tpar_frame {
+    uint8_t kind;
+    uint8_t status;
+    uint32_t len;
+    const uint8_t *payload; /* valid until the next call on its decoder */
+} tpar_frame;
+
+/* Writes the 8-byte header of a frame into out. */
+void tpar_frame_header(uint8_t out[TPAR_FRAME_HEADER], uint8_t kind,
+                       uint8_t status, uint32_t len);
+
+/* Incremental frame decoder: accepts any split of the byte stream.  Every
+ * length is checked against max_len before anything is allocated. */
+typedef struct tpar_decoder {
+    size_t max_len;                    /* largest payload accepted */
+    uint8_t hdr[TPAR_FRAME_HEADER];    /* partial header */
+    size_t hdr_have;                   /* header bytes held */
+    uint8_t *buf;                      /* partial payload, owned */
+    size_t buf_cap;                    /* allocated size of buf */
+    size_t have;                       /* payload bytes held in buf */
+    uint32_t want;                     /* payload length of current frame */
+    int in_payload;                    /* header complete, payload pending */
+} tpar_decoder;
+
+void tpar_decoder_init(tpar_decoder *d, size_t max_len);
+void tpar_decoder_free(tpar_decoder *d); /* frees buffers; d may be reused */
+
+/* Consumes bytes from data[0..len) up to the end of the first complete
+ * frame.  Returns the number of bytes consumed (>= 0) and sets *got to 1
+ * with *frame filled when a frame completed (its payload points into data
+ * when the frame lay whole inside it, else into the decoder's buffer), or
+ * 0 when all of data was consumed without completing one.  Returns
+ * TPAR_ETOOBIG / TPAR_EBADFRAME / -ENOMEM on failure; the decoder is then
+ * unusable until tpar_decoder_free. */
+ptrdiff_t tpar_decoder_feed(tpar_decoder *d, const uint8_t *data, size_t len,
+                            tpar_frame *frame, int *got);
+
+/* True when the decoder holds part of a frame (so EOF now is TRUNCATED). */
+int tpar_decoder_partial(const tpar_decoder *d);
+
+/* ------------------------------------------------------------------ buffers */
+
+/* A growable byte buffer; zero-initialised is empty. */
+typedef struct tpar_buf {
+    uint8_t *data;
+    size_t len;
+    size_t cap;
+} tpar_buf;
+
+int tpar_buf_reserve(tpar_buf *b, size_t extra); /* 0 or -ENOMEM */
+int tpar_buf_append(tpar_buf *b, const void *p, size_t n);
+/* Appends a header and payload as one frame. */
+int tpar_buf_frame(tpar_buf *b, uint8_t kind, uint8_t status, const void *p,
+                   size_t n);
+void tpar_buf_consume(tpar_buf *b, size_t n); /* drops the first n bytes */
+void tpar_buf_free(tpar_buf *b);
+
+/* ---------------------------------------------------------------- processes */
+
+/* The worker reads frames on fd 3 and writes frames on fd 4; it moves both
+ * to high fds before any Python code runs and points fd 1 at fd 2. */
+#define TPAR_WORKER_FD_IN 3
+#define TPAR_WORKER_FD_OUT 4
+
+typedef struct tpar_proc {
+    pid_t pid;    /* also the worker's process-group id */
+    int to_fd;    /* parent writes frames here; O_CLOEXEC|O_NONBLOCK */
+    int from_fd;  /* parent reads frames here; O_CLOEXEC|O_NONBLOCK */
+    int reaped;   /* waitpid has collected it */
+    int status;   /* wait status once reaped */
+} tpar_proc;
+
+/* Starts `argv[0]` (a path, not searched on PATH) with envp (NULL: the
+ * caller's environ) as a new process-group leader with default signal
+ * dispositions and an empty mask, its fds 0-2 inherited, fd 3/4 the job
+ * pipes, and every other fd closed.  On failure *p is untouched, no process
+ * is left behind and -errno is returned (-ENOENT/-EACCES for a bad exe). */
+int tpar_proc_spawn(tpar_proc *p, char *const argv[], char *const envp[]);
+
+/* Sends sig to the worker's whole process group (so processes the job
+ * started die too) and to the worker itself.  No-op once reaped. */
+void tpar_proc_kill(tpar_proc *p, int sig);
+
+/* Collects the exit status: blocking when `block`, else returns -EAGAIN if
+ * it is still running.  Only ever waits for p->pid.  Closes neither fd. */
+int tpar_proc_reap(tpar_proc *p, int block);
+
+/* Closes both fds (idempotent). */
+void tpar_proc_close(tpar_proc *p);
+
+/* "killed by signal 9 (SIGKILL)" / "exited with code 3": a description
+ * of a wait status, written NUL-terminated into buf. */
+void tpar_describe_status(int status, char *buf, size_t n);
+
+/* Monotonic clock in seconds. */
+double tpar_now(void);
+
+/* Number of CPUs this process may run on (sched_getaffinity), >= 1. */
+int tpar_cpu_count(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
