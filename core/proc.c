@@ -1,0 +1,175 @@
+/* Starting, signalling and reaping worker processes.  posix_spawn (glibc
+ * uses clone(CLONE_VM|CLONE_VFORK)) keeps a large parent, such as a Python
+ * process using the Trio package, from paying for a fork of its memory. */
+#include "tpar.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static void close_pair(int fds[2])
+{
+    if (fds[0] >= 0)
+        close(fds[0]);
+    if (fds[1] >= 0)
+        close(fds[1]);
+    fds[0] = fds[1] = -1;
+}
+
+/* Moves fd above the fds the child's file actions dup onto (3 and 4), so a
+ * dup2 onto itself, which would keep O_CLOEXEC, cannot happen. */
+static int lift(int *fd)
+{
+    if (*fd > TPAR_WORKER_FD_OUT)
+        return 0;
+    int nfd = fcntl(*fd, F_DUPFD_CLOEXEC, TPAR_WORKER_FD_OUT + 1);
+    if (nfd < 0)
+        return -errno;
+    close(*fd);
+    *fd = nfd;
+    return 0;
+}
+
+static int set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -errno;
+    return 0;
+}
+
+static int spawn_attrs(posix_spawnattr_t *attr)
+{
+    sigset_t all, none;
+    sigfillset(&all);
+    sigemptyset(&none);
+    int rc = posix_spawnattr_init(attr);
+    if (rc)
+        return -rc;
+    if ((rc = posix_spawnattr_setsigdefault(attr, &all)) ||
+        (rc = posix_spawnattr_setsigmask(attr, &none)) ||
+        (rc = posix_spawnattr_setpgroup(attr, 0)) ||
+        (rc = posix_spawnattr_setflags(
+             attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
+                       POSIX_SPAWN_SETPGROUP))) {
+        posix_spawnattr_destroy(attr);
+        return -rc;
+    }
+    return 0;
+}
+
+static int spawn_actions(posix_spawn_file_actions_t *fa, int in_fd, int out_fd)
+{
+    int rc = posix_spawn_file_actions_init(fa);
+    if (rc)
+        return -rc;
+    if ((rc = posix_spawn_file_actions_adddup2(fa, in_fd, TPAR_WORKER_FD_IN)) ||
+        (rc = posix_spawn_file_actions_adddup2(fa, out_fd, TPAR_WORKER_FD_OUT)) ||
+        (rc = posix_spawn_file_actions_addclosefrom_np(fa, TPAR_WORKER_FD_OUT + 1))) {
+        posix_spawn_file_actions_destroy(fa);
+        return -rc;
+    }
+    return 0;
+}
+
+int tpar_proc_spawn(tpar_proc *p, char *const argv[], char *const envp[])
+{
+    int down[2] = {-1, -1}, up[2] = {-1, -1}; /* parent->worker, worker->parent */
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int rc;
+
+    if (pipe2(down, O_CLOEXEC) < 0 || pipe2(up, O_CLOEXEC) < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    if ((rc = lift(&down[0])) < 0 || (rc = lift(&up[1])) < 0)
+        goto fail;
+    if ((rc = spawn_attrs(&attr)) < 0)
+        goto fail;
+    if ((rc = spawn_actions(&fa, down[0], up[1])) < 0) {
+        posix_spawnattr_destroy(&attr);
+        goto fail;
+    }
+    rc = posix_spawn(&pid, argv[0], &fa, &attr, argv, envp ? envp : environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    if (rc) {
+        rc = -rc;
+        goto fail;
+    }
+    close(down[0]);
+    close(up[1]);
+    /* Errors here are impossible for fresh pipes; the fds stay usable. */
+    (void)set_nonblock(down[1]);
+    (void)set_nonblock(up[0]);
+    memset(p, 0, sizeof(*p));
+    p->pid = pid;
+    p->to_fd = down[1];
+    p->from_fd = up[0];
+    return 0;
+fail:
+    close_pair(down);
+    close_pair(up);
+    return rc;
+}
+
+void tpar_proc_kill(tpar_proc *p, int sig)
+{
+    if (p->reaped || p->pid <= 0)
+        return;
+    /* The group first: a job's own children die with it.  The pid is still
+     * ours (unreaped), so neither call can hit a recycled process. */
+    (void)kill(-p->pid, sig);
+    (void)kill(p->pid, sig);
+}
+
+int tpar_proc_reap(tpar_proc *p, int block)
+{
+    if (p->reaped)
+        return 0;
+    for (;;) {
+        int st;
+        pid_t r = waitpid(p->pid, &st, block ? 0 : WNOHANG);
+        if (r == p->pid) {
+            p->reaped = 1;
+            p->status = st;
+            return 0;
+        }
+        if (r == 0)
+            return -EAGAIN;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+void tpar_proc_close(tpar_proc *p)
+{
+    if (p->to_fd >= 0)
+        close(p->to_fd);
+    if (p->from_fd >= 0)
+        close(p->from_fd);
+    p->to_fd = p->from_fd = -1;
+}
+
+void tpar_describe_status(int status, char *buf, size_t n)
+{
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        const char *abbrev = sigabbrev_np(sig);
+        snprintf(buf, n, "killed by signal %d (SIG%s)", sig,
+                 abbrev ? abbrev : "?");
+    } else if (WIFEXITED(status)) {
+        snprintf(buf, n, "exited with code %d", WEXITSTATUS(status));
+    } else {
+        snprintf(buf, n, "ended with wait status %#x", (unsigned)status);
+    }
+}

@@ -1,0 +1,166 @@
+"""The Python half of tpar-worker: resolving job functions, formatting
+errors, and the pickle-job path of the Trio package.  Embedded into the
+worker binary at build time; the JSON hot path stays in C (worker.c)."""
+
+import os
+import sys
+
+
+def setup_path(cwd_path, extra, sys_path):
+    if sys_path is not None:
+        sys.path[:] = [p for p in sys_path.split(os.pathsep)]
+    for d in reversed(extra):
+        sys.path.insert(0, os.path.abspath(d))
+    if cwd_path:
+        sys.path.insert(0, os.getcwd())
+
+
+def load_main(path):
+    """Import the parent's script as __mp_main__ and alias it as __main__, as
+    multiprocessing's spawn does, so functions pickled by reference from the
+    parent's __main__ resolve here.  The script's `if __name__ == "__main__"`
+    block does not run."""
+    import runpy
+    import types
+
+    mod = types.ModuleType("__mp_main__")
+    mod.__file__ = path
+    sys.modules["__mp_main__"] = mod
+    sys.modules["__main__"] = mod
+    try:
+        mod.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
+    except BaseException:
+        # A script that cannot be re-imported still leaves cloudpickle'd and
+        # importable functions usable; say why on stderr.
+        import traceback
+
+        print(f"tpar-worker: could not import {path} as __main__:", file=sys.stderr)
+        traceback.print_exc()
+
+
+def _load_file(path):
+    import importlib.util
+
+    path = os.path.abspath(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == path:
+        return sys.modules[name]
+    if not os.path.exists(path):
+        raise ModuleNotFoundError(f"No such file: {path!r}", name=name, path=path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # so pickle and dataclasses find it
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return mod
+
+
+def resolve(spec):
+    """'mod:fn', 'pkg.mod:Class.method' or 'path/to/file.py:fn' -> callable."""
+    import importlib
+
+    modname, sep, attr = spec.rpartition(":")
+    if not sep or not modname or not attr:
+        raise ValueError(f"job function must be MODULE:FUNCTION, got {spec!r}")
+    if modname.endswith(".py") or os.sep in modname:
+        obj = _load_file(modname)
+    else:
+        obj = importlib.import_module(modname)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{spec} is not callable (it is {type(obj).__name__})")
+    return obj
+
+
+def type_name(tp):
+    mod = getattr(tp, "__module__", "builtins")
+    qual = getattr(tp, "__qualname__", tp.__name__)
+    return qual if mod in ("builtins", "__main__", "__mp_main__") else f"{mod}.{qual}"
+
+
+def error_info(exc, with_tb=True):
+    """The {"type", "message", "traceback"} record of an exception."""
+    import traceback
+
+    tb = ""
+    if with_tb:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        message = str(exc)
+    except BaseException:
+        message = f"<unprintable {type(exc).__name__}>"
+    return {"type": type_name(type(exc)), "message": message, "traceback": tb}
+
+
+# --------------------------------------------------------------- pickle jobs
+
+try:
+    import cloudpickle as _pickler
+except ImportError:  # pragma: no cover - cloudpickle is optional
+    import pickle as _pickler
+import pickle as _pickle
+from time import perf_counter as _now
+
+_retire = None
+
+
+def _is_coro_fn(fn):
+    import inspect
+
+    return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def _pickled_error(exc):
+    info = error_info(exc)
+    try:
+        body = _pickler.dumps((exc, info["type"], info["message"], info["traceback"]), 5)
+        _pickle.loads(body)  # an exception that pickles but will not unpickle
+    except BaseException:
+        body = _pickle.dumps((None, info["type"], info["message"], info["traceback"]), 5)
+    return body
+
+
+def config(payload):
+    """Runs the parent's init() and keeps its retire()."""
+    global _retire
+    init, _retire = _pickle.loads(payload)
+    if init is not None:
+        init()
+
+
+def run_pickle(payload):
+    """-> (ok, duration, body, retiring)"""
+    try:
+        fn, args, kwargs = _pickle.loads(payload)
+    except BaseException as exc:
+        return False, 0.0, _pickled_error(exc), False
+    t0 = _now()
+    try:
+        if _is_coro_fn(fn):
+            raise TypeError(f"tpar cannot run the coroutine function {fn!r}: pass a sync function")
+        result = fn(*args, **kwargs)
+        if hasattr(result, "__await__") and hasattr(result, "close"):
+            result.close()
+            raise TypeError(f"{fn!r} returned a coroutine: pass a sync function")
+    except BaseException as exc:
+        ok, body = False, _pickled_error(exc)
+    else:
+        try:
+            ok, body = True, _pickler.dumps(result, 5)
+        except BaseException as exc:
+            ok, body = False, _pickled_error(exc)
+    dt = _now() - t0
+    retiring = False
+    if _retire is not None:
+        try:
+            retiring = bool(_retire())
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            retiring = True
+    return ok, dt, body, retiring

@@ -1,0 +1,595 @@
+/* tpar-worker: embeds CPython and runs the jobs its parent sends as frames
+ * (docs/protocol.md).  The JSON path (the CLI's) stays in C from frame to
+ * frame: cached function lookup, the json module's C scanner for the
+ * arguments, our own encoder for the value.  The pickle path (the Trio
+ * package's) and the cold paths (imports, error records) are Python, in
+ * _tpar_worker.py, embedded at build time. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "jsonenc.h"
+#include "tpar.h"
+#include "worker_py.h"
+
+enum { EXIT_INIT = 70, EXIT_PROTOCOL = 71, EXIT_NOPYTHON = 72 };
+
+#define HIGH_FD 100       /* the protocol fds live at or above this */
+#define READ_CHUNK (256 * 1024)
+
+struct opts {
+    int cwd_path;
+    const char **paths; /* -I, in order */
+    int npaths;
+    const char *sys_path;
+    const char *main_path;
+    const char *python;
+    const char *init;
+    long max_tasks;
+    int pdeathsig;
+    long spin_us; /* -1: automatic */
+};
+
+static struct {
+    int in_fd, out_fd;
+    PyObject *helper;   /* the _tpar_worker module */
+    PyObject *fn_cache; /* bytes "mod:fn" -> callable */
+    PyObject *scan;     /* json scanner: scan(str, idx) -> (obj, end) */
+    tpar_buf out;       /* result frames not yet written */
+    long tasks;         /* jobs done */
+    long max_tasks;
+    int retiring;
+} W;
+
+static void die(int code, const char *what)
+{
+    fprintf(stderr, "tpar-worker[%d]: %s\n", (int)getpid(), what);
+    _exit(code);
+}
+
+/* ----------------------------------------------------------------- setup */
+
+static void usage_error(const char *msg)
+{
+    fprintf(stderr, "tpar-worker: %s\n"
+                    "tpar-worker is started by tpar; see docs/protocol.md\n", msg);
+    exit(2);
+}
+
+static void parse_opts(int argc, char **argv, struct opts *o)
+{
+    static const struct option longs[] = {
+        {"path", required_argument, 0, 'I'},
+        {"cwd-path", no_argument, 0, 'c'},
+        {"sys-path", required_argument, 0, 's'},
+        {"main-path", required_argument, 0, 'm'},
+        {"python", required_argument, 0, 'p'},
+        {"init", required_argument, 0, 'i'},
+        {"max-tasks", required_argument, 0, 't'},
+        {"pdeathsig", no_argument, 0, 'd'},
+        {"spin-us", required_argument, 0, 'S'},
+        {0, 0, 0, 0}};
+    memset(o, 0, sizeof(*o));
+    o->spin_us = -1;
+    o->paths = calloc((size_t)argc, sizeof(char *));
+    if (!o->paths)
+        die(EXIT_NOPYTHON, "out of memory");
+    int c;
+    while ((c = getopt_long(argc, argv, "I:", longs, NULL)) != -1) {
+        switch (c) {
+        case 'I': o->paths[o->npaths++] = optarg; break;
+        case 'c': o->cwd_path = 1; break;
+        case 's': o->sys_path = optarg; break;
+        case 'm': o->main_path = optarg; break;
+        case 'p': o->python = optarg; break;
+        case 'i': o->init = optarg; break;
+        case 't': o->max_tasks = strtol(optarg, NULL, 10); break;
+        case 'd': o->pdeathsig = 1; break;
+        case 'S': o->spin_us = strtol(optarg, NULL, 10); break;
+        default: usage_error("bad option");
+        }
+    }
+    if (optind != argc)
+        usage_error("unexpected argument");
+}
+
+/* Moves the protocol fds out of the way of user code, and sends anything
+ * written to stdout to stderr instead: a print() never corrupts a frame. */
+static void setup_fds(void)
+{
+    W.in_fd = fcntl(TPAR_WORKER_FD_IN, F_DUPFD_CLOEXEC, HIGH_FD);
+    W.out_fd = fcntl(TPAR_WORKER_FD_OUT, F_DUPFD_CLOEXEC, HIGH_FD);
+    if (W.in_fd < 0 || W.out_fd < 0)
+        die(EXIT_PROTOCOL, "fds 3 and 4 must be the job pipes");
+    close(TPAR_WORKER_FD_IN);
+    close(TPAR_WORKER_FD_OUT);
+    dup2(STDERR_FILENO, STDOUT_FILENO);
+    int fl = fcntl(W.in_fd, F_GETFL);
+    fcntl(W.in_fd, F_SETFL, fl | O_NONBLOCK); /* for the spin before blocking */
+}
+
+static void setup_signals(int pdeathsig)
+{
+    signal(SIGINT, SIG_IGN); /* Ctrl-C is the parent's to handle */
+    if (pdeathsig) {
+        pid_t parent = getppid();
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent || parent == 1)
+            _exit(EXIT_PROTOCOL); /* the parent died before prctl */
+    }
+}
+
+static void check_status(PyStatus st, PyConfig *cfg)
+{
+    if (!PyStatus_Exception(st))
+        return;
+    PyConfig_Clear(cfg);
+    if (PyStatus_IsExit(st))
+        _exit(st.exitcode);
+    fprintf(stderr, "tpar-worker: cannot start Python: %s%s%s\n",
+            st.func ? st.func : "", st.func ? ": " : "",
+            st.err_msg ? st.err_msg : "?");
+    _exit(EXIT_NOPYTHON);
+}
+
+/* The interpreter whose environment the worker takes: --python, else the
+ * active virtualenv's, else the one tpar was built with (NULL). */
+static const char *python_exe(const struct opts *o, char *buf, size_t n)
+{
+    if (o->python)
+        return o->python;
+    const char *venv = getenv("VIRTUAL_ENV");
+    if (venv && *venv) {
+        snprintf(buf, n, "%s/bin/python3", venv);
+        if (access(buf, F_OK) == 0)
+            return buf;
+    }
+    return NULL;
+}
+
+static void start_python(const struct opts *o, const char *argv0)
+{
+    PyConfig cfg;
+    char exe_buf[4096];
+    PyConfig_InitPythonConfig(&cfg);
+    cfg.parse_argv = 0;
+    cfg.install_signal_handlers = 1; /* SIGINT stays ignored: set before */
+    const char *exe = python_exe(o, exe_buf, sizeof(exe_buf));
+    /* getpath finds a venv's pyvenv.cfg next to the executable. */
+    if (exe)
+        check_status(PyConfig_SetBytesString(&cfg, &cfg.executable, exe), &cfg);
+    check_status(PyConfig_SetBytesString(&cfg, &cfg.program_name,
+                                         exe ? exe : argv0), &cfg);
+    char *argv[] = {(char *)argv0};
+    check_status(PyConfig_SetBytesArgv(&cfg, 1, argv), &cfg);
+    check_status(Py_InitializeFromConfig(&cfg), &cfg);
+    PyConfig_Clear(&cfg);
+}
+
+static PyObject *load_helper(void)
+{
+    PyObject *code = Py_CompileString(tpar_worker_py, "_tpar_worker.py",
+                                      Py_file_input);
+    if (!code)
+        return NULL;
+    PyObject *mod = PyImport_ExecCodeModule("_tpar_worker", code);
+    Py_DECREF(code);
+    return mod;
+}
+
+static PyObject *list_of(const char **items, int n)
+{
+    PyObject *l = PyList_New(n);
+    for (int i = 0; l && i < n; i++) {
+        PyObject *s = PyUnicode_DecodeFSDefault(items[i]);
+        if (!s) {
+            Py_CLEAR(l);
+            break;
+        }
+        PyList_SET_ITEM(l, i, s);
+    }
+    return l;
+}
+
+static PyObject *make_scanner(void)
+{
+    PyObject *json = PyImport_ImportModule("json.decoder");
+    if (!json)
+        return NULL;
+    PyObject *dec = PyObject_CallMethod(json, "JSONDecoder", NULL);
+    Py_DECREF(json);
+    if (!dec)
+        return NULL;
+    PyObject *scan = PyObject_GetAttrString(dec, "scan_once");
+    Py_DECREF(dec);
+    return scan;
+}
+
+static void setup_python(const struct opts *o)
+{
+    PyObject *r;
+    W.helper = load_helper();
+    W.fn_cache = PyDict_New();
+    W.scan = W.helper && W.fn_cache ? make_scanner() : NULL;
+    if (!W.scan)
+        goto fail;
+    PyObject *extra = list_of(o->paths, o->npaths);
+    if (!extra)
+        goto fail;
+    r = PyObject_CallMethod(W.helper, "setup_path", "iOz", o->cwd_path, extra,
+                            o->sys_path);
+    Py_DECREF(extra);
+    if (!r)
+        goto fail;
+    Py_DECREF(r);
+    if (o->main_path) {
+        r = PyObject_CallMethod(W.helper, "load_main", "s", o->main_path);
+        if (!r)
+            goto fail;
+        Py_DECREF(r);
+    }
+    return;
+fail:
+    PyErr_Print();
+    die(EXIT_NOPYTHON, "cannot set up Python");
+}
+
+static void run_init(const char *spec)
+{
+    PyObject *fn = PyObject_CallMethod(W.helper, "resolve", "s", spec);
+    PyObject *r = fn ? PyObject_CallNoArgs(fn) : NULL;
+    Py_XDECREF(fn);
+    if (!r) {
+        fprintf(stderr, "tpar-worker[%d]: --init %s failed:\n", (int)getpid(), spec);
+        PyErr_Print();
+        fflush(stderr);
+        _exit(EXIT_INIT);
+    }
+    Py_DECREF(r);
+}
+
+/* ---------------------------------------------------------------- output */
+
+static void write_all(const uint8_t *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(W.out_fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            _exit(errno == EPIPE ? 0 : EXIT_PROTOCOL); /* the parent is gone */
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static void flush_out(void)
+{
+    if (!W.out.len)
+        return;
+    /* print() in a job is block-buffered when stderr is not a tty: push it
+     * out with the results, so it is not lost if the worker is killed. */
+    PyObject *r = PyObject_CallMethod(PySys_GetObject("stdout"), "flush", NULL);
+    if (!r)
+        PyErr_Clear();
+    Py_XDECREF(r);
+    write_all(W.out.data, W.out.len);
+    W.out.len = 0;
+}
+
+static void oom(void)
+{
+    die(EXIT_PROTOCOL, "out of memory");
+}
+
+/* Reserves the 8-byte header and the 8-byte duration of a RESULT frame;
+ * the body is appended after, and result_end fills them in. */
+static size_t result_begin(void)
+{
+    size_t at = W.out.len;
+    if (tpar_buf_reserve(&W.out, TPAR_FRAME_HEADER + 8) < 0)
+        oom();
+    W.out.len += TPAR_FRAME_HEADER + 8;
+    return at;
+}
+
+static void result_end(size_t at, int status, double duration)
+{
+    size_t len = W.out.len - at - TPAR_FRAME_HEADER;
+    if (len > UINT32_MAX)
+        die(EXIT_PROTOCOL, "result too large");
+    W.tasks++;
+    if (W.max_tasks > 0 && W.tasks >= W.max_tasks)
+        W.retiring = 1;
+    if (W.retiring)
+        status |= TPAR_RESULT_RETIRING;
+    tpar_frame_header(W.out.data + at, TPAR_FRAME_RESULT, (uint8_t)status,
+                      (uint32_t)len);
+    memcpy(W.out.data + at + TPAR_FRAME_HEADER, &duration, 8); /* LE hosts */
+}
+
+/* ------------------------------------------------------------- JSON jobs */
+
+/* Appends the error record of the current exception as a result body. */
+static int put_error_json(size_t at)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb)
+        PyException_SetTraceback(value, tb);
+    PyObject *rec = PyObject_CallMethod(W.helper, "error_info", "O", value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    W.out.len = at + TPAR_FRAME_HEADER + 8; /* drop a partial value */
+    if (!rec || tpar__json_encode(&W.out, rec) < 0) {
+        Py_XDECREF(rec);
+        PyErr_Clear();
+        W.out.len = at + TPAR_FRAME_HEADER + 8;
+        static const char fallback[] =
+            "{\"type\":\"SystemError\",\"message\":\"tpar-worker could not "
+            "describe the error\",\"traceback\":\"\"}";
+        return tpar_buf_append(&W.out, fallback, sizeof(fallback) - 1);
+    }
+    Py_DECREF(rec);
+    return 0;
+}
+
+static PyObject *lookup_fn(const char *spec, size_t n)
+{
+    PyObject *key = PyBytes_FromStringAndSize(spec, (Py_ssize_t)n);
+    if (!key)
+        return NULL;
+    PyObject *fn = PyDict_GetItemWithError(W.fn_cache, key);
+    if (fn) {
+        Py_INCREF(fn);
+    } else if (!PyErr_Occurred()) {
+        fn = PyObject_CallMethod(W.helper, "resolve", "s#", spec, (Py_ssize_t)n);
+        if (fn && PyDict_SetItem(W.fn_cache, key, fn) < 0)
+            Py_CLEAR(fn);
+    }
+    Py_DECREF(key);
+    return fn;
+}
+
+/* JSON text -> Python object through the json module's C scanner. */
+static PyObject *parse_json(const char *p, size_t n, PyTypeObject *want)
+{
+    PyObject *s = PyUnicode_DecodeUTF8(p, (Py_ssize_t)n, "strict");
+    if (!s)
+        return NULL;
+    PyObject *r = PyObject_CallFunction(W.scan, "On", s, (Py_ssize_t)0);
+    Py_DECREF(s);
+    if (!r) {
+        if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "invalid JSON: %.200s", p);
+        }
+        return NULL;
+    }
+    PyObject *v = PyTuple_GET_ITEM(r, 0);
+    Py_INCREF(v);
+    Py_DECREF(r);
+    if (Py_TYPE(v) != want) {
+        PyErr_Format(PyExc_TypeError, "job %s must be a JSON %s",
+                     want == &PyList_Type ? "args" : "kwargs",
+                     want == &PyList_Type ? "array" : "object");
+        Py_CLEAR(v);
+    }
+    return v;
+}
+
+/* Splits "fn NUL args NUL kwargs"; args and kwargs may be empty. */
+static int split_job(const tpar_frame *f, const char *part[3], size_t len[3])
+{
+    const char *p = (const char *)f->payload, *end = p + f->len;
+    for (int i = 0; i < 3; i++) {
+        const char *z = i < 2 ? memchr(p, 0, (size_t)(end - p)) : end;
+        if (!z)
+            return -1;
+        part[i] = p;
+        len[i] = (size_t)(z - p);
+        p = z + (i < 2);
+    }
+    return len[0] ? 0 : -1;
+}
+
+static void run_json_job(const tpar_frame *f)
+{
+    const char *part[3];
+    size_t len[3];
+    PyObject *fn = NULL, *args = NULL, *kwargs = NULL, *targs = NULL, *res = NULL;
+    double t0 = 0, dt = 0;
+    size_t at = result_begin();
+
+    if (split_job(f, part, len) < 0)
+        die(EXIT_PROTOCOL, "malformed JSON job frame");
+    if (!(fn = lookup_fn(part[0], len[0])))
+        goto error;
+    if (len[1] && !(args = parse_json(part[1], len[1], &PyList_Type)))
+        goto error;
+    if (len[2] && !(kwargs = parse_json(part[2], len[2], &PyDict_Type)))
+        goto error;
+    targs = args ? PyList_AsTuple(args) : PyTuple_New(0);
+    if (!targs)
+        goto error;
+    t0 = tpar_now();
+    res = PyObject_Call(fn, targs, kwargs);
+    dt = tpar_now() - t0;
+    if (!res || tpar__json_encode(&W.out, res) < 0)
+        goto error;
+    result_end(at, TPAR_RESULT_OK, dt);
+    goto done;
+error:
+    if (put_error_json(at) < 0)
+        oom();
+    result_end(at, TPAR_RESULT_ERROR, dt);
+done:
+    Py_XDECREF(fn);
+    Py_XDECREF(args);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(targs);
+    Py_XDECREF(res);
+}
+
+/* ----------------------------------------------------------- pickle jobs */
+
+static void run_pickle_job(const tpar_frame *f)
+{
+    size_t at = result_begin();
+    PyObject *r = PyObject_CallMethod(W.helper, "run_pickle", "y#",
+                                      (const char *)f->payload, (Py_ssize_t)f->len);
+    int ok = 0, retiring = 0;
+    double dt = 0;
+    char *body;
+    Py_ssize_t n;
+    if (!r || !PyArg_ParseTuple(r, "pdy#p", &ok, &dt, &body, &n, &retiring)) {
+        /* run_pickle catches everything; this is a worker bug: say so. */
+        PyErr_Print();
+        die(EXIT_PROTOCOL, "the pickle job runner failed");
+    }
+    if (tpar_buf_append(&W.out, body, (size_t)n) < 0)
+        oom();
+    Py_DECREF(r);
+    if (retiring)
+        W.retiring = 1;
+    result_end(at, ok ? TPAR_RESULT_OK : TPAR_RESULT_ERROR, dt);
+}
+
+static void run_config(const tpar_frame *f)
+{
+    PyObject *r = PyObject_CallMethod(W.helper, "config", "y#",
+                                      (const char *)f->payload, (Py_ssize_t)f->len);
+    if (!r) {
+        fprintf(stderr, "tpar-worker[%d]: init failed:\n", (int)getpid());
+        PyErr_Print();
+        fflush(stderr);
+        _exit(EXIT_INIT);
+    }
+    Py_DECREF(r);
+}
+
+/* ------------------------------------------------------------------ loop */
+
+/* Returns 1 to go on, 0 when the worker should exit. */
+static int handle(const tpar_frame *f)
+{
+    switch (f->kind) {
+    case TPAR_FRAME_JOB_JSON: run_json_job(f); break;
+    case TPAR_FRAME_JOB_PICKLE: run_pickle_job(f); break;
+    case TPAR_FRAME_CONFIG: run_config(f); break;
+    case TPAR_FRAME_SHUTDOWN: return 0;
+    default: die(EXIT_PROTOCOL, "unexpected frame kind");
+    }
+    return !W.retiring;
+}
+
+/* Reads what is there, spinning up to *spin µs before blocking.  A spin
+ * that keeps failing halves itself: spinning while the parent is idle, or
+ * while it shares our CPU, only burns time.  Returns bytes read, 0 at EOF. */
+static ssize_t read_input(uint8_t *buf, size_t cap, long *spin, long spin_max)
+{
+    double t0 = tpar_now(), deadline = t0 + (double)*spin * 1e-6;
+    for (;;) {
+        ssize_t n = read(W.in_fd, buf, cap);
+        if (n >= 0) {
+            if (*spin < spin_max)
+                *spin = *spin ? *spin * 2 > spin_max ? spin_max : *spin * 2 : 1;
+            return n;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN)
+            return -1;
+        if (tpar_now() < deadline)
+            continue;
+        break;
+    }
+    *spin /= 2;
+    for (;;) {
+        struct pollfd p = {.fd = W.in_fd, .events = POLLIN};
+        Py_BEGIN_ALLOW_THREADS
+        poll(&p, 1, -1);
+        Py_END_ALLOW_THREADS
+        ssize_t n = read(W.in_fd, buf, cap);
+        if (n >= 0)
+            return n;
+        if (errno != EINTR && errno != EAGAIN)
+            return -1;
+    }
+}
+
+static int serve(long spin_max)
+{
+    tpar_decoder dec;
+    tpar_frame f;
+    uint8_t *buf = malloc(READ_CHUNK);
+    long spin = spin_max;
+    if (!buf)
+        oom();
+    tpar_decoder_init(&dec, 0);
+    for (;;) {
+        ssize_t n = read_input(buf, READ_CHUNK, &spin, spin_max);
+        if (n <= 0)
+            return n < 0 || tpar_decoder_partial(&dec) ? EXIT_PROTOCOL : 0;
+        size_t off = 0;
+        while (off < (size_t)n) {
+            int got;
+            ptrdiff_t used = tpar_decoder_feed(&dec, buf + off, (size_t)n - off, &f, &got);
+            if (used < 0)
+                die(EXIT_PROTOCOL, tpar_strerror((int)used));
+            off += (size_t)used;
+            if (got && !handle(&f)) {
+                flush_out();
+                return 0;
+            }
+        }
+        flush_out();
+    }
+}
+
+static void send_ready(void)
+{
+    uint32_t pid = (uint32_t)getpid();
+    uint8_t le[4] = {(uint8_t)pid, (uint8_t)(pid >> 8), (uint8_t)(pid >> 16),
+                     (uint8_t)(pid >> 24)};
+    if (tpar_buf_frame(&W.out, TPAR_FRAME_READY, 0, le, 4) < 0)
+        oom();
+    write_all(W.out.data, W.out.len);
+    W.out.len = 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o;
+    parse_opts(argc, argv, &o);
+    setup_signals(o.pdeathsig);
+    setup_fds();
+    start_python(&o, argv[0]);
+    setup_python(&o);
+    if (o.init)
+        run_init(o.init);
+    W.max_tasks = o.max_tasks;
+    long spin = o.spin_us >= 0 ? o.spin_us : tpar_cpu_count() > 1 ? 50 : 0;
+    send_ready();
+    int rc = serve(spin);
+    /* Exit without finalizing: the parent has its results, and a job's
+     * leftover threads or atexit hooks must not keep the worker alive. */
+    fflush(stderr);
+    PyObject *r = PyObject_CallMethod(PySys_GetObject("stdout"), "flush", NULL);
+    Py_XDECREF(r);
+    PyErr_Clear();
+    _exit(rc);
+}
