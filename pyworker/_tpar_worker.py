@@ -98,12 +98,20 @@ def error_info(exc, with_tb=True):
 
 # --------------------------------------------------------------- pickle jobs
 
-try:
-    import cloudpickle as _pickler
-except ImportError:  # pragma: no cover - cloudpickle is optional
-    import pickle as _pickler
-import pickle as _pickle
+# Imported on the first pickle job: the CLI's workers never pay for them.
+_pickle = _pickler = None
 from time import perf_counter as _now
+
+
+def _load_picklers():
+    global _pickle, _pickler
+    import pickle as _pickle
+
+    try:
+        import cloudpickle as _pickler
+    except ImportError:  # cloudpickle is optional
+        _pickler = _pickle
+
 
 _retire = None
 
@@ -127,6 +135,8 @@ def _pickled_error(exc):
 def config(payload):
     """Runs the parent's init() and keeps its retire()."""
     global _retire
+    if _pickle is None:
+        _load_picklers()
     init, _retire = _pickle.loads(payload)
     if init is not None:
         init()
@@ -134,6 +144,8 @@ def config(payload):
 
 def run_pickle(payload):
     """-> (ok, duration, body, retiring)"""
+    if _pickle is None:
+        _load_picklers()
     try:
         fn, args, kwargs = _pickle.loads(payload)
     except BaseException as exc:
