@@ -1,0 +1,207 @@
+/* The frame codec: any split of the stream, limits checked before any
+ * allocation, truncation, and no read past the end of the input (the
+ * input sits against a PROT_NONE guard page, so an over-read crashes). */
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "tpar.h"
+
+static tpar_buf sample;     /* three frames back to back */
+static const char *payloads[] = {"", "hello", "a longer payload, with more bytes in it"};
+static const uint8_t kinds[] = {TPAR_FRAME_READY, TPAR_FRAME_JOB_JSON, TPAR_FRAME_RESULT};
+
+static void build_sample(void)
+{
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ(tpar_buf_frame(&sample, kinds[i], (uint8_t)i, payloads[i],
+                                strlen(payloads[i])), 0);
+}
+
+/* Copies data to the end of a page followed by an inaccessible page. */
+static uint8_t *guarded(const uint8_t *data, size_t n, void **map, size_t *maplen)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    size_t pages = (n + pg - 1) / pg + 1;
+    *maplen = (pages + 1) * pg;
+    uint8_t *m = mmap(NULL, *maplen, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        abort();
+    mprotect(m + pages * pg, pg, PROT_NONE);
+    uint8_t *p = m + pages * pg - n;
+    memcpy(p, data, n);
+    *map = m;
+    return p;
+}
+
+/* Feeds data in pieces of the given sizes (cycled); checks the 3 frames. */
+static void feed_in_pieces(const uint8_t *data, size_t n, size_t a, size_t b)
+{
+    tpar_decoder d;
+    tpar_frame f;
+    int seen = 0;
+    size_t off = 0, turn = 0;
+    tpar_decoder_init(&d, 1024);
+    while (off < n) {
+        size_t piece = (turn++ & 1) ? b : a;
+        if (piece > n - off)
+            piece = n - off;
+        void *map;
+        size_t maplen;
+        uint8_t *chunk = guarded(data + off, piece, &map, &maplen);
+        size_t used = 0;
+        while (used < piece) {
+            int got;
+            ptrdiff_t r = tpar_decoder_feed(&d, chunk + used, piece - used, &f, &got);
+            CHECK(r >= 0);
+            if (r < 0)
+                break;
+            used += (size_t)r;
+            if (got) {
+                CHECK(seen < 3);
+                CHECK_EQ(f.kind, kinds[seen]);
+                CHECK_EQ(f.status, seen);
+                CHECK_EQ(f.len, strlen(payloads[seen]));
+                CHECK(memcmp(f.payload, payloads[seen], f.len) == 0);
+                seen++;
+            }
+        }
+        munmap(map, maplen);
+        off += piece;
+    }
+    CHECK_EQ(seen, 3);
+    CHECK(!tpar_decoder_partial(&d));
+    tpar_decoder_free(&d);
+}
+
+static void test_one_byte_at_a_time(void)
+{
+    feed_in_pieces(sample.data, sample.len, 1, 1);
+}
+
+static void test_every_split(void)
+{
+    for (size_t a = 1; a <= sample.len; a++)
+        for (size_t b = 1; b <= sample.len; b += 3)
+            feed_in_pieces(sample.data, sample.len, a, b);
+}
+
+static void test_whole_frame_is_zero_copy(void)
+{
+    tpar_decoder d;
+    tpar_frame f;
+    int got;
+    tpar_decoder_init(&d, 1024);
+    ptrdiff_t r = tpar_decoder_feed(&d, sample.data, sample.len, &f, &got);
+    CHECK_EQ(r, TPAR_FRAME_HEADER);
+    CHECK_EQ(got, 1);
+    size_t second = TPAR_FRAME_HEADER;
+    r = tpar_decoder_feed(&d, sample.data + second, sample.len - second, &f, &got);
+    CHECK_EQ(r, TPAR_FRAME_HEADER + 5);
+    CHECK(f.payload == sample.data + second + TPAR_FRAME_HEADER);
+    CHECK(d.buf == NULL); /* nothing was copied or allocated */
+    tpar_decoder_free(&d);
+}
+
+static void test_oversized_rejected_before_allocation(void)
+{
+    tpar_decoder d;
+    tpar_frame f;
+    int got;
+    uint8_t hdr[TPAR_FRAME_HEADER];
+    tpar_frame_header(hdr, TPAR_FRAME_JOB_JSON, 0, 0xFFFFFFF0u);
+    tpar_decoder_init(&d, 1 << 20);
+    CHECK_EQ(tpar_decoder_feed(&d, hdr, 5, &f, &got), 5);
+    CHECK_EQ(tpar_decoder_feed(&d, hdr + 5, 3, &f, &got), TPAR_ETOOBIG);
+    CHECK(d.buf == NULL);
+    tpar_decoder_free(&d);
+    /* exactly at the limit is fine */
+    tpar_frame_header(hdr, TPAR_FRAME_JOB_JSON, 0, 16);
+    tpar_decoder_init(&d, 16);
+    CHECK_EQ(tpar_decoder_feed(&d, hdr, 8, &f, &got), 8);
+    CHECK_EQ(got, 0);
+    CHECK(tpar_decoder_partial(&d));
+    tpar_decoder_free(&d);
+}
+
+static void test_bad_header(void)
+{
+    tpar_decoder d;
+    tpar_frame f;
+    int got;
+    uint8_t hdr[TPAR_FRAME_HEADER];
+    tpar_frame_header(hdr, 0, 0, 1); /* kind 0 does not exist */
+    tpar_decoder_init(&d, 1024);
+    CHECK_EQ(tpar_decoder_feed(&d, hdr, 8, &f, &got), TPAR_EBADFRAME);
+    tpar_decoder_free(&d);
+    tpar_frame_header(hdr, TPAR_FRAME_RESULT, 0, 1);
+    hdr[7] = 1; /* reserved bytes must be zero */
+    tpar_decoder_init(&d, 1024);
+    CHECK_EQ(tpar_decoder_feed(&d, hdr, 8, &f, &got), TPAR_EBADFRAME);
+    tpar_decoder_free(&d);
+}
+
+static void test_truncated(void)
+{
+    /* Every proper prefix of a frame leaves the decoder partial: EOF there
+     * is a truncated frame, never a frame. */
+    size_t first = TPAR_FRAME_HEADER; /* the empty READY frame */
+    size_t end = first + TPAR_FRAME_HEADER + 5;
+    for (size_t cut = first + 1; cut < end; cut++) {
+        tpar_decoder d;
+        tpar_frame f;
+        int got, frames = 0;
+        size_t off = 0;
+        tpar_decoder_init(&d, 1024);
+        while (off < cut) {
+            ptrdiff_t r = tpar_decoder_feed(&d, sample.data + off, cut - off, &f, &got);
+            CHECK(r >= 0);
+            if (r < 0)
+                break;
+            off += (size_t)r;
+            frames += got;
+        }
+        CHECK_EQ(frames, 1);
+        CHECK(tpar_decoder_partial(&d));
+        tpar_decoder_free(&d);
+    }
+}
+
+static void test_buf(void)
+{
+    tpar_buf b = {0};
+    for (int i = 0; i < 1000; i++)
+        CHECK_EQ(tpar_buf_append(&b, "0123456789", 10), 0);
+    CHECK_EQ(b.len, 10000);
+    tpar_buf_consume(&b, 9995);
+    CHECK_EQ(b.len, 5);
+    CHECK(memcmp(b.data, "56789", 5) == 0);
+    tpar_buf_consume(&b, 100);
+    CHECK_EQ(b.len, 0);
+    tpar_buf_free(&b);
+    CHECK(b.data == NULL);
+}
+
+static void test_strerror(void)
+{
+    CHECK(strcmp(tpar_strerror(TPAR_ETOOBIG), "frame longer than the limit") == 0);
+    CHECK(strcmp(tpar_strerror(-2), "No such file or directory") == 0);
+}
+
+int main(void)
+{
+    build_sample();
+    RUN(test_one_byte_at_a_time);
+    RUN(test_every_split);
+    RUN(test_whole_frame_is_zero_copy);
+    RUN(test_oversized_rejected_before_allocation);
+    RUN(test_bad_header);
+    RUN(test_truncated);
+    RUN(test_buf);
+    RUN(test_strerror);
+    tpar_buf_free(&sample);
+    return CHECK_DONE();
+}
