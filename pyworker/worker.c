@@ -38,6 +38,7 @@ struct opts {
     long max_tasks;
     int pdeathsig;
     long spin_us; /* -1: automatic */
+    double idle_timeout; /* seconds; <= 0: wait forever */
 };
 
 static struct {
@@ -48,6 +49,7 @@ static struct {
     tpar_buf out;       /* result frames not yet written */
     long tasks;         /* jobs done */
     long max_tasks;
+    int idle_ms;        /* poll timeout while idle; -1: none */
     int retiring;
 } W;
 
@@ -78,6 +80,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
         {"max-tasks", required_argument, 0, 't'},
         {"pdeathsig", no_argument, 0, 'd'},
         {"spin-us", required_argument, 0, 'S'},
+        {"idle-timeout", required_argument, 0, 'T'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->spin_us = -1;
@@ -96,6 +99,7 @@ static void parse_opts(int argc, char **argv, struct opts *o)
         case 't': o->max_tasks = strtol(optarg, NULL, 10); break;
         case 'd': o->pdeathsig = 1; break;
         case 'S': o->spin_us = strtol(optarg, NULL, 10); break;
+        case 'T': o->idle_timeout = strtod(optarg, NULL); break;
         default: usage_error("bad option");
         }
     }
@@ -520,9 +524,12 @@ static ssize_t read_input(uint8_t *buf, size_t cap, long *spin, long spin_max)
     *spin /= 2;
     for (;;) {
         struct pollfd p = {.fd = W.in_fd, .events = POLLIN};
+        int r;
         Py_BEGIN_ALLOW_THREADS
-        poll(&p, 1, -1);
+        r = poll(&p, 1, W.idle_ms);
         Py_END_ALLOW_THREADS
+        if (r == 0)
+            return 0; /* idle too long: leave as at EOF */
         ssize_t n = read(W.in_fd, buf, cap);
         if (n >= 0)
             return n;
@@ -582,6 +589,7 @@ int main(int argc, char **argv)
     if (o.init)
         run_init(o.init);
     W.max_tasks = o.max_tasks;
+    W.idle_ms = o.idle_timeout > 0 ? (int)(o.idle_timeout * 1000 + 0.5) : -1;
     long spin = o.spin_us >= 0 ? o.spin_us : tpar_cpu_count() > 1 ? 50 : 0;
     send_ready();
     int rc = serve(spin);
