@@ -1,0 +1,28 @@
+"""Job functions for the benchmarks; imported by name in the workers, so
+every peer runs the same code."""
+import time
+
+
+def always_true():
+    """retire= for single-use workers: retire after every call."""
+    return True
+
+
+def burn(ms):
+    """Uses `ms` milliseconds of CPU time (not wall time), so a job costs
+    the same however the CPUs are shared; returns the loops it made."""
+    end = time.process_time() + ms / 1000.0
+    n = 0
+    while time.process_time() < end:
+        n += 1
+    return n
+
+
+def loop(seconds):
+    """The seed's parallel_loops job: count loops for `seconds` of wall
+    time; returns the count."""
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        i += 1
+    return i

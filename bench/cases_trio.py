@@ -1,0 +1,166 @@
+"""Trio package cases: tpar against trio-parallel 1.3 per worker type, and
+ProcessPoolExecutor / anyio.to_process / trio.to_thread where they apply.
+
+Each repetition of each implementation runs in a fresh process
+(trio_case.py), so its first call is cold; the repetitions of all the
+implementations are interleaved, so a noisy moment hits them all."""
+import json
+import os
+import subprocess
+
+from common import BENCH_DIR, PYTHON, deps_dir
+from model import Case
+
+TYPES = ("SPAWN", "FORKSERVER", "FORK")
+CASES = ("warm", "idle_rss", "throughput", "bigdata", "loops", "single_use")
+
+SIZES = {
+    "smoke": dict(warm_n=20, tput_n=100, single_n=3, big_mb=1, big_reps=1,
+                  loops_s=0.05, timeout=60),
+    "quick": dict(warm_n=300, tput_n=2000, single_n=10, big_mb=100,
+                  big_reps=1, loops_s=0.25, timeout=120),
+    "full": dict(warm_n=2000, tput_n=20000, single_n=200, big_mb=100,
+                 big_reps=2, loops_s=1.0, timeout=400),
+}
+
+
+def subject_name(impl, wtype):
+    return {
+        "tpar": f"tpar {wtype}",
+        "trio_parallel": f"trio-parallel {wtype}",
+        "ppe": f"ProcessPoolExecutor {wtype.lower()}",
+        "anyio": "anyio.to_process",
+        "to_thread": "trio.to_thread",
+    }[impl]
+
+
+def runs_for(mode):
+    runs = [("tpar", t) for t in TYPES]
+    if mode == "smoke":  # seconds: one of each kind of peer
+        return runs + [("trio_parallel", "SPAWN"), ("ppe", "FORK"),
+                       ("anyio", "-"), ("to_thread", "-")]
+    runs += [("trio_parallel", t) for t in TYPES]
+    runs += [("ppe", t) for t in TYPES]
+    return runs + [("anyio", "-"), ("to_thread", "-")]
+
+
+def peer_for(impl, wtype):
+    """The peer a subject's ratio is taken against."""
+    if impl in ("tpar", "ppe"):
+        return subject_name("trio_parallel", wtype)
+    if impl == "anyio":
+        return subject_name("trio_parallel", "SPAWN")
+    return None
+
+
+def make_cases():
+    T = "trio"
+    return {
+        "cold": Case(T, "trio.cold", "Cold first call", "ms",
+                     note="fresh process, libraries imported; time of the "
+                     "first run_sync(bool) including the worker's start"),
+        "warm": Case(T, "trio.warm", "Warm latency of run_sync(bool)", "µs",
+                     note="mean over sequential calls to a warm worker"),
+        "throughput": Case(T, "trio.throughput",
+                           "Throughput of concurrent tiny calls", "calls/s",
+                           better="higher",
+                           note="run_sync(bool) from concurrent tasks, "
+                           "default limiter (one per CPU)"),
+        "single_use": Case(T, "trio.single_use",
+                           "Single-use workers (retire after each call)",
+                           "ms", note="mean per sequential call; "
+                           "ProcessPoolExecutor: max_tasks_per_child=1"),
+        "bigdata": Case(T, "trio.bigdata", "100 MB round trip",
+                        "s per 100 MB",
+                        note="run_sync(bytes, 100 MB of bytes): 100 MB "
+                        "there and back; best of the round trips in a rep"),
+        "idle_rss": Case(T, "trio.idle_rss", "Idle worker RSS", "MB",
+                         note="RSS of a worker 0.2 s after its last job "
+                         "(FORK workers share most of it with the parent)"),
+        "idle_uss": Case(T, "trio.idle_uss", "Idle worker USS "
+                         "(memory only it holds)", "MB"),
+        "loops": Case(T, "trio.loops", "parallel_loops: loops/s per process",
+                      "loops/s", better="higher",
+                      baseline="trio.to_thread",
+                      note="one loop(seconds) job per CPU at once; "
+                      "mean of the per-process rates"),
+        "balance": Case(T, "trio.loops_balance",
+                        "parallel_loops: balance (slowest/fastest)", "ratio",
+                        better="higher", baseline="trio.to_thread"),
+    }
+
+
+def run(mode, reps, log):
+    sz = SIZES[mode]
+    cases = make_cases()
+    cases["warm"].note(f"{sz['warm_n']} calls per repetition")
+    cases["throughput"].note(f"{sz['tput_n']} calls per repetition")
+    cases["single_use"].note(f"{sz['single_n']} calls per repetition")
+    cases["bigdata"].note(f"{sz['big_mb']} MB payload, scaled to 100 MB"
+                          if sz["big_mb"] != 100 else "100 MB payload")
+    cases["loops"].note(f"loop({sz['loops_s']}) per job")
+    env = dict(os.environ, TPAR_BENCH_DEPS=str(deps_dir()))
+    runs = runs_for(mode)
+    for name, c in cases.items():  # declare rows in a stable order
+        for impl, wtype in runs:
+            if impl == "to_thread" and name not in ("loops", "balance"):
+                continue
+            peer = None if name in ("loops", "balance") else \
+                peer_for(impl, wtype)
+            c.subject(subject_name(impl, wtype), ratio_to=peer)
+    for rep in range(reps):
+        for impl, wtype in runs:
+            subj = subject_name(impl, wtype)
+            log(f"trio rep {rep + 1}/{reps}: {subj}")
+            want = [k for k in CASES]
+            out = run_one(impl, wtype, want, sz, env)
+            record(cases, subj, out)
+    return list(cases.values())
+
+
+def run_one(impl, wtype, want, sz, env):
+    argv = [PYTHON, str(BENCH_DIR / "trio_case.py"), impl, wtype,
+            ",".join(want), json.dumps(sz)]
+    try:
+        cp = subprocess.run(argv, capture_output=True, env=env,
+                            timeout=sz["timeout"], cwd=str(BENCH_DIR))
+    except subprocess.TimeoutExpired:
+        return {k: {"skip": f"timed out after {sz['timeout']} s"}
+                for k in want + ["cold", "idle_uss"]}
+    try:
+        return json.loads(cp.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        err = cp.stderr.decode(errors="replace").strip().splitlines()
+        why = f"trio_case exited {cp.returncode}: " + \
+            (err[-1] if err else "no output")
+        return {k: {"skip": why} for k in want + ["cold", "idle_uss"]}
+
+
+SCALE = {"cold": 1e3, "warm": 1e6, "throughput": 1, "single_use": 1e3,
+         "bigdata": 1, "idle_rss": 1e-6, "idle_uss": 1e-6}
+
+
+def record(cases, subj, out):
+    for key, v in out.items():
+        if key == "loops":
+            if isinstance(v, dict) and "rates" in v:
+                rates = v["rates"]
+                cases["loops"].add(subj, sum(rates) / len(rates))
+                cases["balance"].add(subj, v["balance"])
+                cases["loops"].extra.setdefault(subj, {}).setdefault(
+                    "per_process_rates", []).append(rates)
+            else:
+                why = v.get("skip", "no result") if isinstance(v, dict) \
+                    else "no result"
+                cases["loops"].skip(subj, why)
+                cases["balance"].skip(subj, why)
+            continue
+        c = cases.get(key)
+        if c is None:
+            continue
+        if isinstance(v, dict):
+            c.skip(subj, v.get("skip", "no result"))
+        elif v is None:
+            c.skip(subj, "not available")
+        else:
+            c.add(subj, v * SCALE[key])

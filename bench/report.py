@@ -1,0 +1,206 @@
+"""Writes the report: targets of issue 6 met or not, a Markdown table for
+the README and PNG plots (matplotlib, Agg backend)."""
+import json
+import math
+
+# (label, case key, subject, op, limit, unit, anchor's figure)
+TARGETS = [
+    ("Cold first call (SPAWN, the default)", "trio.cold", "tpar SPAWN",
+     "<=", 20, "ms", "157 ms"),
+    ("Warm latency of run_sync(bool) (SPAWN)", "trio.warm", "tpar SPAWN",
+     "<=", 60, "µs", "596 µs"),
+    ("Tiny calls per second (SPAWN)", "trio.throughput", "tpar SPAWN",
+     ">=", 30000, "calls/s", "2,900/s"),
+    ("Single-use worker per call (FORKSERVER)", "trio.single_use",
+     "tpar FORKSERVER", "<=", 2, "ms", "74 ms"),
+    ("100 MB round trip (SPAWN)", "trio.bigdata", "tpar SPAWN", "<=", 0.1,
+     "s", "0.64 s"),
+    ("Idle worker RSS (SPAWN)", "trio.idle_rss", "tpar SPAWN", "<=", 10,
+     "MB", "19 MB"),
+    ("CLI tiny jobs per second", "cli.tiny", "tpar -j{n}", ">=", 250000,
+     "jobs/s", "81,000/s (Pool script)"),
+    ("CLI vs the hand-written Pool script", "cli.tiny:ratio", "tpar -j{n}",
+     ">=", 2, "×", "1×"),
+    ("CLI parent RSS on a 1,000,000-job stream", "cli.rss", "tpar -j{n}",
+     "<", 20, "MB", "-"),
+    ("CPU-bound speedup on {n} cores", "cli.cpu_speedup", "tpar -j{n}",
+     ">=", 1.9, "×", "-"),
+    ("`tpar run operator:add` (issue 2)", "ref.tpar_run",
+     "tpar run operator:add --args '[1,2]'", "<", 20, "ms", "-"),
+]
+
+
+def evaluate_targets(cases, nproc):
+    by_key = {c["key"]: c for c in cases}
+    out = []
+    for label, key, subj, op, limit, unit, anchor in TARGETS:
+        label, subj = label.format(n=nproc), subj.format(n=nproc)
+        if key == "cli.cpu_speedup":
+            limit = 1.9 * nproc / 2
+        t = {"target": label, "subject": subj, "limit": f"{op} {fmt(limit)} "
+             f"{unit}", "anchor": anchor, "value": None, "met": None}
+        want_ratio = key.endswith(":ratio")
+        case = by_key.get(key.split(":")[0])
+        row = next((r for r in case["results"] if r["subject"] == subj),
+                   None) if case else None
+        if row is None or "skipped" in row:
+            t["why"] = row["skipped"] if row else "case not run"
+        elif want_ratio and not row.get("ratio"):
+            t["why"] = row.get("ratio_missing", "no peer figure")
+        else:
+            v = row["ratio"]["median"] if want_ratio else row["median"]
+            t["value"] = v
+            t["met"] = {"<=": v <= limit, ">=": v >= limit,
+                        "<": v < limit}[op]
+            if key == "cli.rss" and "1,000,000" not in case["title"]:
+                t["met"] = None
+                t["why"] = f"measured on a shorter stream ({case['title']})"
+        out.append(t)
+    return out
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    a = abs(v)
+    if a >= 10000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def fmt_ratio(r):
+    if not r:
+        return "-"
+    return f"{fmt(r['median'])}× ({fmt(r['min'])}–{fmt(r['max'])})"
+
+
+def markdown(report):
+    m = report["machine"]
+    lines = [
+        f"## Benchmarks ({report['mode']} run, {report['date']})", "",
+        f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux "
+        f"{m['kernel']}, {m['os']}, Python {m['python']} "
+        f"(`{m['python_executable']}`); load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}; "
+        f"commit {report.get('commit') or '?'}; {report['duration_s']:.0f} s "
+        f"for the whole run (`scripts/bench{report['mode_flag']}`).", "",
+        "Each figure is the median of the repetitions with the min–max "
+        "range; the ratio is to the peer named beside it, measured in the "
+        "same run (median of the per-repetition ratios when the repetitions "
+        "were paired).", "",
+        "### Targets (issue 6)", "",
+        "| target | tpar | limit | met | anchor |", "|---|---|---|---|---|",
+    ]
+    for t in report["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        val = fmt(t["value"]) if t["value"] is not None else \
+            f"– ({t.get('why', '')[:90]})"
+        if t["met"] is None and t["value"] is not None:
+            val += f" ({t.get('why', '')})"
+        lines.append(f"| {t['target']} | {val} | {t['limit']} | {met} | "
+                     f"{t['anchor']} |")
+    titles = {"trio": "Trio package", "cli": "CLI",
+              "reference": "Reference points"}
+    for group, gtitle in titles.items():
+        cases = [c for c in report["cases"] if c["group"] == group]
+        if not cases:
+            continue
+        lines += ["", f"### {gtitle}", "",
+                  f"![{gtitle}](bench-{group}.png)", "",
+                  "| case | subject | median | min–max | ratio to peer "
+                  "(min–max) | peer |", "|---|---|---|---|---|---|"]
+        for c in cases:
+            unit = c["unit"]
+            better = "lower" if c["better"] == "lower" else "higher"
+            first = True
+            for r in c["results"]:
+                name = f"{c['title']} ({unit}, {better} is better)" \
+                    if first else ""
+                first = False
+                if "skipped" in r:
+                    lines.append(f"| {name} | {r['subject']} | skipped: "
+                                 f"{r['skipped'][:120]} | | | |")
+                    continue
+                lines.append(
+                    f"| {name} | {r['subject']} | {fmt(r['median'])} | "
+                    f"{fmt(r['min'])}–{fmt(r['max'])} | "
+                    f"{fmt_ratio(r.get('ratio'))} | {r.get('ratio_to', '')} |")
+        notes = [f"- {c['title']}: {n}" for c in cases for n in c["notes"]]
+        lines += [""] + notes
+    return "\n".join(lines) + "\n"
+
+
+def plots(report, outdir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    files = []
+    for group in ("trio", "cli", "reference"):
+        cases = [c for c in report["cases"] if c["group"] == group]
+        if not cases:
+            continue
+        ncol = 2 if len(cases) > 1 else 1
+        nrow = math.ceil(len(cases) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(7 * ncol, 0.5 + 2.9 *
+                                 nrow), squeeze=False)
+        for ax, c in zip(axes.flat, cases):
+            plot_case(ax, c)
+        for ax in list(axes.flat)[len(cases):]:
+            ax.axis("off")
+        m = report["machine"]
+        fig.suptitle(f"tpar vs peers: {group} ({report['mode']} run, "
+                     f"{m['nproc']} CPUs {m['cpu_model']}, {report['date']})",
+                     fontsize=10)
+        fig.tight_layout()
+        path = outdir / f"bench-{group}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        files.append(path.name)
+    return files
+
+
+def plot_case(ax, c):
+    rows = c["results"]
+    names = [r["subject"] for r in rows]
+    y = list(range(len(rows)))
+    med = [r.get("median", 0) or 0 for r in rows]
+    lo = [max(0, r["median"] - r["min"]) if "median" in r else 0
+          for r in rows]
+    hi = [max(0, r["max"] - r["median"]) if "median" in r else 0
+          for r in rows]
+    colors = ["#d62728" if n.startswith("tpar") else "#7f7f7f"
+              for n in names]
+    ax.barh(y, med, xerr=[lo, hi], color=colors, capsize=3)
+    ax.set_yticks(y)
+    ax.set_yticklabels([n[:38] for n in names], fontsize=7)
+    ax.invert_yaxis()
+    pos = [v for v in med if v > 0]
+    if pos and max(pos) / min(pos) > 30:
+        ax.set_xscale("log")
+    for i, r in enumerate(rows):
+        if "skipped" in r:
+            ax.text(min(pos) if pos else 0, i, "  skipped", va="center",
+                    fontsize=6, color="#555")
+        else:
+            ax.text(r["median"], i, " " + fmt(r["median"]), va="center",
+                    fontsize=6)
+    ax.set_title(f"{c['title']}\n({c['unit']}, {c['better']} is better)",
+                 fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+
+
+def write(report, outdir):
+    outdir.mkdir(parents=True, exist_ok=True)
+    report["plots"] = plots(report, outdir)
+    (outdir / "report.md").write_text(markdown(report))
+    with open(outdir / "report.json", "w") as f:
+        json.dump(report, f, indent=1, ensure_ascii=False)
+        f.write("\n")

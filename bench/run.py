@@ -1,0 +1,122 @@
+"""tpar's benchmark harness; run it as scripts/bench (see --help)."""
+import argparse
+import datetime
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cases_cli  # noqa: E402
+import cases_ref  # noqa: E402
+import cases_trio  # noqa: E402
+import report  # noqa: E402
+from common import (BENCH_DIR, PYTHON, build_dir, deps_dir, git_commit,  # noqa
+                    machine_info)
+
+GROUPS = {"reference": cases_ref, "cli": cases_cli, "trio": cases_trio}
+REPS = {"smoke": 1, "quick": 3, "full": 5}
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Measure tpar against its peers (trio-parallel, "
+        "ProcessPoolExecutor, anyio, GNU parallel, xargs, a Pool script) "
+        "in one run; write report.json, report.md and PNG plots.")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_const", dest="mode",
+                      const="smoke", help="seconds: tiny sizes, checks that "
+                      "the harness works (scripts/test runs it)")
+    mode.add_argument("--quick", action="store_const", dest="mode",
+                      const="quick", help="under 2 minutes, for development")
+    ap.add_argument("--reps", type=int, help="repetitions per figure")
+    ap.add_argument("--only", default="reference,cli,trio",
+                    help="comma-separated groups (reference, cli, trio)")
+    ap.add_argument("--out", type=Path, help="output dir (default "
+                    "bench/results, or bench/results/tmp/smoke for --smoke)")
+    ap.add_argument("--no-install", action="store_true",
+                    help="never pip-install trio-parallel for the run")
+    a = ap.parse_args()
+    a.mode = a.mode or "full"
+    if a.out is None:
+        a.out = BENCH_DIR / "results" / ("tmp/smoke" if a.mode == "smoke"
+                                         else "")
+    return a
+
+
+def ensure_trio_parallel(install, log):
+    """trio-parallel 1.3 for the benchmark only, in the bench build dir
+    (added last on sys.path of the cases that use it)."""
+    d = deps_dir()
+    if (d / "trio_parallel").is_dir():
+        return None
+    if not install:
+        return "trio-parallel not installed (smoke runs never install it)"
+    log(f"installing trio-parallel 1.3 into {d}")
+    cp = subprocess.run([PYTHON, "-m", "pip", "install", "-q",
+                         "--disable-pip-version-check", "--target", str(d),
+                         "trio-parallel==1.3.*"], capture_output=True)
+    if cp.returncode != 0:
+        err = cp.stderr.decode(errors="replace").strip().splitlines()
+        return "pip install trio-parallel failed: " + (err[-1] if err else "?")
+    return None
+
+
+def main():
+    a = parse_args()
+    t_start = time.time()
+
+    def log(msg):
+        print(f"[bench {time.time() - t_start:6.1f}s] {msg}", file=sys.stderr,
+              flush=True)
+
+    reps = a.reps or REPS[a.mode]
+    log(f"mode {a.mode}, {reps} repetitions, tpar from {build_dir()}")
+    why = ensure_trio_parallel(a.mode != "smoke" and not a.no_install, log)
+    if why:
+        log(why)
+    cases = []
+    for name in a.only.split(","):
+        mod = GROUPS[name.strip()]
+        try:
+            cases += mod.run(a.mode, reps, log)
+        except Exception:  # a broken group is reported, the rest still runs
+            log(f"group {name} failed:\n{traceback.format_exc()}")
+            raise
+    doc = {
+        "mode": a.mode,
+        "mode_flag": {"smoke": " --smoke", "quick": " --quick",
+                      "full": ""}[a.mode],
+        "date": datetime.datetime.now(datetime.timezone.utc)
+        .strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "repetitions": reps,
+        "tpar_build_dir": str(build_dir()),
+        "trio_parallel": trio_parallel_version(),
+        "machine": machine_info(),
+        "cases": [c.to_json() for c in cases],
+        "duration_s": time.time() - t_start,
+    }
+    if why:
+        doc["trio_parallel_missing"] = why
+    doc["targets"] = report.evaluate_targets(doc["cases"],
+                                             doc["machine"]["nproc"])
+    report.write(doc, a.out)
+    met = sum(1 for t in doc["targets"] if t["met"])
+    log(f"wrote {a.out}/report.json, report.md, {', '.join(doc['plots'])}; "
+        f"targets met: {met}/{len(doc['targets'])}")
+    return 0
+
+
+def trio_parallel_version():
+    d = deps_dir()
+    for p in d.glob("trio_parallel-*.dist-info"):
+        return p.name[len("trio_parallel-"):-len(".dist-info")]
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
