@@ -1,0 +1,303 @@
+#!/usr/bin/env bats
+# The stream runner's workers: death, retries, timeouts, retirement, idle
+# exit, --init, --joblog, --halt (issue 3).
+
+load test_helper
+
+setup() {
+    D="$BATS_TEST_TMPDIR"
+}
+
+# all_pids: worker pids from the records plus those the jobs noted.
+all_pids() {
+    { worker_pids "$D/out"; file_values "$D" started.; file_values "$D" pid.; } | sort -un
+}
+
+# -- a worker that dies ------------------------------------------------------------
+
+@test "broken: a worker killed with SIGKILL mid-stream; every other job still runs" {
+    {
+        for i in 1 2 3 4 5; do job jobs:ident "[$i]"; done
+        job jobs:sigkill "[\"$D/killed\"]" '' '"victim"'
+        for i in 6 7 8 9 10; do job jobs:ident "[$i]"; done
+    } >"$D/in"
+    run -1 tpar -I "$FIXTURES" -j2 -o "$D/out" "$D/in"
+    assert_one_record_per_line "$D/in" "$D/out"
+    assert_equal "$(count_status "$D/out" ok)" 10
+    local pid
+    pid=$(cat "$D/killed")
+    run -0 jq -r 'select(.id == "victim") | .status, .error.type, .error.message, .attempts, .worker' "$D/out"
+    assert_line --index 0 broken
+    assert_line --index 1 BrokenWorkerError
+    assert_line --index 2 --regexp '(SIGKILL|signal 9)'
+    assert_line --index 2 --partial "$pid"
+    assert_line --index 3 1
+    assert_line --index 4 "$pid"
+    assert_pids_gone $(all_pids) "$pid"
+}
+
+@test "broken: SIGKILL from outside, mid-stream" {
+    {
+        job jobs:block "[\"$D\", \"a\"]" '' '"victim"'
+        for i in 1 2 3; do job jobs:ident "[$i]"; done
+    } >"$D/in"
+    start_tpar "$D/in" "$D/out" "$D/err" -I "$FIXTURES" -j2
+    wait_files "$D" started.a 1
+    local pid
+    pid=$(cat "$D/started.a")
+    kill -KILL "$pid"
+    wait_tpar
+    assert_equal "$TPAR_STATUS" 1
+    assert_one_record_per_line "$D/in" "$D/out"
+    run -0 jq -r 'select(.id == "victim") | .status, .error.message' "$D/out"
+    assert_line --index 0 broken
+    assert_line --index 1 --regexp '(SIGKILL|signal 9)'
+    assert_pids_gone $(all_pids)
+}
+
+@test "broken: a segfault and os._exit(3) mid-stream" {
+    {
+        job jobs:segv "[\"$D/p1\"]" '' '"segv"'
+        job jobs:ident '[1]'
+        job jobs:exit3 "[\"$D/p2\"]" '' '"exit3"'
+        job jobs:ident '[2]'
+    } >"$D/in"
+    run -2 tpar -I "$FIXTURES" -j1 -o "$D/out" "$D/in"
+    assert_one_record_per_line "$D/in" "$D/out"
+    run -0 jq -r 'select(.id == "segv") | .status, .error.message' "$D/out"
+    assert_line --index 0 broken
+    assert_line --index 1 --regexp '(SIGSEGV|signal 11)'
+    run -0 jq -r 'select(.id == "exit3") | .status, .error.message' "$D/out"
+    assert_line --index 0 broken
+    assert_line --index 1 --partial 'code 3'
+    assert_pids_gone $(all_pids) "$(cat "$D/p1")" "$(cat "$D/p2")"
+}
+
+@test "--retries N: a job whose worker died runs again in a new worker" {
+    {
+        job jobs:ident '[1]'
+        job jobs:sigkill_once "[\"$D/marker\"]" '' '"flaky"'
+        job jobs:ident '[2]'
+    } >"$D/in"
+    run -0 tpar -I "$FIXTURES" -j2 --retries 1 -o "$D/out" "$D/in"
+    assert_one_record_per_line "$D/in" "$D/out"
+    assert_equal "$(count_status "$D/out" ok)" 3
+    run -0 jq -r 'select(.id == "flaky") | .attempts, .value' "$D/out"
+    assert_line --index 0 2
+    [ "${lines[1]}" != "$(cat "$D/marker")" ] || fail "the retry ran in the dead worker's pid"
+    assert_pids_gone $(all_pids) "$(cat "$D/marker")"
+}
+
+@test "--retries N: a job that always breaks gives up after N+1 attempts" {
+    job jobs:sigkill '[]' '' '"doomed"' >"$D/in"
+    job jobs:ident '[1]' >>"$D/in"
+    run -1 tpar -I "$FIXTURES" --retries 2 -o "$D/out" "$D/in"
+    assert_one_record_per_line "$D/in" "$D/out"
+    run -0 jq -r 'select(.id == "doomed") | .status, .attempts' "$D/out"
+    assert_output $'broken\n3'
+}
+
+@test "--retries: errors are not retried by default, --retry-on error retries them" {
+    job jobs:fail_once "[\"$D/marker\"]" '' '"f"' >"$D/in"
+    run -1 tpar -I "$FIXTURES" --retries 3 -o "$D/out" "$D/in"
+    run -0 jq -r '.status, .attempts' "$D/out"
+    assert_output $'error\n1'
+    rm "$D/marker"
+    run -0 tpar -I "$FIXTURES" --retries 3 --retry-on error -o "$D/out" "$D/in"
+    run -0 jq -r '.status, .attempts, .value' "$D/out"
+    assert_output $'ok\n2\nok'
+    # --retry-on broken does not cover errors.
+    rm "$D/marker"
+    run -1 tpar -I "$FIXTURES" --retries 3 --retry-on broken -o "$D/out" "$D/in"
+    run -0 jq -r '.status, .attempts' "$D/out"
+    assert_output $'error\n1'
+}
+
+@test "--retry-on broken,timeout,error: timeouts can be retried" {
+    job jobs:sleep_once "[\"$D/marker\"]" >"$D/in"
+    run -0 tpar -I "$FIXTURES" --timeout 0.3 --retries 1 --retry-on broken,timeout,error -o "$D/out" "$D/in"
+    run -0 jq -r '.status, .attempts' "$D/out"
+    assert_output $'ok\n2'
+    assert_pids_gone "$(cat "$D/marker")"
+}
+
+@test "--retries: an error that keeps failing uses every attempt" {
+    job jobs:fail '[]' >"$D/in"
+    run -1 tpar -I "$FIXTURES" --retries 2 --retry-on error -o "$D/out" "$D/in"
+    run -0 jq -r '.status, .attempts' "$D/out"
+    assert_output $'error\n3'
+}
+
+# -- timeouts ----------------------------------------------------------------------
+
+@test "--timeout: the job is killed with the processes it started; status timeout" {
+    {
+        job jobs:child_block "[\"$D\", \"a\"]" '' '"slow"'
+        job jobs:ident '[1]'
+        job jobs:ident '[2]'
+    } >"$D/in"
+    run -1 tpar -I "$FIXTURES" -j2 --timeout 0.5 -o "$D/out" "$D/in"
+    assert_one_record_per_line "$D/in" "$D/out"
+    assert_equal "$(count_status "$D/out" ok)" 2
+    run -0 jq -r 'select(.id == "slow") | .status, (.error.message | length > 0), .attempts' "$D/out"
+    assert_output $'timeout\ntrue\n1'
+    assert_pids_gone "$(cat "$D/child.a")" "$(cat "$D/started.a")" $(all_pids)
+}
+
+@test "timeout in a job line applies to that job only" {
+    {
+        jq -nc --arg d "$D" '{id: "slow", fn: "jobs:child_block", args: [$d, "a"], timeout: 0.3}'
+        jq -nc '{id: "quick", fn: "jobs:ident", args: [1], timeout: 30}'
+        jq -nc '{id: "plain", fn: "jobs:ident", args: [2]}'
+    } >"$D/in"
+    run -1 tpar -I "$FIXTURES" -j2 -o "$D/out" "$D/in"
+    run -0 jq -s -r 'sort_by(.id) | map("\(.id)=\(.status)") | join(" ")' "$D/out"
+    assert_output 'plain=ok quick=ok slow=timeout'
+    assert_pids_gone "$(cat "$D/child.a")" "$(cat "$D/started.a")"
+}
+
+@test "--timeout: jobs that finish in time are not touched" {
+    for i in 1 2 3; do job jobs:ident "[$i]"; done >"$D/in"
+    run -0 tpar -I "$FIXTURES" --timeout 20 -o "$D/out" "$D/in"
+    assert_equal "$(count_status "$D/out" ok)" 3
+}
+
+# -- retirement -----------------------------------------------------------------------
+
+@test "--max-tasks-per-worker N: a worker retires after N jobs" {
+    for i in $(seq 1 4); do job jobs:pid '[]'; done >"$D/in"
+    run -0 tpar -I "$FIXTURES" -j1 --max-tasks-per-worker 1 -o "$D/out" "$D/in"
+    assert_equal "$(worker_pids "$D/out" | wc -l)" 4
+    run -0 jq -s -c 'map(.value == .worker) | unique' "$D/out"
+    assert_output '[true]'
+    assert_pids_gone $(worker_pids "$D/out")
+    run -0 tpar -I "$FIXTURES" -j1 --max-tasks-per-worker 2 -o "$D/out" "$D/in"
+    assert_equal "$(worker_pids "$D/out" | wc -l)" 2
+}
+
+@test "--max-worker-rss SIZE: a worker above SIZE after a job is retired" {
+    {
+        job jobs:alloc '[120]'
+        job jobs:pid '[]'
+    } >"$D/in"
+    run -0 tpar -I "$FIXTURES" -j1 -k --max-worker-rss 60M -o "$D/out" "$D/in"
+    run -0 jq -s -r 'map(.value) | .[0] != .[1]' "$D/out"
+    assert_output true
+    assert_pids_gone $(worker_pids "$D/out")
+    # Without the limit the same worker takes the second job.
+    run -0 tpar -I "$FIXTURES" -j1 -k -o "$D/out" "$D/in"
+    run -0 jq -s -r 'map(.value) | .[0] == .[1]' "$D/out"
+    assert_output true
+}
+
+@test "--idle-timeout: an idle worker exits; the next job starts a new one" {
+    mkfifo "$D/fifo"
+    start_tpar "$D/fifo" "$D/out" "$D/err" -I "$FIXTURES" -j1 --idle-timeout 0.2
+    exec 5>"$D/fifo"
+    job jobs:pidlog "[\"$D\"]" >&5
+    wait_files "$D" pid. 1
+    local first
+    first=$(file_values "$D" pid.)
+    # The worker goes away by itself while tpar waits for input.
+    assert_pids_gone "$first"
+    rm -f "$D"/pid.*
+    job jobs:pidlog "[\"$D\"]" >&5
+    exec 5>&-
+    wait_tpar
+    assert_equal "$TPAR_STATUS" 0
+    run -0 jq -s -r 'map(.value) | .[0] != .[1]' "$D/out"
+    assert_output true
+}
+
+# -- --init ----------------------------------------------------------------------------
+
+@test "--init MOD:FN runs once in each worker before its jobs" {
+    for i in $(seq 1 6); do job jobs:init_token '[]'; done >"$D/in"
+    run -0 tpar -I "$FIXTURES" -j2 --init jobs:init -o "$D/out" "$D/in"
+    run -0 jq -s -c 'map(.value == "init-\(.worker)") | unique' "$D/out"
+    assert_output '[true]'
+    run -0 tpar -I "$FIXTURES" -j2 -o "$D/out" "$D/in"
+    run -0 jq -s -c 'map(.value) | unique' "$D/out"
+    assert_output '[null]'
+}
+
+@test "--init that fails: every job still gets one failed record, no hang" {
+    for i in $(seq 1 3); do job jobs:ident "[$i]"; done >"$D/in"
+    run --separate-stderr tpar -I "$FIXTURES" --init jobs:init_fail -o "$D/out" "$D/in"
+    [ "$status" -ge 1 ] && [ "$status" -le 101 ] || [ "$status" -eq 255 ] ||
+        fail "exit status $status"
+    if [ "$status" -ne 255 ]; then
+        assert_one_record_per_line "$D/in" "$D/out"
+        assert_equal "$(count_status "$D/out" ok)" 0
+    fi
+    assert_regex "$stderr" 'init fails on purpose|init'
+}
+
+# -- --joblog --------------------------------------------------------------------------------
+
+@test "--joblog FILE: one JSON line per attempt" {
+    {
+        job jobs:ident '[1]' '' '"one"'
+        job jobs:sigkill_once "[\"$D/marker\"]" '' '"flaky"'
+        job jobs:fail '[]' '' '"bad"'
+    } >"$D/in"
+    run -1 tpar -I "$FIXTURES" --retries 1 --joblog "$D/log" -o "$D/out" "$D/in"
+    assert_jsonl "$D/log"
+    run -0 jq -s -r 'map(.id) | sort | join(" ")' "$D/log"
+    assert_output 'bad flaky flaky one'
+    run -0 jq -s -r 'map(select(.id == "flaky") | .status) | sort | join(" ")' "$D/log"
+    assert_output 'broken ok'
+    # The records on stdout are unchanged by it.
+    assert_one_record_per_line "$D/in" "$D/out"
+}
+
+# -- --halt -----------------------------------------------------------------------------------
+
+@test "--halt now,fail=1: the first failure kills the running jobs" {
+    {
+        job jobs:fail '[]' '' '"bad"'
+        job jobs:child_block "[\"$D\", \"a\"]" '' '"slow"'
+        job jobs:child_block "[\"$D\", \"b\"]" '' '"slow2"'
+    } >"$D/in"
+    run tpar -I "$FIXTURES" -j1 --halt now,fail=1 -o "$D/out" "$D/in"
+    [ "$status" -ge 1 ] && [ "$status" -le 3 ] || fail "exit status $status"
+    assert_jsonl "$D/out"
+    assert_equal "$(count_status "$D/out" ok)" 0
+    run -0 jq -r 'select(.id == "bad") | .status' "$D/out"
+    assert_output error
+    assert_pids_gone $(file_values "$D" child.) $(all_pids)
+}
+
+@test "--halt soon,fail=1: no new job starts, running jobs finish" {
+    {
+        job jobs:wait_then "[\"$D/go\", \"long\"]" '' '"long"'
+        job jobs:fail '[]' '' '"bad"'
+        for i in $(seq 1 20); do job jobs:log "[\"$D/ran\", $i]"; done
+    } >"$D/in"
+    start_tpar "$D/in" "$D/out" "$D/err" -I "$FIXTURES" -j2 --halt soon,fail=1
+    # Let the long job go only after the failure was seen.
+    local deadline=$((SECONDS + 20))
+    until grep -q '"bad"' "$D/out" 2>/dev/null || ! kill -0 "$TPAR_PID" 2>/dev/null ||
+          [ $SECONDS -ge $deadline ]; do
+        sleep 0.02
+    done
+    touch "$D/go"
+    wait_tpar
+    [ "$TPAR_STATUS" -ge 1 ] && [ "$TPAR_STATUS" -le 22 ] || fail "exit status $TPAR_STATUS"
+    run -0 jq -r 'select(.id == "long") | .status' "$D/out"
+    assert_output ok
+    run -0 jq -r 'select(.id == "bad") | .status' "$D/out"
+    assert_output error
+    assert_jsonl "$D/out"
+}
+
+@test "--halt now,fail=N%: halts once that share of the jobs failed" {
+    {
+        job jobs:ident '[1]'
+        job jobs:fail '[]'
+        job jobs:fail '[]'
+        job jobs:ident '[2]'
+    } >"$D/in"
+    run -2 tpar -I "$FIXTURES" -j1 -k --halt now,fail=90% -o "$D/out" "$D/in"
+    assert_equal "$(count_status "$D/out" ok)" 2
+}
