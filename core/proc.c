@@ -1,6 +1,7 @@
 /* Starting, signalling and reaping worker processes.  posix_spawn (glibc
  * uses clone(CLONE_VM|CLONE_VFORK)) keeps a large parent, such as a Python
  * process using the Trio package, from paying for a fork of its memory. */
+#include "internal.h"
 #include "tpar.h"
 
 #include <errno.h>
@@ -37,7 +38,7 @@ static int lift(int *fd)
     return 0;
 }
 
-static int set_nonblock(int fd)
+int tpar__set_nonblock(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
@@ -45,7 +46,7 @@ static int set_nonblock(int fd)
     return 0;
 }
 
-static int spawn_attrs(posix_spawnattr_t *attr)
+int tpar__spawn_attrs(posix_spawnattr_t *attr)
 {
     sigset_t all, none;
     sigfillset(&all);
@@ -93,7 +94,7 @@ int tpar_proc_spawn(tpar_proc *p, char *const argv[], char *const envp[])
     }
     if ((rc = lift(&down[0])) < 0 || (rc = lift(&up[1])) < 0)
         goto fail;
-    if ((rc = spawn_attrs(&attr)) < 0)
+    if ((rc = tpar__spawn_attrs(&attr)) < 0)
         goto fail;
     if ((rc = spawn_actions(&fa, down[0], up[1])) < 0) {
         posix_spawnattr_destroy(&attr);
@@ -109,8 +110,8 @@ int tpar_proc_spawn(tpar_proc *p, char *const argv[], char *const envp[])
     close(down[0]);
     close(up[1]);
     /* Errors here are impossible for fresh pipes; the fds stay usable. */
-    (void)set_nonblock(down[1]);
-    (void)set_nonblock(up[0]);
+    (void)tpar__set_nonblock(down[1]);
+    (void)tpar__set_nonblock(up[0]);
     memset(p, 0, sizeof(*p));
     p->pid = pid;
     p->to_fd = down[1];
@@ -124,6 +125,8 @@ fail:
 
 void tpar_proc_kill(tpar_proc *p, int sig)
 {
+    if (p->zygote)
+        (void)tpar_proc_reap(p, 0); /* learn of an exit the zygote reported */
     if (p->reaped || p->pid <= 0)
         return;
     /* The group first: a job's own children die with it.  The pid is still
@@ -136,6 +139,8 @@ int tpar_proc_reap(tpar_proc *p, int block)
 {
     if (p->reaped)
         return 0;
+    if (p->zygote)
+        return tpar__zygote_reap(p, block);
     for (;;) {
         int st;
         pid_t r = waitpid(p->pid, &st, block ? 0 : WNOHANG);

@@ -129,12 +129,16 @@ void tpar_buf_free(tpar_buf *b);
 #define TPAR_WORKER_FD_IN 3
 #define TPAR_WORKER_FD_OUT 4
 
+struct tpar_zygote;
+
 typedef struct tpar_proc {
     pid_t pid;    /* also the worker's process-group id */
     int to_fd;    /* parent writes frames here; O_CLOEXEC|O_NONBLOCK */
     int from_fd;  /* parent reads frames here; O_CLOEXEC|O_NONBLOCK */
-    int reaped;   /* waitpid has collected it */
+    int reaped;   /* its exit status is known */
     int status;   /* wait status once reaped */
+    struct tpar_zygote *zygote; /* the forkserver it came from, or NULL */
+    unsigned zygote_gen;        /* which incarnation of that forkserver */
 } tpar_proc;
 
 /* Starts `argv[0]` (a path, not searched on PATH) with envp (NULL: the
@@ -154,6 +158,37 @@ int tpar_proc_reap(tpar_proc *p, int block);
 
 /* Closes both fds (idempotent). */
 void tpar_proc_close(tpar_proc *p);
+
+/* -------------------------------------------------------------- forkserver */
+
+/* A zygote: a `tpar-worker --zygote` that has initialised Python once (and
+ * imported its --preload modules) and forks a ready worker per request.
+ * The job pipes travel to it by SCM_RIGHTS over a SOCK_SEQPACKET
+ * socketpair: no path on disk.  It reports each child's exit status, so
+ * tpar_proc_reap works on its workers as on spawned ones.  It dies with its
+ * parent (EOF on the socket, or --pdeathsig); its workers die with it. */
+typedef struct tpar_zygote {
+    pid_t pid;         /* the zygote process, 0 when not running */
+    int fd;            /* control socket; O_CLOEXEC */
+    unsigned gen;      /* bumped at each (re)start */
+    int reaped, status;
+    struct tpar__exit { pid_t pid; int status; } *exits; /* reports not yet claimed */
+    size_t nexits, cap_exits;
+} tpar_zygote;
+
+/* Starts the zygote: argv[0] is the tpar-worker path, argv must contain
+ * "--zygote".  A zeroed z is "not started".  On failure -errno, nothing
+ * is left running.  If a previous incarnation runs, it is ended first. */
+int tpar_zygote_start(tpar_zygote *z, char *const argv[], char *const envp[]);
+
+/* Forks a worker from the zygote and fills *p as tpar_proc_spawn does,
+ * blocking until the zygote says the fork's pid (about a millisecond).
+ * -EPIPE when the zygote is gone: restart it and try again. */
+int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p);
+
+/* Ends the zygote (SIGKILL after closing its socket) and reaps it; its
+ * workers die with it.  Forgets pending reports.  Idempotent. */
+void tpar_zygote_stop(tpar_zygote *z);
 
 /* "killed by signal 9 (SIGKILL)" / "exited with code 3": a description
  * of a wait status, written NUL-terminated into buf. */

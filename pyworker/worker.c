@@ -16,8 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "internal.h"
 #include "jsonenc.h"
 #include "tpar.h"
 #include "worker_py.h"
@@ -39,6 +43,8 @@ struct opts {
     int pdeathsig;
     long spin_us; /* -1: automatic */
     double idle_timeout; /* seconds; <= 0: wait forever */
+    int zygote;          /* fork workers on request instead of serving */
+    const char *preload; /* comma-separated modules the zygote imports */
 };
 
 static struct {
@@ -81,6 +87,8 @@ static void parse_opts(int argc, char **argv, struct opts *o)
         {"pdeathsig", no_argument, 0, 'd'},
         {"spin-us", required_argument, 0, 'S'},
         {"idle-timeout", required_argument, 0, 'T'},
+        {"zygote", no_argument, 0, 'z'},
+        {"preload", required_argument, 0, 'P'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->spin_us = -1;
@@ -100,6 +108,8 @@ static void parse_opts(int argc, char **argv, struct opts *o)
         case 'd': o->pdeathsig = 1; break;
         case 'S': o->spin_us = strtol(optarg, NULL, 10); break;
         case 'T': o->idle_timeout = strtod(optarg, NULL); break;
+        case 'z': o->zygote = 1; break;
+        case 'P': o->preload = optarg; break;
         default: usage_error("bad option");
         }
     }
@@ -109,17 +119,23 @@ static void parse_opts(int argc, char **argv, struct opts *o)
 
 /* Moves the protocol fds out of the way of user code, and sends anything
  * written to stdout to stderr instead: a print() never corrupts a frame. */
-static void setup_fds(void)
+static void take_fds(int in_fd, int out_fd)
 {
-    W.in_fd = fcntl(TPAR_WORKER_FD_IN, F_DUPFD_CLOEXEC, HIGH_FD);
-    W.out_fd = fcntl(TPAR_WORKER_FD_OUT, F_DUPFD_CLOEXEC, HIGH_FD);
-    if (W.in_fd < 0 || W.out_fd < 0)
+    W.in_fd = fcntl(in_fd, F_DUPFD_CLOEXEC, HIGH_FD);
+    W.out_fd = out_fd < 0 ? -1 : fcntl(out_fd, F_DUPFD_CLOEXEC, HIGH_FD);
+    if (W.in_fd < 0 || (out_fd >= 0 && W.out_fd < 0))
         die(EXIT_PROTOCOL, "fds 3 and 4 must be the job pipes");
-    close(TPAR_WORKER_FD_IN);
-    close(TPAR_WORKER_FD_OUT);
+    close(in_fd);
+    if (out_fd >= 0)
+        close(out_fd);
+    if (out_fd >= 0) /* a zygote's socket stays blocking */
+        tpar__set_nonblock(W.in_fd); /* for the spin before blocking */
+}
+
+static void setup_fds(int zygote)
+{
+    take_fds(TPAR_WORKER_FD_IN, zygote ? -1 : TPAR_WORKER_FD_OUT);
     dup2(STDERR_FILENO, STDOUT_FILENO);
-    int fl = fcntl(W.in_fd, F_GETFL);
-    fcntl(W.in_fd, F_SETFL, fl | O_NONBLOCK); /* for the spin before blocking */
 }
 
 static void setup_signals(int pdeathsig)
@@ -578,26 +594,148 @@ static void send_ready(void)
     W.out.len = 0;
 }
 
-int main(int argc, char **argv)
+/* Serves jobs until EOF, SHUTDOWN or retirement, then exits without
+ * finalizing: the parent has its results, and a job's leftover threads or
+ * atexit hooks must not keep the worker alive. */
+static void work(const struct opts *o)
 {
-    struct opts o;
-    parse_opts(argc, argv, &o);
-    setup_signals(o.pdeathsig);
-    setup_fds();
-    start_python(&o, argv[0]);
-    setup_python(&o);
-    if (o.init)
-        run_init(o.init);
-    W.max_tasks = o.max_tasks;
-    W.idle_ms = o.idle_timeout > 0 ? (int)(o.idle_timeout * 1000 + 0.5) : -1;
-    long spin = o.spin_us >= 0 ? o.spin_us : tpar_cpu_count() > 1 ? 50 : 0;
+    if (o->init)
+        run_init(o->init);
+    W.max_tasks = o->max_tasks;
+    W.idle_ms = o->idle_timeout > 0 ? (int)(o->idle_timeout * 1000 + 0.5) : -1;
+    long spin = o->spin_us >= 0 ? o->spin_us : tpar_cpu_count() > 1 ? 50 : 0;
     send_ready();
     int rc = serve(spin);
-    /* Exit without finalizing: the parent has its results, and a job's
-     * leftover threads or atexit hooks must not keep the worker alive. */
     fflush(stderr);
     PyObject *r = PyObject_CallMethod(PySys_GetObject("stdout"), "flush", NULL);
     Py_XDECREF(r);
     PyErr_Clear();
     _exit(rc);
+}
+
+/* ------------------------------------------------------------- forkserver */
+
+static void preload(const char *list)
+{
+    char *copy = strdup(list), *save = NULL;
+    for (char *m = strtok_r(copy, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
+        PyObject *mod = PyImport_ImportModule(m);
+        if (!mod) {
+            fprintf(stderr, "tpar-worker: --preload %s failed:\n", m);
+            PyErr_Print();
+        }
+        Py_XDECREF(mod);
+    }
+    free(copy);
+}
+
+static void zsend(int sock, int32_t kind, int32_t a, int32_t b)
+{
+    struct tpar__zmsg m = {kind, a, b};
+    while (send(sock, &m, sizeof(m), MSG_NOSIGNAL) < 0)
+        if (errno != EINTR)
+            _exit(0); /* the parent is gone */
+}
+
+/* Receives a FORK request: its tag and the two job-pipe ends.  Returns 0,
+ * or -1 at EOF (the parent is gone). */
+static int zrecv(int sock, int32_t *tag, int fds[2])
+{
+    struct tpar__zmsg m;
+    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
+    union {
+        char buf[CMSG_SPACE(2 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    ssize_t n;
+    while ((n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+        ;
+    if (n <= 0)
+        return -1;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (n != sizeof(m) || m.kind != TPAR__Z_FORK || !c ||
+        c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(2 * sizeof(int)))
+        die(EXIT_PROTOCOL, "bad forkserver request");
+    memcpy(fds, CMSG_DATA(c), 2 * sizeof(int));
+    *tag = m.a;
+    return 0;
+}
+
+static void become_worker(const struct opts *o, int fds[2], pid_t zygote)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    PyOS_AfterFork_Child();
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setpgid(0, 0); /* a timeout kills the job's own children too */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != zygote)
+        _exit(EXIT_PROTOCOL);
+    take_fds(fds[0], fds[1]);
+    work(o);
+}
+
+static void report_exits(int sock, int sfd)
+{
+    struct signalfd_siginfo si;
+    int st;
+    pid_t pid;
+    while (read(sfd, &si, sizeof(si)) > 0)
+        ;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) /* all our children are workers */
+        zsend(sock, TPAR__Z_EXIT, pid, st);
+}
+
+static void zygote(const struct opts *o)
+{
+    int sock = W.in_fd, fds[2];
+    int32_t tag;
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0)
+        die(EXIT_PROTOCOL, "signalfd failed");
+    if (o->preload)
+        preload(o->preload);
+    for (;;) {
+        struct pollfd p[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
+        if (poll(p, 2, -1) < 0)
+            continue;
+        if (p[1].revents)
+            report_exits(sock, sfd);
+        if (!p[0].revents)
+            continue;
+        if (zrecv(sock, &tag, fds) < 0)
+            _exit(0); /* the parent is gone; our workers die with us */
+        pid_t me = getpid();
+        PyOS_BeforeFork();
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(sock);
+            close(sfd);
+            become_worker(o, fds, me);
+        }
+        int err = errno;
+        PyOS_AfterFork_Parent();
+        close(fds[0]);
+        close(fds[1]);
+        zsend(sock, TPAR__Z_PID, tag, pid > 0 ? pid : -err);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o;
+    parse_opts(argc, argv, &o);
+    setup_signals(o.pdeathsig);
+    setup_fds(o.zygote);
+    start_python(&o, argv[0]);
+    setup_python(&o);
+    if (o.zygote)
+        zygote(&o);
+    work(&o);
 }

@@ -1,0 +1,26 @@
+/* Helpers shared between libtpar's files; not part of the API. */
+#ifndef TPAR_INTERNAL_H
+#define TPAR_INTERNAL_H
+
+#include <spawn.h>
+
+#include "tpar.h"
+
+int tpar__set_nonblock(int fd);
+/* Default dispositions for every signal, an empty mask, a new group. */
+int tpar__spawn_attrs(posix_spawnattr_t *attr);
+/* tpar_proc_reap for a worker forked by a zygote. */
+int tpar__zygote_reap(tpar_proc *p, int block);
+
+/* Messages on a zygote's control socket: one SOCK_SEQPACKET datagram each.
+ *   FORK  p->z  a = request tag; the two job-pipe ends as SCM_RIGHTS
+ *   PID   z->p  a = request tag, b = the worker's pid or -errno
+ *   EXIT  z->p  a = pid, b = wait status */
+enum { TPAR__Z_FORK = 'F', TPAR__Z_PID = 'P', TPAR__Z_EXIT = 'X' };
+struct tpar__zmsg {
+    int32_t kind;
+    int32_t a;
+    int32_t b;
+};
+
+#endif

@@ -1,0 +1,240 @@
+/* The forkserver's parent side: starting the zygote, asking it for
+ * workers, and collecting the exit statuses it reports. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "tpar.h"
+
+extern char **environ;
+
+int tpar_zygote_start(tpar_zygote *z, char *const argv[], char *const envp[])
+{
+    int sv[2];
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int rc;
+
+    tpar_zygote_stop(z);
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return -errno;
+    if ((rc = tpar__spawn_attrs(&attr)) < 0)
+        goto fail;
+    if ((rc = -posix_spawn_file_actions_init(&fa)) < 0) {
+        posix_spawnattr_destroy(&attr);
+        goto fail;
+    }
+    /* sv[1] > 3 (0-2 are open and sv[0] < sv[1]), so dup2 clears CLOEXEC. */
+    if (sv[1] <= TPAR_WORKER_FD_IN ||
+        (rc = -posix_spawn_file_actions_adddup2(&fa, sv[1], TPAR_WORKER_FD_IN)) < 0 ||
+        (rc = -posix_spawn_file_actions_addclosefrom_np(&fa, TPAR_WORKER_FD_IN + 1)) < 0) {
+        rc = rc ? rc : -EBADF;
+        posix_spawn_file_actions_destroy(&fa);
+        posix_spawnattr_destroy(&attr);
+        goto fail;
+    }
+    rc = -posix_spawn(&pid, argv[0], &fa, &attr, argv, envp ? envp : environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
+    if (rc < 0)
+        goto fail;
+    close(sv[1]);
+    z->pid = pid;
+    z->fd = sv[0];
+    z->gen++;
+    z->reaped = 0;
+    return 0;
+fail:
+    close(sv[0]);
+    close(sv[1]);
+    return rc;
+}
+
+static void zygote_gone(tpar_zygote *z)
+{
+    if (z->fd >= 0)
+        close(z->fd);
+    z->fd = -1;
+    if (z->pid > 0) {
+        kill(z->pid, SIGKILL);
+        int st;
+        while (waitpid(z->pid, &st, 0) < 0 && errno == EINTR)
+            ;
+        z->status = st;
+        z->reaped = 1;
+    }
+    z->pid = 0;
+    z->nexits = 0;
+}
+
+void tpar_zygote_stop(tpar_zygote *z)
+{
+    if (z->pid > 0)
+        zygote_gone(z);
+    free(z->exits);
+    z->exits = NULL;
+    z->nexits = z->cap_exits = 0;
+}
+
+static int note_exit(tpar_zygote *z, pid_t pid, int status)
+{
+    if (z->nexits == z->cap_exits) {
+        size_t cap = z->cap_exits ? z->cap_exits * 2 : 16;
+        struct tpar__exit *ne = realloc(z->exits, cap * sizeof(*ne));
+        if (!ne)
+            return -ENOMEM;
+        z->exits = ne;
+        z->cap_exits = cap;
+    }
+    z->exits[z->nexits].pid = pid;
+    z->exits[z->nexits].status = status;
+    z->nexits++;
+    return 0;
+}
+
+/* Reads one message; block waits up to timeout_ms (-1: forever).  EXIT
+ * reports are filed; a PID reply is returned in *m.  Returns 1 for a
+ * PID reply, 0 for nothing (or a filed report), -EPIPE when the zygote is
+ * gone (it is then reaped). */
+static int recv_one(tpar_zygote *z, struct tpar__zmsg *m, int timeout_ms)
+{
+    if (z->pid <= 0)
+        return -EPIPE;
+    if (timeout_ms != 0) {
+        struct pollfd pfd = {.fd = z->fd, .events = POLLIN};
+        int r = poll(&pfd, 1, timeout_ms);
+        if (r == 0)
+            return 0;
+        if (r < 0)
+            return errno == EINTR ? 0 : -errno;
+    }
+    ssize_t n = recv(z->fd, m, sizeof(*m), MSG_DONTWAIT);
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? 0 : (zygote_gone(z), -EPIPE);
+    if (n != (ssize_t)sizeof(*m)) { /* EOF, or nonsense: either way, gone */
+        zygote_gone(z);
+        return -EPIPE;
+    }
+    if (m->kind == TPAR__Z_EXIT)
+        return note_exit(z, m->a, m->b);
+    return m->kind == TPAR__Z_PID ? 1 : 0;
+}
+
+static int send_fork(tpar_zygote *z, int in_fd, int out_fd, int32_t tag)
+{
+    struct tpar__zmsg m = {TPAR__Z_FORK, tag, 0};
+    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
+    union {
+        char buf[CMSG_SPACE(2 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    int fds[2] = {in_fd, out_fd};
+    memset(u.buf, 0, sizeof(u.buf));
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(fds));
+    memcpy(CMSG_DATA(c), fds, sizeof(fds));
+    while (sendmsg(z->fd, &msg, MSG_NOSIGNAL) < 0) {
+        if (errno != EINTR) {
+            zygote_gone(z);
+            return -EPIPE;
+        }
+    }
+    return 0;
+}
+
+int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p)
+{
+    static int32_t next_tag;
+    int down[2] = {-1, -1}, up[2] = {-1, -1};
+    struct tpar__zmsg m;
+    int rc;
+
+    if (z->pid <= 0)
+        return -EPIPE;
+    if (pipe2(down, O_CLOEXEC) < 0 || pipe2(up, O_CLOEXEC) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    int32_t tag = ++next_tag;
+    if ((rc = send_fork(z, down[0], up[1], tag)) < 0)
+        goto out;
+    close(down[0]);
+    close(up[1]);
+    down[0] = up[1] = -1;
+    for (;;) { /* the zygote answers requests in order */
+        rc = recv_one(z, &m, 10000);
+        if (rc < 0)
+            goto out;
+        if (rc == 1 && m.a == tag)
+            break;
+    }
+    if (m.b <= 0) {
+        rc = m.b < 0 ? m.b : -EPROTO;
+        goto out;
+    }
+    (void)tpar__set_nonblock(down[1]);
+    (void)tpar__set_nonblock(up[0]);
+    memset(p, 0, sizeof(*p));
+    p->pid = m.b;
+    p->to_fd = down[1];
+    p->from_fd = up[0];
+    p->zygote = z;
+    p->zygote_gen = z->gen;
+    return 0;
+out:
+    for (int i = 0; i < 2; i++) {
+        if (down[i] >= 0)
+            close(down[i]);
+        if (up[i] >= 0)
+            close(up[i]);
+    }
+    return rc;
+}
+
+static int claim(tpar_zygote *z, tpar_proc *p)
+{
+    for (size_t i = 0; i < z->nexits; i++) {
+        if (z->exits[i].pid == p->pid) {
+            p->status = z->exits[i].status;
+            p->reaped = 1;
+            z->exits[i] = z->exits[--z->nexits];
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int tpar__zygote_reap(tpar_proc *p, int block)
+{
+    tpar_zygote *z = p->zygote;
+    struct tpar__zmsg m;
+    for (;;) {
+        if (p->zygote_gen != z->gen || z->pid <= 0) {
+            /* Its zygote died, and it with it (PR_SET_PDEATHSIG). */
+            p->status = SIGKILL;
+            p->reaped = 1;
+            return 0;
+        }
+        if (claim(z, p))
+            return 0;
+        int rc = recv_one(z, &m, block ? -1 : 0);
+        if (rc == 0 && !block && !claim(z, p)) {
+            /* drain whatever else is queued before giving up */
+            struct pollfd pfd = {.fd = z->fd, .events = POLLIN};
+            if (poll(&pfd, 1, 0) != 1)
+                return -EAGAIN;
+        }
+    }
+}
