@@ -1,0 +1,75 @@
+/* Internal header of the tpar command line program (cmd/). */
+#ifndef TPAR_CLI_H
+#define TPAR_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <uv.h>
+
+#include "tpar.h"
+
+#define EXIT_USAGE 255
+
+enum mode { MODE_STREAM, MODE_MAP, MODE_RUN };
+
+/* Result statuses, in record order. */
+enum status { ST_OK, ST_ERROR, ST_TIMEOUT, ST_BROKEN, ST_CANCELLED, ST_BAD_INPUT, ST_COUNT };
+extern const char *const status_names[ST_COUNT];
+
+enum halt { HALT_NONE, HALT_SOON, HALT_NOW };
+
+struct opts {
+    int mode;
+    int jobs;                 /* -j */
+    int keep_order;           /* -k */
+    double timeout;           /* --timeout seconds; 0: none */
+    int retries;              /* --retries */
+    unsigned retry_on;        /* bit per enum status */
+    int halt;                 /* enum halt */
+    double halt_fail;         /* count, or percent when halt_pct */
+    int halt_pct;
+    long max_tasks;           /* --max-tasks-per-worker; 0: none */
+    uint64_t max_rss;         /* --max-worker-rss bytes; 0: none */
+    double idle_timeout;      /* --idle-timeout seconds */
+    const char *init;         /* --init MOD:FN */
+    const char **paths;       /* -I DIR, in order */
+    int npaths;
+    const char *joblog;
+    const char *resume;
+    const char *output;       /* -o; NULL: stdout */
+    int progress;             /* -1 auto, 0 off, 1 on */
+    uint64_t total;           /* --total */
+    int quiet;
+    int summary;
+    size_t max_line;
+    const char *fn;           /* map / run: MOD:FN */
+    int star;                 /* map --star */
+    const char *args, *kwargs;/* run */
+    char **files;             /* input files; none: stdin */
+    int nfiles;
+};
+
+/* options.c */
+int opts_parse(struct opts *o, int argc, char **argv);   /* 0, or exits */
+void cli_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* resume.c: a set of raw JSON id texts */
+struct idset;
+struct idset *idset_load(const char *path, int *err);     /* NULL + *err on failure */
+int idset_has(const struct idset *s, const char *id, size_t n);
+size_t idset_size(const struct idset *s);
+void idset_free(struct idset *s);
+
+/* out.c: record formatting into a growable buffer */
+void out_lit(tpar_buf *b, const char *s, size_t n);
+#define OUT_LIT(b, s) out_lit((b), (s), sizeof(s) - 1)
+void out_u64(tpar_buf *b, uint64_t v);
+void out_secs(tpar_buf *b, double secs);
+void out_jstr(tpar_buf *b, const char *s, size_t n); /* a JSON string literal */
+
+/* stream.c: runs the whole program for MODE_STREAM / MAP / RUN */
+int stream_main(struct opts *o);
+
+#endif

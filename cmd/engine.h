@@ -1,0 +1,143 @@
+/* The stream engine's shared state (cmd/ internal).  One engine per
+ * process: the global E. */
+#ifndef TPAR_ENGINE_H
+#define TPAR_ENGINE_H
+
+#include "cli.h"
+
+/* One job, from its input line to its record.  Allocated once with its
+ * text: the id's raw JSON, then the JOB_JSON payload (fn NUL args NUL
+ * kwargs), ready to copy into a frame. */
+struct job {
+    struct job *next;     /* in the pending queue */
+    uint64_t seq;
+    double timeout;       /* seconds; 0: none */
+    double start;         /* monotonic time it became its worker's head */
+    int attempts;         /* attempts that have ended */
+    uint32_t id_len;
+    uint32_t payload_len;
+    char data[];
+};
+
+struct jobq {
+    struct job *head, *tail;
+    size_t n;
+};
+
+#define MAX_DEPTH 256 /* jobs in flight per worker, at most */
+
+enum wstate {
+    W_STARTING, /* spawned, READY not seen */
+    W_READY,    /* takes jobs */
+    W_CLOSING,  /* takes no more jobs: retiring, shut down, or killed */
+    W_DEAD,     /* EOF seen, fds closed, waiting to reap */
+};
+
+struct worker {
+    tpar_proc proc;
+    uv_poll_t rpoll, wpoll;   /* from_fd readable, to_fd writable */
+    uv_timer_t timer;         /* job timeout, idle timeout, reap retry */
+    int timer_mode;
+    int open_handles;         /* freed when the last handle has closed */
+    tpar_decoder dec;
+    tpar_buf out;             /* frames not yet written */
+    int writing;              /* wpoll started */
+    struct job *ring[MAX_DEPTH]; /* in flight, oldest (the running one) first */
+    unsigned rhead, rn;
+    int state;
+    int killed_for;           /* ST_TIMEOUT / ST_CANCELLED when we killed it */
+    int exit_expected;        /* RETIRING seen or its input closed */
+    int retiring_seen;        /* it said it exits after its last result */
+    int ready_seen;
+    int wpoll_closed;
+    long sent;                /* jobs sent in its life */
+    uint64_t stamp;           /* when it last became idle (LIFO reuse) */
+    double reap_start;
+};
+
+struct input {
+    int idx;                  /* file being read (index into opts files) */
+    int fd;                   /* -1: none open */
+    int pollable;             /* pipe/tty: wait with uv_poll; else read */
+    int polling;
+    int poll_ready;           /* poll handle initialised (for this fd) */
+    uv_poll_t poll;
+    char *buf;
+    size_t cap, start, len;   /* unparsed bytes: buf[start..len) */
+    uint64_t lineno;
+    int skipping;             /* discarding the rest of an over-long line */
+    int eof;                  /* current file at its end */
+    int done;                 /* no more input will be read */
+    const char *name;         /* for messages; "-" is stdin */
+};
+
+enum stop { STOP_NONE, STOP_SOON, STOP_NOW, STOP_PIPE };
+
+struct engine {
+    struct opts *o;
+    uv_loop_t *loop;
+    uv_prepare_t prep;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t progress;
+    struct input in;
+    struct jobq pending;
+    uint64_t last_seq;        /* seq numbers start at 1 */
+    struct worker **workers;  /* live workers, any state */
+    int nworkers;
+    char **wargv;             /* worker command line */
+    double cost;              /* EWMA of seconds per job in a worker */
+    uint64_t stamp;
+    /* output */
+    int out_fd;
+    tpar_buf out;
+    int log_fd;
+    tpar_buf log;
+    char **rslot;             /* -k reorder window, indexed by seq % rcap */
+    uint32_t *rlen;
+    size_t rcap;
+    uint64_t rbase;           /* next seq to write in -k mode */
+    /* state */
+    uint64_t count[ST_COUNT];
+    uint64_t skipped, failed, finished, inflight, started_workers;
+    int stop;                 /* enum stop */
+    int signo;                /* first signal received */
+    int fatal;                /* exit 255 once stopped */
+    int progress_on;
+    double t0, wall0;
+    struct idset *resume;
+};
+
+extern struct engine E;
+
+/* input.c */
+int input_init(void);          /* checks that every FILE can be read */
+void input_pump(void);         /* parses lines while the engine wants jobs */
+void input_stop(void);
+int input_wants_more(void);
+
+/* job.c */
+void job_from_line(const char *s, size_t n, uint64_t seq, uint64_t lineno);
+int job_for_run(void);         /* tpar run: the one job; 0 or exits 255 */
+struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const parts[],
+                    const size_t lens[], int nparts);
+void jobq_push(struct jobq *q, struct job *j);
+void jobq_push_front(struct jobq *q, struct job *j);
+struct job *jobq_pop(struct jobq *q);
+void record_bad_input(uint64_t seq, uint64_t line, const char *msg);
+void record_skipped(uint64_t seq);
+/* Ends one attempt of j with a status and its value or error JSON; retries
+ * it or writes its record, and frees it unless it was requeued. */
+void job_attempt_done(struct job *j, int status, const char *body, size_t n,
+                      double duration, pid_t pid);
+void engine_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void engine_stop(int how);
+void output_flush(void);
+
+/* worker.c */
+void pool_dispatch(void);      /* sends pending jobs, spawns workers */
+void pool_flush(void);         /* writes queued frames */
+void pool_close_idle(void);    /* at the end: lets idle workers exit */
+void pool_kill_all(int why);   /* SIGKILL every worker */
+int pool_busy(void);           /* jobs in flight */
+
+#endif

@@ -1,0 +1,252 @@
+/* Reading the job stream: FILEs in order ("-" or none: stdin), split into
+ * lines, each line parsed into a job.  Memory stays bounded: lines are
+ * parsed only while the engine wants more jobs, and a chunk is read only
+ * when no whole line is left.  Pipes and ttys are waited on with uv_poll
+ * (their fd stays blocking: it may be shared with the shell); regular files
+ * are read directly. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "jsonline.h"
+
+#define CHUNK (256 * 1024)
+#define PENDING_MAX 4096 /* parsed jobs waiting for a worker, at most */
+
+static void on_input(uv_poll_t *h, int status, int events);
+
+static const char *file_name(int i)
+{
+    return E.o->nfiles ? E.o->files[i] : "-";
+}
+
+int input_init(void)
+{
+    E.in.fd = -1;
+    E.in.idx = -1;
+    for (int i = 0; i < E.o->nfiles; i++) {
+        const char *f = E.o->files[i];
+        if (!strcmp(f, "-"))
+            continue;
+        int fd = open(f, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            cli_die(EXIT_USAGE, "cannot read %s: %s", f, strerror(errno));
+        close(fd);
+    }
+    return 0;
+}
+
+int input_wants_more(void)
+{
+    if (E.pending.n >= PENDING_MAX || E.stop != STOP_NONE)
+        return 0;
+    return !E.o->keep_order || E.last_seq + 1 < E.rbase + E.rcap;
+}
+
+static void close_current(void)
+{
+    if (E.in.poll_ready) {
+        uv_close((uv_handle_t *)&E.in.poll, NULL);
+        E.in.poll_ready = E.in.polling = 0;
+    }
+    if (E.in.fd > 0)
+        close(E.in.fd);
+    E.in.fd = -1;
+}
+
+/* Opens the next FILE; 0, or 1 when there is none left. */
+static int open_next(void)
+{
+    int n = E.o->nfiles ? E.o->nfiles : 1;
+    if (++E.in.idx >= n)
+        return 1;
+    E.in.name = file_name(E.in.idx);
+    E.in.lineno = 0;
+    E.in.eof = 0;
+    E.in.skipping = 0;
+    if (!strcmp(E.in.name, "-")) {
+        E.in.fd = 0;
+    } else if ((E.in.fd = open(E.in.name, O_RDONLY | O_CLOEXEC)) < 0) {
+        engine_fatal("cannot read %s: %s", E.in.name, strerror(errno));
+        return 1;
+    }
+    struct stat st;
+    E.in.pollable = 0;
+    if (fstat(E.in.fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+        /* uv_poll_init makes the fd non-blocking; put its flags back. */
+        int fl = fcntl(E.in.fd, F_GETFL);
+        if (uv_poll_init(E.loop, &E.in.poll, E.in.fd) == 0) {
+            E.in.pollable = E.in.poll_ready = 1;
+            E.in.poll.data = NULL;
+        }
+        if (fl >= 0)
+            fcntl(E.in.fd, F_SETFL, fl);
+    }
+    return 0;
+}
+
+/* Reads one chunk; returns bytes read, 0 at EOF, -EAGAIN, or fatal. */
+static ssize_t read_chunk(void)
+{
+    struct input *in = &E.in;
+    if (in->start > 0) {
+        memmove(in->buf, in->buf + in->start, in->len - in->start);
+        in->len -= in->start;
+        in->start = 0;
+    }
+    if (in->cap - in->len < CHUNK) {
+        size_t cap = in->cap ? in->cap * 2 : 2 * CHUNK;
+        while (cap - in->len < CHUNK)
+            cap *= 2;
+        char *b = realloc(in->buf, cap);
+        if (!b) {
+            engine_fatal("out of memory reading %s", in->name);
+            return -ENOMEM;
+        }
+        in->buf = b;
+        in->cap = cap;
+    }
+    for (;;) {
+        ssize_t n = read(in->fd, in->buf + in->len, CHUNK);
+        if (n >= 0) {
+            in->len += (size_t)n;
+            return n;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN)
+            return -EAGAIN;
+        engine_fatal("cannot read %s: %s", in->name, strerror(errno));
+        return -errno;
+    }
+}
+
+/* After a long line the buffer may be huge: give the memory back. */
+static void maybe_shrink(void)
+{
+    struct input *in = &E.in;
+    if (in->cap <= 4 * CHUNK || in->len - in->start > CHUNK)
+        return;
+    memmove(in->buf, in->buf + in->start, in->len - in->start);
+    in->len -= in->start;
+    in->start = 0;
+    char *b = realloc(in->buf, 2 * CHUNK);
+    if (b) {
+        in->buf = b;
+        in->cap = 2 * CHUNK;
+    }
+}
+
+static int blank(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+            return 0;
+    return 1;
+}
+
+static void too_long(void)
+{
+    char msg[128];
+    snprintf(msg, sizeof msg, "line longer than --max-line (%zu bytes)", E.o->max_line);
+    record_bad_input(++E.last_seq, E.in.lineno, msg);
+}
+
+static void line(const char *s, size_t n)
+{
+    E.in.lineno++;
+    if (n > E.o->max_line) {
+        too_long();
+        return;
+    }
+    if (blank(s, n))
+        return;
+    job_from_line(s, n, ++E.last_seq, E.in.lineno);
+}
+
+/* Takes one line (or an over-long prefix) out of the buffer; 0 when no
+ * whole line is there. */
+static int take_line(void)
+{
+    struct input *in = &E.in;
+    char *s = in->buf + in->start;
+    size_t avail = in->len - in->start;
+    char *nl = avail ? memchr(s, '\n', avail) : NULL;
+    if (nl) {
+        size_t n = (size_t)(nl - s);
+        in->start += n + 1;
+        if (in->skipping)
+            in->skipping = 0;
+        else
+            line(s, n);
+        return 1;
+    }
+    if (avail > E.o->max_line || (in->skipping && avail)) {
+        if (!in->skipping) {
+            in->lineno++;
+            too_long();
+            in->skipping = 1;
+        }
+        in->start = in->len;
+        maybe_shrink();
+        return 1;
+    }
+    if (in->eof && avail) {
+        in->start = in->len;
+        if (!in->skipping)
+            line(s, avail);
+        in->skipping = 0;
+        return 1;
+    }
+    return 0;
+}
+
+void input_stop(void)
+{
+    close_current();
+    E.in.done = 1;
+}
+
+void input_pump(void)
+{
+    struct input *in = &E.in;
+    while (!in->done && input_wants_more()) {
+        if (in->fd < 0 && open_next()) {
+            input_stop();
+            break;
+        }
+        if (take_line())
+            continue;
+        if (in->eof) {
+            close_current();
+            continue;
+        }
+        if (in->pollable) {
+            if (!in->polling)
+                uv_poll_start(&in->poll, UV_READABLE, on_input);
+            in->polling = 1;
+            return;
+        }
+        ssize_t r = read_chunk();
+        if (r == 0)
+            in->eof = 1;
+        else if (r < 0)
+            return;
+    }
+    if (in->polling) {
+        uv_poll_stop(&in->poll);
+        in->polling = 0;
+    }
+}
+
+static void on_input(uv_poll_t *h, int status, int events)
+{
+    ssize_t r = read_chunk();
+    if (r == 0 || (status < 0 && r != -EAGAIN))
+        E.in.eof = 1;
+    input_pump();
+}

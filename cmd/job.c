@@ -1,0 +1,227 @@
+/* Jobs: from an input line (stream and map modes) or the command line
+ * (tpar run) to a struct job holding the id text and the frame payload.
+ * The line is scanned once (core/jsonline.c); values are copied as raw
+ * JSON text, never decoded here. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "jsonline.h"
+
+struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const parts[],
+                    const size_t lens[], int nparts)
+{
+    size_t total = idn;
+    for (int i = 0; i < nparts; i++)
+        total += lens[i];
+    struct job *j = malloc(sizeof *j + total);
+    if (!j)
+        cli_die(EXIT_USAGE, "out of memory");
+    j->next = NULL;
+    j->seq = seq;
+    j->timeout = E.o->timeout;
+    j->start = 0;
+    j->attempts = 0;
+    j->id_len = (uint32_t)idn;
+    j->payload_len = (uint32_t)(total - idn);
+    char *p = j->data;
+    memcpy(p, id, idn);
+    p += idn;
+    for (int i = 0; i < nparts; i++) {
+        memcpy(p, parts[i], lens[i]);
+        p += lens[i];
+    }
+    return j;
+}
+
+void jobq_push(struct jobq *q, struct job *j)
+{
+    j->next = NULL;
+    if (q->tail)
+        q->tail->next = j;
+    else
+        q->head = j;
+    q->tail = j;
+    q->n++;
+}
+
+void jobq_push_front(struct jobq *q, struct job *j)
+{
+    j->next = q->head;
+    q->head = j;
+    if (!q->tail)
+        q->tail = j;
+    q->n++;
+}
+
+struct job *jobq_pop(struct jobq *q)
+{
+    struct job *j = q->head;
+    if (j) {
+        q->head = j->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->n--;
+    }
+    return j;
+}
+
+static size_t u64_text(char *buf, uint64_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static void bad_json(uint64_t seq, uint64_t lineno, const tpar_jsonline_error *err)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, "line %llu, column %zu: %s", (unsigned long long)lineno,
+             err->pos + 1, err->msg);
+    record_bad_input(seq, lineno, msg);
+}
+
+static void bad(uint64_t seq, uint64_t lineno, const char *what)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg, "line %llu: %s", (unsigned long long)lineno, what);
+    record_bad_input(seq, lineno, msg);
+}
+
+/* "MOD:FN" from a validated JSON string literal, into buf (>= n bytes);
+ * returns its length or -1 when it is not MOD:FN. */
+static long fn_text(const char *lit, size_t n, char *buf)
+{
+    long len;
+    if (memchr(lit, '\\', n)) {
+        len = tpar_jsonline_unescape(lit, n, buf);
+        if (len < 0 || memchr(buf, 0, (size_t)len))
+            return -1;
+    } else {
+        len = (long)n - 2;
+        memcpy(buf, lit + 1, (size_t)len);
+    }
+    const char *colon = memchr(buf, ':', (size_t)len);
+    if (!colon || colon == buf || colon == buf + len - 1)
+        return -1;
+    return len;
+}
+
+static int parse_timeout(const char *s, size_t n, double *out)
+{
+    char tmp[64];
+    if (n >= sizeof tmp)
+        return -1;
+    memcpy(tmp, s, n);
+    tmp[n] = 0;
+    char *end;
+    double v = strtod(tmp, &end);
+    if (*end || !(v > 0) || v > 1e9)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static void stream_line(const char *s, size_t n, uint64_t seq, uint64_t lineno)
+{
+    tpar_jsonline_job jl;
+    tpar_jsonline_error err;
+    if (tpar_jsonline_job_parse(s, n, &jl, &err) < 0) {
+        bad_json(seq, lineno, &err);
+        return;
+    }
+    char fnbuf[512], *fn = jl.fn.len <= sizeof fnbuf ? fnbuf : malloc(jl.fn.len);
+    if (!fn)
+        cli_die(EXIT_USAGE, "out of memory");
+    long fnlen = fn_text(s + jl.fn.off, jl.fn.len, fn);
+    char idbuf[24];
+    const char *id = s + jl.id.off;
+    size_t idn = jl.id.len;
+    double timeout = E.o->timeout;
+    if (fnlen < 0) {
+        bad(seq, lineno, "\"fn\" must be \"MOD:FN\" (module, colon, function)");
+    } else if (jl.timeout.type == TPAR_JSON_NUMBER &&
+               parse_timeout(s + jl.timeout.off, jl.timeout.len, &timeout) < 0) {
+        bad(seq, lineno, "\"timeout\" must be a number of seconds above 0");
+    } else {
+        if (jl.id.type == TPAR_JSON_NONE) {
+            idn = u64_text(idbuf, seq);
+            id = idbuf;
+        }
+        if (E.resume && idset_has(E.resume, id, idn)) {
+            record_skipped(seq);
+        } else {
+            const char *parts[] = {fn, "", s + jl.args.off, "", s + jl.kwargs.off};
+            const size_t lens[] = {(size_t)fnlen, 1, jl.args.len, 1, jl.kwargs.len};
+            struct job *j = job_new(seq, id, idn, parts, lens, 5);
+            j->timeout = timeout;
+            jobq_push(&E.pending, j);
+        }
+    }
+    if (fn != fnbuf)
+        free(fn);
+}
+
+static void map_line(const char *s, size_t n, uint64_t seq, uint64_t lineno)
+{
+    tpar_jsonline_span v;
+    tpar_jsonline_error err;
+    if (tpar_jsonline_value(s, n, &v, &err) < 0) {
+        bad_json(seq, lineno, &err);
+        return;
+    }
+    if (E.o->star && v.type != TPAR_JSON_ARRAY) {
+        bad(seq, lineno, "with --star each line must be a JSON array of arguments");
+        return;
+    }
+    char idbuf[24];
+    size_t idn = u64_text(idbuf, seq);
+    if (E.resume && idset_has(E.resume, idbuf, idn)) {
+        record_skipped(seq);
+        return;
+    }
+    const char *open = E.o->star ? "" : "[", *close = E.o->star ? "" : "]";
+    const char *parts[] = {E.o->fn, "", open, s + v.off, close, ""};
+    const size_t lens[] = {strlen(E.o->fn), 1, strlen(open), v.len, strlen(close), 1};
+    jobq_push(&E.pending, job_new(seq, idbuf, idn, parts, lens, 6));
+}
+
+void job_from_line(const char *s, size_t n, uint64_t seq, uint64_t lineno)
+{
+    if (E.o->mode == MODE_MAP)
+        map_line(s, n, seq, lineno);
+    else
+        stream_line(s, n, seq, lineno);
+}
+
+static const char *check_arg(const char *opt, const char *text, int want)
+{
+    tpar_jsonline_span v;
+    tpar_jsonline_error err;
+    if (!text)
+        return "";
+    if (tpar_jsonline_value(text, strlen(text), &v, &err) < 0)
+        cli_die(EXIT_USAGE, "%s: invalid JSON at column %zu: %s", opt, err.pos + 1, err.msg);
+    if (v.type != want)
+        cli_die(EXIT_USAGE, "%s: expected a JSON %s, got %.40s", opt,
+                want == TPAR_JSON_ARRAY ? "array" : "object", text + v.off);
+    return text;
+}
+
+int job_for_run(void)
+{
+    const char *args = check_arg("--args", E.o->args, TPAR_JSON_ARRAY);
+    const char *kwargs = check_arg("--kwargs", E.o->kwargs, TPAR_JSON_OBJECT);
+    const char *parts[] = {E.o->fn, "", args, "", kwargs};
+    const size_t lens[] = {strlen(E.o->fn), 1, strlen(args), 1, strlen(kwargs)};
+    jobq_push(&E.pending, job_new(1, "1", 1, parts, lens, 5));
+    E.last_seq = 1;
+    return 0;
+}

@@ -1,0 +1,323 @@
+/* Command line parsing for tpar.  Every usage error is one line on stderr
+ * and exit status 255. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+#ifndef TPAR_VERSION
+#define TPAR_VERSION "0.0"
+#endif
+
+static const char help_text[] =
+    "usage: tpar [OPTIONS] [FILE...]          run JSON-lines jobs (stdin or FILEs)\n"
+    "       tpar map MOD:FN [--star] [FILE...] call MOD:FN on each JSON line\n"
+    "       tpar run MOD:FN [--args JSON] [--kwargs JSON]\n"
+    "\n"
+    "A job line: {\"id\": ..., \"fn\": \"mod:fn\", \"args\": [...], \"kwargs\": {...}}\n"
+    "Common options: -j N, -k, --timeout DUR, --retries N, --halt SPEC, -o FILE,\n"
+    "--joblog FILE, --resume FILE, --progress, --summary, -I DIR, --init MOD:FN.\n"
+    "\n"
+    "See the manual for every option, the record formats and exit statuses:\n"
+    "  man tpar\n";
+
+void cli_die(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tpar: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(code);
+}
+
+void cli_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("tpar: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+enum {
+    O_TIMEOUT = 256, O_RETRIES, O_RETRY_ON, O_HALT, O_MAX_TASKS, O_MAX_RSS,
+    O_IDLE, O_INIT, O_JOBLOG, O_RESUME, O_PROGRESS, O_NO_PROGRESS, O_TOTAL,
+    O_SUMMARY, O_MAX_LINE, O_STAR, O_ARGS, O_KWARGS,
+};
+
+static const struct option longopts[] = {
+    {"jobs", required_argument, 0, 'j'},
+    {"keep-order", no_argument, 0, 'k'},
+    {"timeout", required_argument, 0, O_TIMEOUT},
+    {"retries", required_argument, 0, O_RETRIES},
+    {"retry-on", required_argument, 0, O_RETRY_ON},
+    {"halt", required_argument, 0, O_HALT},
+    {"max-tasks-per-worker", required_argument, 0, O_MAX_TASKS},
+    {"max-worker-rss", required_argument, 0, O_MAX_RSS},
+    {"idle-timeout", required_argument, 0, O_IDLE},
+    {"init", required_argument, 0, O_INIT},
+    {"path", required_argument, 0, 'I'},
+    {"joblog", required_argument, 0, O_JOBLOG},
+    {"resume", required_argument, 0, O_RESUME},
+    {"progress", no_argument, 0, O_PROGRESS},
+    {"no-progress", no_argument, 0, O_NO_PROGRESS},
+    {"total", required_argument, 0, O_TOTAL},
+    {"output", required_argument, 0, 'o'},
+    {"quiet", no_argument, 0, 'q'},
+    {"summary", no_argument, 0, O_SUMMARY},
+    {"max-line", required_argument, 0, O_MAX_LINE},
+    {"star", no_argument, 0, O_STAR},
+    {"args", required_argument, 0, O_ARGS},
+    {"kwargs", required_argument, 0, O_KWARGS},
+    {"help", no_argument, 0, 'h'},
+    {"version", no_argument, 0, 'V'},
+    {0, 0, 0, 0},
+};
+
+static double parse_number(const char *opt, const char *s, char **end)
+{
+    errno = 0;
+    double v = strtod(s, end);
+    if (*end == s || errno == ERANGE || !isfinite(v) || v < 0)
+        cli_die(EXIT_USAGE, "%s: invalid value '%s'", opt, s);
+    return v;
+}
+
+/* A non-negative integer. */
+static long parse_long(const char *opt, const char *s)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < 0)
+        cli_die(EXIT_USAGE, "%s: expected a non-negative integer, got '%s'", opt, s);
+    return v;
+}
+
+/* Seconds with an optional unit: ms, s, m, h, d. */
+static double parse_duration(const char *opt, const char *s)
+{
+    char *end;
+    double v = parse_number(opt, s, &end);
+    if (!*end || !strcmp(end, "s"))
+        return v;
+    if (!strcmp(end, "ms"))
+        return v / 1000;
+    if (!strcmp(end, "m"))
+        return v * 60;
+    if (!strcmp(end, "h"))
+        return v * 3600;
+    if (!strcmp(end, "d"))
+        return v * 86400;
+    cli_die(EXIT_USAGE, "%s: invalid duration '%s' (use e.g. 30, 1.5s, 500ms, 2m, 1h)", opt, s);
+}
+
+/* Bytes with an optional binary unit: K, M, G, T (KiB, KB, k...). */
+static uint64_t parse_size(const char *opt, const char *s)
+{
+    char *end;
+    double v = parse_number(opt, s, &end);
+    static const char units[] = "KMGT";
+    double mult = 1;
+    if (*end) {
+        const char *u = strchr(units, end[0] & ~0x20);
+        if (!u || !end[0])
+            cli_die(EXIT_USAGE, "%s: invalid size '%s' (use e.g. 512M, 2G)", opt, s);
+        for (const char *q = units; q <= u; q++)
+            mult *= 1024;
+        const char *rest = end + 1;
+        if (strcmp(rest, "") && strcmp(rest, "B") && strcmp(rest, "iB"))
+            cli_die(EXIT_USAGE, "%s: invalid size '%s' (use e.g. 512M, 2G)", opt, s);
+    }
+    return (uint64_t)(v * mult);
+}
+
+static int parse_jobs(const char *s)
+{
+    char *end;
+    double v = parse_number("-j", s, &end);
+    int ncpu = tpar_cpu_count();
+    if (!strcmp(end, "%"))
+        v = floor(ncpu * v / 100);
+    else if (*end)
+        cli_die(EXIT_USAGE, "-j: expected N or N%%, got '%s'", s);
+    if (v < 1 && !strcmp(end, "%"))
+        v = 1;
+    if (v < 1 || v > 4096 || (v != floor(v)))
+        cli_die(EXIT_USAGE, "-j: expected a whole number from 1 to 4096, got '%s'", s);
+    return (int)v;
+}
+
+static unsigned parse_retry_on(const char *s)
+{
+    unsigned mask = 0;
+    char *copy = strdup(s), *save = NULL;
+    if (!copy)
+        cli_die(EXIT_USAGE, "out of memory");
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(t, "broken"))
+            mask |= 1u << ST_BROKEN;
+        else if (!strcmp(t, "timeout"))
+            mask |= 1u << ST_TIMEOUT;
+        else if (!strcmp(t, "error"))
+            mask |= 1u << ST_ERROR;
+        else
+            cli_die(EXIT_USAGE, "--retry-on: unknown status '%s' (use broken, timeout, error)", t);
+    }
+    free(copy);
+    return mask;
+}
+
+/* now|soon,fail=N|N%; also GNU parallel's 0, 1 (soon,fail=1), 2 (now,fail=1). */
+static void parse_halt(struct opts *o, const char *s)
+{
+    if (!strcmp(s, "0") || !strcmp(s, "never")) {
+        o->halt = HALT_NONE;
+        return;
+    }
+    if (!strcmp(s, "1") || !strcmp(s, "2")) {
+        o->halt = s[0] == '1' ? HALT_SOON : HALT_NOW;
+        o->halt_fail = 1;
+        return;
+    }
+    const char *rest;
+    if (!strncmp(s, "now,", 4))
+        o->halt = HALT_NOW, rest = s + 4;
+    else if (!strncmp(s, "soon,", 5))
+        o->halt = HALT_SOON, rest = s + 5;
+    else
+        cli_die(EXIT_USAGE, "--halt: expected now|soon,fail=N|N%%, got '%s'", s);
+    if (strncmp(rest, "fail=", 5))
+        cli_die(EXIT_USAGE, "--halt: expected now|soon,fail=N|N%%, got '%s'", s);
+    char *end;
+    o->halt_fail = parse_number("--halt", rest + 5, &end);
+    o->halt_pct = !strcmp(end, "%");
+    if ((*end && !o->halt_pct) || o->halt_fail <= 0 ||
+        (o->halt_pct && o->halt_fail > 100) ||
+        (!o->halt_pct && o->halt_fail != floor(o->halt_fail)))
+        cli_die(EXIT_USAGE, "--halt: invalid fail=%s", rest + 5);
+}
+
+static void add_path(struct opts *o, const char *dir)
+{
+    const char **p = realloc(o->paths, (size_t)(o->npaths + 1) * sizeof *p);
+    if (!p)
+        cli_die(EXIT_USAGE, "out of memory");
+    p[o->npaths++] = dir;
+    o->paths = p;
+}
+
+static void defaults(struct opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->jobs = tpar_cpu_count();
+    o->retry_on = 1u << ST_BROKEN;
+    o->idle_timeout = 600;
+    o->progress = -1;
+    o->max_line = (size_t)64 << 20;
+}
+
+static void option(struct opts *o, int c, const char *arg)
+{
+    switch (c) {
+    case 'j': o->jobs = parse_jobs(arg); break;
+    case 'k': o->keep_order = 1; break;
+    case O_TIMEOUT:
+        o->timeout = parse_duration("--timeout", arg);
+        if (o->timeout <= 0)
+            cli_die(EXIT_USAGE, "--timeout: must be more than 0");
+        break;
+    case O_RETRIES: o->retries = (int)parse_long("--retries", arg); break;
+    case O_RETRY_ON: o->retry_on = parse_retry_on(arg); break;
+    case O_HALT: parse_halt(o, arg); break;
+    case O_MAX_TASKS:
+        o->max_tasks = parse_long("--max-tasks-per-worker", arg);
+        if (o->max_tasks < 1)
+            cli_die(EXIT_USAGE, "--max-tasks-per-worker: must be at least 1");
+        break;
+    case O_MAX_RSS: o->max_rss = parse_size("--max-worker-rss", arg); break;
+    case O_IDLE: o->idle_timeout = parse_duration("--idle-timeout", arg); break;
+    case O_INIT:
+        if (!strchr(arg, ':'))
+            cli_die(EXIT_USAGE, "--init: expected MOD:FN, got '%s'", arg);
+        o->init = arg;
+        break;
+    case 'I': add_path(o, arg); break;
+    case O_JOBLOG: o->joblog = arg; break;
+    case O_RESUME: o->resume = arg; break;
+    case O_PROGRESS: o->progress = 1; break;
+    case O_NO_PROGRESS: o->progress = 0; break;
+    case O_TOTAL: o->total = (uint64_t)parse_long("--total", arg); break;
+    case 'o': o->output = arg; break;
+    case 'q': o->quiet = 1; break;
+    case O_SUMMARY: o->summary = 1; break;
+    case O_MAX_LINE:
+        o->max_line = (size_t)parse_size("--max-line", arg);
+        if (o->max_line < 2 || o->max_line > ((size_t)1 << 31))
+            cli_die(EXIT_USAGE, "--max-line: must be between 2 bytes and 2G");
+        break;
+    case O_STAR: o->star = 1; break;
+    case O_ARGS: o->args = arg; break;
+    case O_KWARGS: o->kwargs = arg; break;
+    case 'h': fputs(help_text, stdout); exit(0);
+    case 'V': printf("tpar %s\n", TPAR_VERSION); exit(0);
+    }
+}
+
+static void bad_option(int argc, char **argv, int c)
+{
+    const char *arg = optind - 1 < argc ? argv[optind - 1] : "?";
+    if (c == ':')
+        cli_die(EXIT_USAGE, "option %s needs a value (see tpar --help)", arg);
+    if (optopt && optopt < 256)
+        cli_die(EXIT_USAGE, "unknown option -%c (see tpar --help)", optopt);
+    cli_die(EXIT_USAGE, "unknown option %s (see tpar --help)", arg);
+}
+
+/* The first operand names a subcommand (run, map) or is the first FILE. */
+static void operands(struct opts *o, int n, char **v)
+{
+    o->mode = MODE_STREAM;
+    if (n > 0 && (!strcmp(v[0], "run") || !strcmp(v[0], "map"))) {
+        o->mode = v[0][0] == 'r' ? MODE_RUN : MODE_MAP;
+        if (n < 2)
+            cli_die(EXIT_USAGE, "%s: missing MOD:FN (see tpar --help)", v[0]);
+        o->fn = v[1];
+        if (!strchr(o->fn, ':'))
+            cli_die(EXIT_USAGE, "%s: expected MOD:FN (module, colon, function), got '%s'",
+                    v[0], o->fn);
+        v += 2, n -= 2;
+        if (o->mode == MODE_RUN && n > 0)
+            cli_die(EXIT_USAGE, "run: unexpected argument '%s' (see tpar --help)", v[0]);
+    }
+    if ((o->args || o->kwargs) && o->mode != MODE_RUN)
+        cli_die(EXIT_USAGE, "--args and --kwargs go with 'tpar run'");
+    if (o->star && o->mode != MODE_MAP)
+        cli_die(EXIT_USAGE, "--star goes with 'tpar map'");
+    o->files = v;
+    o->nfiles = n;
+}
+
+int opts_parse(struct opts *o, int argc, char **argv)
+{
+    defaults(o);
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":j:kI:o:qhV", longopts, NULL)) != -1) {
+        if (c == '?' || c == ':')
+            bad_option(argc, argv, c);
+        option(o, c, optarg);
+    }
+    operands(o, argc - optind, argv + optind);
+    if (o->mode == MODE_RUN)
+        o->jobs = 1;
+    return 0;
+}

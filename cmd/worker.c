@@ -1,0 +1,561 @@
+/* The worker pool of the stream engine: spawning, pipelined dispatch,
+ * reading results, timeouts, idle exit, death and reaping.
+ *
+ * Each worker answers its jobs strictly in order, so the parent keeps
+ * several in flight per worker (a pipeline) and writes them in batches:
+ * that is what lets a single parent feed hundreds of thousands of tiny jobs
+ * per second.  The depth adapts to the measured job cost so that about
+ * TARGET_QUEUE seconds of work wait in each worker; slow jobs get depth 1. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+#define TARGET_QUEUE 0.0015   /* seconds of queued work per worker */
+#define JOB_OVERHEAD 2e-6     /* per-job cost in a worker beyond the call */
+#define READ_CHUNK (256 * 1024)
+
+enum { T_NONE, T_TIMEOUT, T_IDLE, T_REAP };
+
+static void on_readable(uv_poll_t *h, int status, int events);
+static void on_writable(uv_poll_t *h, int status, int events);
+static void on_timer(uv_timer_t *t);
+static void worker_eof(struct worker *w);
+
+static struct job *head(struct worker *w)
+{
+    return w->rn ? w->ring[w->rhead] : NULL;
+}
+
+static int depth(void)
+{
+    if (E.cost <= 0)
+        return 1;
+    double d = TARGET_QUEUE / (E.cost + JOB_OVERHEAD);
+    return d < 1 ? 1 : d > MAX_DEPTH ? MAX_DEPTH : (int)d;
+}
+
+/* ------------------------------------------------------------- timers */
+
+static void timer_set(struct worker *w, int mode, double secs)
+{
+    w->timer_mode = mode;
+    uint64_t ms = secs <= 0 ? 0 : (uint64_t)(secs * 1000) + 1;
+    uv_timer_start(&w->timer, on_timer, ms, 0);
+}
+
+static void timer_clear(struct worker *w)
+{
+    if (w->timer_mode != T_NONE) {
+        uv_timer_stop(&w->timer);
+        w->timer_mode = T_NONE;
+    }
+}
+
+/* The head job just started: (re)arm its timeout; lazily, so a stream of
+ * fast jobs does not touch the timer heap for each one. */
+static void head_started(struct worker *w, double now)
+{
+    struct job *j = head(w);
+    if (!j)
+        return;
+    j->start = now;
+    if (j->timeout > 0 && w->timer_mode != T_TIMEOUT)
+        timer_set(w, T_TIMEOUT, j->timeout);
+    else if (j->timeout <= 0 && w->timer_mode == T_IDLE)
+        timer_clear(w);
+}
+
+static void became_idle(struct worker *w)
+{
+    w->stamp = ++E.stamp;
+    if (E.stop == STOP_NONE && w->state == W_READY)
+        timer_set(w, T_IDLE, E.o->idle_timeout);
+    else
+        timer_clear(w);
+}
+
+static void kill_worker(struct worker *w, int why)
+{
+    if (w->state == W_DEAD)
+        return;
+    if (!w->killed_for)
+        w->killed_for = why;
+    w->state = W_CLOSING;
+    tpar_proc_kill(&w->proc, SIGKILL);
+}
+
+static void on_timeout_check(struct worker *w)
+{
+    struct job *j = head(w);
+    w->timer_mode = T_NONE;
+    if (!j || j->timeout <= 0)
+        return;
+    double left = j->start + j->timeout - tpar_now();
+    if (left > 0) {
+        timer_set(w, T_TIMEOUT, left);
+        return;
+    }
+    kill_worker(w, ST_TIMEOUT);
+}
+
+/* Closing our end of its pipe tells a worker to finish and exit 0. */
+static void close_wpoll(struct worker *w);
+
+static void close_input(struct worker *w)
+{
+    if (w->proc.to_fd < 0)
+        return;
+    close_wpoll(w);
+    close(w->proc.to_fd);
+    w->proc.to_fd = -1;
+    w->exit_expected = 1;
+    if (w->state != W_DEAD)
+        w->state = W_CLOSING;
+}
+
+static void finalize(struct worker *w);
+
+static void try_reap(struct worker *w)
+{
+    int rc = tpar_proc_reap(&w->proc, 0);
+    if (rc == 0 || rc != -EAGAIN) {
+        if (rc < 0) /* not ours any more: cannot happen, but never spin */
+            w->proc.reaped = 1;
+        finalize(w);
+        return;
+    }
+    double waited = tpar_now() - w->reap_start;
+    if (waited > 2.0) /* closed its pipes but lingers: end it */
+        tpar_proc_kill(&w->proc, SIGKILL);
+    timer_set(w, T_REAP, waited < 0.01 ? 0.001 : 0.01);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    int mode = w->timer_mode;
+    w->timer_mode = T_NONE;
+    if (mode == T_TIMEOUT)
+        on_timeout_check(w);
+    else if (mode == T_IDLE && w->rn == 0 && w->state == W_READY)
+        close_input(w);
+    else if (mode == T_REAP)
+        try_reap(w);
+}
+
+/* --------------------------------------------------------------- spawn */
+
+static void handle_close_cb(uv_handle_t *h)
+{
+    struct worker *w = h->data;
+    if (--w->open_handles == 0) {
+        tpar_decoder_free(&w->dec);
+        tpar_buf_free(&w->out);
+        free(w);
+    }
+}
+
+static struct worker *spawn_worker(void)
+{
+    struct worker *w = calloc(1, sizeof *w);
+    if (!w)
+        engine_fatal("out of memory");
+    int rc = w ? tpar_proc_spawn(&w->proc, E.wargv, NULL) : -ENOMEM;
+    if (rc < 0) {
+        free(w);
+        engine_fatal("cannot start the worker %s: %s", E.wargv[0], tpar_strerror(rc));
+        return NULL;
+    }
+    tpar_decoder_init(&w->dec, 0);
+    uv_poll_init(E.loop, &w->rpoll, w->proc.from_fd);
+    uv_poll_init(E.loop, &w->wpoll, w->proc.to_fd);
+    uv_timer_init(E.loop, &w->timer);
+    w->rpoll.data = w->wpoll.data = w->timer.data = w;
+    w->open_handles = 3;
+    uv_poll_start(&w->rpoll, UV_READABLE, on_readable);
+    struct worker **ws = realloc(E.workers, (size_t)(E.nworkers + 1) * sizeof *ws);
+    if (!ws)
+        engine_fatal("out of memory");
+    E.workers = ws;
+    E.workers[E.nworkers++] = w;
+    E.started_workers++;
+    return w;
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+static void send_job(struct worker *w, struct job *j, double now)
+{
+    uint8_t hdr[TPAR_FRAME_HEADER];
+    tpar_frame_header(hdr, TPAR_FRAME_JOB_JSON, 0, j->payload_len);
+    if (tpar_buf_reserve(&w->out, sizeof hdr + j->payload_len) < 0)
+        engine_fatal("out of memory");
+    memcpy(w->out.data + w->out.len, hdr, sizeof hdr);
+    memcpy(w->out.data + w->out.len + sizeof hdr, j->data + j->id_len, j->payload_len);
+    w->out.len += sizeof hdr + j->payload_len;
+    w->ring[(w->rhead + w->rn) % MAX_DEPTH] = j;
+    w->rn++;
+    w->sent++;
+    E.inflight++;
+    if (w->rn == 1)
+        head_started(w, now);
+}
+
+static int can_take(struct worker *w)
+{
+    return w->state == W_READY && (!E.o->max_tasks || w->sent < E.o->max_tasks);
+}
+
+/* Tops a worker up to the pipeline depth once it has drained to half. */
+static void fill(struct worker *w, int d, double now)
+{
+    if (!can_take(w) || w->rn > (unsigned)d / 2)
+        return;
+    while (E.pending.n && w->rn < (unsigned)d && can_take(w))
+        send_job(w, jobq_pop(&E.pending), now);
+}
+
+/* The idle worker used last (LIFO: the others stay idle and time out). */
+static struct worker *idle_worker(void)
+{
+    struct worker *best = NULL;
+    for (int i = 0; i < E.nworkers; i++) {
+        struct worker *w = E.workers[i];
+        if (w->rn == 0 && can_take(w) && (!best || w->stamp > best->stamp))
+            best = w;
+    }
+    return best;
+}
+
+void pool_dispatch(void)
+{
+    if (!E.pending.n || E.stop >= STOP_NOW)
+        return;
+    double now = tpar_now();
+    int d = depth();
+    for (int i = 0; i < E.nworkers && E.pending.n; i++)
+        if (E.workers[i]->rn)
+            fill(E.workers[i], d, now);
+    struct worker *w;
+    while (E.pending.n && (w = idle_worker()))
+        fill(w, d, now);
+    /* Lazy start: one more worker while jobs wait and none is free. */
+    int starting = 0, live = 0;
+    for (int i = 0; i < E.nworkers; i++) {
+        starting += E.workers[i]->state == W_STARTING;
+        live += E.workers[i]->state <= W_READY;
+    }
+    while (E.pending.n > (size_t)starting && live < E.o->jobs && !E.fatal) {
+        if (!spawn_worker())
+            return;
+        starting++, live++;
+    }
+}
+
+static int flush_worker(struct worker *w)
+{
+    while (w->out.len && w->proc.to_fd >= 0) {
+        ssize_t n = write(w->proc.to_fd, w->out.data, w->out.len);
+        if (n > 0) {
+            tpar_buf_consume(&w->out, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) {
+            if (!w->writing)
+                uv_poll_start(&w->wpoll, UV_WRITABLE, on_writable);
+            w->writing = 1;
+            return 0;
+        }
+        /* EPIPE: it died; its EOF on the other pipe tells the rest. */
+        w->out.len = 0;
+        break;
+    }
+    if (w->writing) {
+        uv_poll_stop(&w->wpoll);
+        w->writing = 0;
+    }
+    return 0;
+}
+
+void pool_flush(void)
+{
+    for (int i = 0; i < E.nworkers; i++)
+        if (E.workers[i]->out.len)
+            flush_worker(E.workers[i]);
+}
+
+static void on_writable(uv_poll_t *h, int status, int events)
+{
+    flush_worker(h->data);
+}
+
+/* ------------------------------------------------------------- results */
+
+static void protocol_error(struct worker *w, const char *what)
+{
+    cli_warn("worker %d: protocol error (%s); killing it", (int)w->proc.pid, what);
+    kill_worker(w, 0);
+}
+
+static double get_f64(const uint8_t *p)
+{
+    uint64_t u = 0;
+    for (int i = 7; i >= 0; i--)
+        u = u << 8 | p[i];
+    double d;
+    memcpy(&d, &u, sizeof d);
+    return d;
+}
+
+static void on_result(struct worker *w, const tpar_frame *f, double now)
+{
+    if (!w->rn || f->len < 8) {
+        protocol_error(w, w->rn ? "short result" : "result without a job");
+        return;
+    }
+    struct job *j = w->ring[w->rhead];
+    w->rhead = (w->rhead + 1) % MAX_DEPTH;
+    w->rn--;
+    E.inflight--;
+    double dur = get_f64(f->payload);
+    if (dur >= 0 && dur < 1e9)
+        E.cost = E.cost > 0 ? 0.9 * E.cost + 0.1 * dur : dur;
+    int ok = (f->status & 0x7f) == TPAR_RESULT_OK;
+    if (f->status & TPAR_RESULT_RETIRING) {
+        w->exit_expected = 1;
+        w->retiring_seen = 1;
+        w->state = W_CLOSING;
+    }
+    job_attempt_done(j, ok ? ST_OK : ST_ERROR, (const char *)f->payload + 8, f->len - 8,
+                     dur, w->proc.pid);
+    if (w->rn)
+        head_started(w, now);
+    else
+        became_idle(w);
+}
+
+static void on_frame(struct worker *w, const tpar_frame *f, double now)
+{
+    switch (f->kind) {
+    case TPAR_FRAME_READY:
+        if (w->state == W_STARTING) {
+            w->state = W_READY;
+            w->ready_seen = 1;
+            became_idle(w);
+        }
+        break;
+    case TPAR_FRAME_RESULT:
+        on_result(w, f, now);
+        break;
+    default:
+        protocol_error(w, "unexpected frame kind");
+    }
+}
+
+static void check_rss(struct worker *w)
+{
+    char path[64], buf[128];
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)w->proc.pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return;
+    buf[n] = 0;
+    unsigned long size, rss;
+    if (sscanf(buf, "%lu %lu", &size, &rss) != 2)
+        return;
+    if ((uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE) > E.o->max_rss) {
+        /* Finish what it holds, take nothing more, then exit. */
+        w->state = W_CLOSING;
+        w->exit_expected = 1;
+        if (!w->rn)
+            close_input(w);
+    }
+}
+
+static void on_readable(uv_poll_t *h, int status, int events)
+{
+    static uint8_t buf[READ_CHUNK];
+    struct worker *w = h->data;
+    double now = tpar_now();
+    for (int rounds = 0; rounds < 4 && w->state != W_DEAD; rounds++) {
+        ssize_t n = read(w->proc.from_fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        if (n <= 0) {
+            worker_eof(w);
+            return;
+        }
+        for (size_t off = 0; off < (size_t)n && w->state != W_DEAD;) {
+            tpar_frame f;
+            int got = 0;
+            ptrdiff_t used = tpar_decoder_feed(&w->dec, buf + off, (size_t)n - off, &f, &got);
+            if (used < 0) {
+                protocol_error(w, tpar_strerror((int)used));
+                return;
+            }
+            off += (size_t)used;
+            if (got)
+                on_frame(w, &f, now);
+        }
+        if ((size_t)n < sizeof buf)
+            break;
+    }
+    if (E.o->max_rss && w->state == W_READY)
+        check_rss(w);
+    if (w->state == W_CLOSING && w->exit_expected && !w->rn)
+        close_input(w);
+}
+
+/* ---------------------------------------------------------- death, reap */
+
+static void close_wpoll(struct worker *w)
+{
+    if (w->wpoll_closed)
+        return;
+    if (w->writing)
+        uv_poll_stop(&w->wpoll);
+    w->writing = 0;
+    w->wpoll_closed = 1;
+    uv_close((uv_handle_t *)&w->wpoll, handle_close_cb);
+}
+
+static void worker_eof(struct worker *w)
+{
+    if (w->state == W_DEAD)
+        return;
+    timer_clear(w);
+    uv_close((uv_handle_t *)&w->rpoll, handle_close_cb);
+    close_wpoll(w);
+    tpar_proc_close(&w->proc); /* after uv_close: libuv no longer polls them */
+    w->state = W_DEAD;
+    w->reap_start = tpar_now();
+    try_reap(w);
+}
+
+static const char *start_hint(int status)
+{
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 70)
+        return " (its --init failed)";
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 72)
+        return " (Python could not start)";
+    return "";
+}
+
+static void error_body(tpar_buf *b, const char *type, const char *msg)
+{
+    b->len = 0;
+    OUT_LIT(b, "{\"type\":");
+    out_jstr(b, type, strlen(type));
+    OUT_LIT(b, ",\"message\":");
+    out_jstr(b, msg, strlen(msg));
+    OUT_LIT(b, "}");
+}
+
+static void end_head(struct worker *w, struct job *j, const char *desc)
+{
+    static tpar_buf b;
+    char msg[256];
+    int st = w->killed_for ? w->killed_for : ST_BROKEN;
+    double dur = tpar_now() - j->start;
+    if (st == ST_TIMEOUT) {
+        snprintf(msg, sizeof msg, "job timed out after %g s; its worker %d was killed",
+                 j->timeout, (int)w->proc.pid);
+        error_body(&b, "TimeoutError", msg);
+    } else if (st == ST_CANCELLED) {
+        snprintf(msg, sizeof msg, "job cancelled: %s; its worker %d was killed",
+                 E.fatal ? "tpar stopped on an error" : E.signo ? "tpar was interrupted"
+                                                               : "--halt",
+                 (int)w->proc.pid);
+        error_body(&b, "Cancelled", msg);
+    } else {
+        snprintf(msg, sizeof msg, "worker %d %s", (int)w->proc.pid, desc);
+        error_body(&b, "BrokenWorkerError", msg);
+    }
+    job_attempt_done(j, st, (const char *)b.data, b.len, dur, w->proc.pid);
+}
+
+/* The first job without a result was running: it ends with the reason the
+ * worker died.  The jobs queued behind it never started: they go back to
+ * the queue without counting an attempt (or are cancelled when stopping). */
+static void settle_ring(struct worker *w, const char *desc)
+{
+    if (w->rn && !w->retiring_seen) {
+        struct job *j = w->ring[w->rhead];
+        w->rhead = (w->rhead + 1) % MAX_DEPTH;
+        w->rn--;
+        E.inflight--;
+        end_head(w, j, desc);
+    }
+    while (w->rn) {
+        struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
+        w->rn--;
+        E.inflight--;
+        if (E.stop >= STOP_NOW) {
+            static const char body[] =
+                "{\"type\":\"Cancelled\",\"message\":\"job cancelled before it started\"}";
+            job_attempt_done(j, ST_CANCELLED, body, sizeof body - 1, 0, 0);
+        } else {
+            jobq_push_front(&E.pending, j);
+        }
+    }
+}
+
+static void finalize(struct worker *w)
+{
+    char desc[128];
+    tpar_describe_status(w->proc.status, desc, sizeof desc);
+    for (int i = 0; i < E.nworkers; i++)
+        if (E.workers[i] == w) {
+            E.workers[i] = E.workers[--E.nworkers];
+            break;
+        }
+    timer_clear(w);
+    uv_close((uv_handle_t *)&w->timer, handle_close_cb);
+    if (!w->ready_seen && !w->killed_for && E.stop < STOP_NOW && !E.fatal) {
+        settle_ring(w, desc);
+        engine_fatal("worker %d failed to start: %s%s", (int)w->proc.pid, desc,
+                     start_hint(w->proc.status));
+        return;
+    }
+    if (!w->rn && !w->exit_expected && !w->killed_for && E.stop < STOP_NOW)
+        cli_warn("worker %d %s while idle", (int)w->proc.pid, desc);
+    settle_ring(w, desc);
+}
+
+/* ------------------------------------------------------------- control */
+
+void pool_close_idle(void)
+{
+    for (int i = 0; i < E.nworkers; i++) {
+        struct worker *w = E.workers[i];
+        if (!w->rn && w->state != W_DEAD && w->state != W_STARTING)
+            close_input(w);
+        else if (w->state == W_STARTING)
+            kill_worker(w, ST_CANCELLED);
+    }
+}
+
+void pool_kill_all(int why)
+{
+    for (int i = 0; i < E.nworkers; i++)
+        kill_worker(E.workers[i], why);
+}
+
+int pool_busy(void)
+{
+    return E.inflight > 0;
+}
