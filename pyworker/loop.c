@@ -1,51 +1,26 @@
-/* tpar-worker: embeds CPython and runs the jobs its parent sends as frames
- * (docs/protocol.md).  The JSON path (the CLI's) stays in C from frame to
- * frame: cached function lookup, the json module's C scanner for the
- * arguments, our own encoder for the value.  The pickle path (the Trio
- * package's) and the cold paths (imports, error records) are Python, in
- * _tpar_worker.py, embedded at build time. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+/* The job loop: frames in, jobs run, results out.  The JSON path (the
+ * CLI's) stays in C from frame to frame: cached function lookup, the json
+ * module's C scanner for the arguments, our own encoder for the value.
+ * The pickle path (the Trio package's) and the cold paths (imports, error
+ * records) are Python, in _tpar_worker.py, embedded at build time. */
+#include "loop.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/signalfd.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "internal.h"
 #include "jsonenc.h"
-#include "tpar.h"
 #include "worker_py.h"
-
-enum { EXIT_INIT = 70, EXIT_PROTOCOL = 71, EXIT_NOPYTHON = 72 };
 
 #define HIGH_FD 100       /* the protocol fds live at or above this */
 #define READ_CHUNK (256 * 1024)
-
-struct opts {
-    int cwd_path;
-    const char **paths; /* -I, in order */
-    int npaths;
-    const char *sys_path;
-    const char *main_path;
-    const char *python;
-    const char *init;
-    long max_tasks;
-    int pdeathsig;
-    long spin_us; /* -1: automatic */
-    double idle_timeout; /* seconds; <= 0: wait forever */
-    int zygote;          /* fork workers on request instead of serving */
-    const char *preload; /* comma-separated modules the zygote imports */
-};
 
 static struct {
     int in_fd, out_fd;
@@ -59,68 +34,21 @@ static struct {
     int retiring;
 } W;
 
-static void die(int code, const char *what)
+void tpar__worker_die(int code, const char *what)
 {
     fprintf(stderr, "tpar-worker[%d]: %s\n", (int)getpid(), what);
     _exit(code);
 }
 
-/* ----------------------------------------------------------------- setup */
+#define die tpar__worker_die
 
-static void usage_error(const char *msg)
+int tpar__worker_in_fd(void)
 {
-    fprintf(stderr, "tpar-worker: %s\n"
-                    "tpar-worker is started by tpar; see docs/protocol.md\n", msg);
-    exit(2);
+    return W.in_fd;
 }
 
-static void parse_opts(int argc, char **argv, struct opts *o)
-{
-    static const struct option longs[] = {
-        {"path", required_argument, 0, 'I'},
-        {"cwd-path", no_argument, 0, 'c'},
-        {"sys-path", required_argument, 0, 's'},
-        {"main-path", required_argument, 0, 'm'},
-        {"python", required_argument, 0, 'p'},
-        {"init", required_argument, 0, 'i'},
-        {"max-tasks", required_argument, 0, 't'},
-        {"pdeathsig", no_argument, 0, 'd'},
-        {"spin-us", required_argument, 0, 'S'},
-        {"idle-timeout", required_argument, 0, 'T'},
-        {"zygote", no_argument, 0, 'z'},
-        {"preload", required_argument, 0, 'P'},
-        {0, 0, 0, 0}};
-    memset(o, 0, sizeof(*o));
-    o->spin_us = -1;
-    o->paths = calloc((size_t)argc, sizeof(char *));
-    if (!o->paths)
-        die(EXIT_NOPYTHON, "out of memory");
-    int c;
-    while ((c = getopt_long(argc, argv, "I:", longs, NULL)) != -1) {
-        switch (c) {
-        case 'I': o->paths[o->npaths++] = optarg; break;
-        case 'c': o->cwd_path = 1; break;
-        case 's': o->sys_path = optarg; break;
-        case 'm': o->main_path = optarg; break;
-        case 'p': o->python = optarg; break;
-        case 'i': o->init = optarg; break;
-        case 't': o->max_tasks = strtol(optarg, NULL, 10); break;
-        case 'd': o->pdeathsig = 1; break;
-        case 'S': o->spin_us = strtol(optarg, NULL, 10); break;
-        case 'T': o->idle_timeout = strtod(optarg, NULL); break;
-        case 'z': o->zygote = 1; break;
-        case 'P': o->preload = optarg; break;
-        default: usage_error("bad option");
-        }
-    }
-    if (optind != argc)
-        usage_error("unexpected argument");
-}
-
-/* Moves the protocol fds out of the way of user code, and sends anything
- * written to stdout to stderr instead: a print() never corrupts a frame. */
-static void take_fds(int in_fd, int out_fd)
-{
+void tpar__worker_take_fds(int in_fd, int out_fd)
+{ /* high fds: out of the way of user code that opens or dup2()s */
     W.in_fd = fcntl(in_fd, F_DUPFD_CLOEXEC, HIGH_FD);
     W.out_fd = out_fd < 0 ? -1 : fcntl(out_fd, F_DUPFD_CLOEXEC, HIGH_FD);
     if (W.in_fd < 0 || (out_fd >= 0 && W.out_fd < 0))
@@ -130,70 +58,6 @@ static void take_fds(int in_fd, int out_fd)
         close(out_fd);
     if (out_fd >= 0) /* a zygote's socket stays blocking */
         tpar__set_nonblock(W.in_fd); /* for the spin before blocking */
-}
-
-static void setup_fds(int zygote)
-{
-    take_fds(TPAR_WORKER_FD_IN, zygote ? -1 : TPAR_WORKER_FD_OUT);
-    dup2(STDERR_FILENO, STDOUT_FILENO);
-}
-
-static void setup_signals(int pdeathsig)
-{
-    signal(SIGINT, SIG_IGN); /* Ctrl-C is the parent's to handle */
-    if (pdeathsig) {
-        pid_t parent = getppid();
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent || parent == 1)
-            _exit(EXIT_PROTOCOL); /* the parent died before prctl */
-    }
-}
-
-static void check_status(PyStatus st, PyConfig *cfg)
-{
-    if (!PyStatus_Exception(st))
-        return;
-    PyConfig_Clear(cfg);
-    if (PyStatus_IsExit(st))
-        _exit(st.exitcode);
-    fprintf(stderr, "tpar-worker: cannot start Python: %s%s%s\n",
-            st.func ? st.func : "", st.func ? ": " : "",
-            st.err_msg ? st.err_msg : "?");
-    _exit(EXIT_NOPYTHON);
-}
-
-/* The interpreter whose environment the worker takes: --python, else the
- * active virtualenv's, else the one tpar was built with (NULL). */
-static const char *python_exe(const struct opts *o, char *buf, size_t n)
-{
-    if (o->python)
-        return o->python;
-    const char *venv = getenv("VIRTUAL_ENV");
-    if (venv && *venv) {
-        snprintf(buf, n, "%s/bin/python3", venv);
-        if (access(buf, F_OK) == 0)
-            return buf;
-    }
-    return NULL;
-}
-
-static void start_python(const struct opts *o, const char *argv0)
-{
-    PyConfig cfg;
-    char exe_buf[4096];
-    PyConfig_InitPythonConfig(&cfg);
-    cfg.parse_argv = 0;
-    cfg.install_signal_handlers = 1; /* SIGINT stays ignored: set before */
-    const char *exe = python_exe(o, exe_buf, sizeof(exe_buf));
-    /* getpath finds a venv's pyvenv.cfg next to the executable. */
-    if (exe)
-        check_status(PyConfig_SetBytesString(&cfg, &cfg.executable, exe), &cfg);
-    check_status(PyConfig_SetBytesString(&cfg, &cfg.program_name,
-                                         exe ? exe : argv0), &cfg);
-    char *argv[] = {(char *)argv0};
-    check_status(PyConfig_SetBytesArgv(&cfg, 1, argv), &cfg);
-    check_status(Py_InitializeFromConfig(&cfg), &cfg);
-    PyConfig_Clear(&cfg);
 }
 
 static PyObject *load_helper(void)
@@ -235,7 +99,7 @@ static PyObject *make_scanner(void)
     return scan;
 }
 
-static void setup_python(const struct opts *o)
+void tpar__worker_setup(const struct tpar_worker_opts *o)
 {
     PyObject *r;
     W.helper = load_helper();
@@ -597,7 +461,7 @@ static void send_ready(void)
 /* Serves jobs until EOF, SHUTDOWN or retirement, then exits without
  * finalizing: the parent has its results, and a job's leftover threads or
  * atexit hooks must not keep the worker alive. */
-static void work(const struct opts *o)
+void tpar__worker_work(const struct tpar_worker_opts *o)
 {
     if (o->init)
         run_init(o->init);
@@ -613,129 +477,80 @@ static void work(const struct opts *o)
     _exit(rc);
 }
 
-/* ------------------------------------------------------------- forkserver */
+/* ------------------------------------------------------------------ FORK */
 
-static void preload(const char *list)
+static int load_python_half(void)
 {
-    char *copy = strdup(list), *save = NULL;
-    for (char *m = strtok_r(copy, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
-        PyObject *mod = PyImport_ImportModule(m);
-        if (!mod) {
-            fprintf(stderr, "tpar-worker: --preload %s failed:\n", m);
-            PyErr_Print();
-        }
-        Py_XDECREF(mod);
-    }
-    free(copy);
-}
-
-static void zsend(int sock, int32_t kind, int32_t a, int32_t b)
-{
-    struct tpar__zmsg m = {kind, a, b};
-    while (send(sock, &m, sizeof(m), MSG_NOSIGNAL) < 0)
-        if (errno != EINTR)
-            _exit(0); /* the parent is gone */
-}
-
-/* Receives a FORK request: its tag and the two job-pipe ends.  Returns 0,
- * or -1 at EOF (the parent is gone). */
-static int zrecv(int sock, int32_t *tag, int fds[2])
-{
-    struct tpar__zmsg m;
-    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
-    union {
-        char buf[CMSG_SPACE(2 * sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
-                         .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
-    ssize_t n;
-    while ((n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
-        ;
-    if (n <= 0)
+    if (W.helper)
+        return 0;
+    W.helper = load_helper();
+    W.fn_cache = W.helper ? PyDict_New() : NULL;
+    W.scan = W.fn_cache ? make_scanner() : NULL;
+    if (!W.scan) {
+        Py_CLEAR(W.helper);
+        Py_CLEAR(W.fn_cache);
         return -1;
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    if (n != sizeof(m) || m.kind != TPAR__Z_FORK || !c ||
-        c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(2 * sizeof(int)))
-        die(EXIT_PROTOCOL, "bad forkserver request");
-    memcpy(fds, CMSG_DATA(c), 2 * sizeof(int));
-    *tag = m.a;
+    }
     return 0;
 }
 
-static void become_worker(const struct opts *o, int fds[2], pid_t zygote)
+static _Noreturn void forked_child(int in_fd, int out_fd,
+                                   const struct tpar_worker_opts *o)
 {
     sigset_t none;
     sigemptyset(&none);
     PyOS_AfterFork_Child();
+    /* The caller's handlers (Trio's wakeup fd among them) are not ours. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_DFL);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    setpgid(0, 0); /* a timeout kills the job's own children too */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != zygote)
-        _exit(EXIT_PROTOCOL);
-    take_fds(fds[0], fds[1]);
-    work(o);
+    setpgid(0, 0);
+    if (o->pdeathsig)
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+    tpar__worker_take_fds(in_fd, out_fd);
+    dup2(STDERR_FILENO, STDOUT_FILENO);
+    W.out.len = 0;
+    W.tasks = 0;
+    W.retiring = 0;
+    tpar__worker_work(o);
 }
 
-static void report_exits(int sock, int sfd)
+int tpar_worker_fork(tpar_proc *p, const struct tpar_worker_opts *o)
 {
-    struct signalfd_siginfo si;
-    int st;
-    pid_t pid;
-    while (read(sfd, &si, sizeof(si)) > 0)
-        ;
-    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) /* all our children are workers */
-        zsend(sock, TPAR__Z_EXIT, pid, st);
-}
-
-static void zygote(const struct opts *o)
-{
-    int sock = W.in_fd, fds[2];
-    int32_t tag;
-    sigset_t chld;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &chld, NULL);
-    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-    if (sfd < 0)
-        die(EXIT_PROTOCOL, "signalfd failed");
-    if (o->preload)
-        preload(o->preload);
-    for (;;) {
-        struct pollfd p[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
-        if (poll(p, 2, -1) < 0)
-            continue;
-        if (p[1].revents)
-            report_exits(sock, sfd);
-        if (!p[0].revents)
-            continue;
-        if (zrecv(sock, &tag, fds) < 0)
-            _exit(0); /* the parent is gone; our workers die with us */
-        pid_t me = getpid();
-        PyOS_BeforeFork();
-        pid_t pid = fork();
-        if (pid == 0) {
-            close(sock);
-            close(sfd);
-            become_worker(o, fds, me);
+    int down[2] = {-1, -1}, up[2] = {-1, -1};
+    if (load_python_half() < 0)
+        return -EINVAL; /* with a Python exception set */
+    if (pipe2(down, O_CLOEXEC) < 0 || pipe2(up, O_CLOEXEC) < 0) {
+        int err = -errno;
+        for (int i = 0; i < 2; i++) {
+            if (down[i] >= 0)
+                close(down[i]);
+            if (up[i] >= 0)
+                close(up[i]);
         }
-        int err = errno;
-        PyOS_AfterFork_Parent();
-        close(fds[0]);
-        close(fds[1]);
-        zsend(sock, TPAR__Z_PID, tag, pid > 0 ? pid : -err);
+        return err;
     }
-}
-
-int main(int argc, char **argv)
-{
-    struct opts o;
-    parse_opts(argc, argv, &o);
-    setup_signals(o.pdeathsig);
-    setup_fds(o.zygote);
-    start_python(&o, argv[0]);
-    setup_python(&o);
-    if (o.zygote)
-        zygote(&o);
-    work(&o);
+    PyOS_BeforeFork();
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(down[1]);
+        close(up[0]);
+        forked_child(down[0], up[1], o);
+    }
+    int err = errno;
+    PyOS_AfterFork_Parent();
+    close(down[0]);
+    close(up[1]);
+    if (pid < 0) {
+        close(down[1]);
+        close(up[0]);
+        return -err;
+    }
+    tpar__set_nonblock(down[1]);
+    tpar__set_nonblock(up[0]);
+    memset(p, 0, sizeof(*p));
+    p->pid = pid;
+    p->to_fd = down[1];
+    p->from_fd = up[0];
+    return 0;
 }

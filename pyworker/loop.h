@@ -1,0 +1,51 @@
+/* The job loop of tpar-worker, apart from the program around it, so that
+ * the Trio extension can run it in a forked child (WorkerType.FORK). */
+#ifndef TPAR_WORKER_LOOP_H
+#define TPAR_WORKER_LOOP_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "tpar.h"
+
+enum { EXIT_INIT = 70, EXIT_PROTOCOL = 71, EXIT_NOPYTHON = 72 };
+
+struct tpar_worker_opts {
+    int cwd_path;
+    const char **paths; /* -I, in order */
+    int npaths;
+    const char *sys_path;
+    const char *main_path;
+    const char *python;
+    const char *init;
+    long max_tasks;
+    int pdeathsig;
+    long spin_us; /* -1: automatic */
+    double idle_timeout; /* seconds; <= 0: wait forever */
+    int zygote;          /* fork workers on request instead of serving */
+    const char *preload; /* comma-separated modules the zygote imports */
+};
+
+/* Prints "tpar-worker[pid]: what" and exits with code, unflushed. */
+_Noreturn void tpar__worker_die(int code, const char *what);
+
+/* Makes in_fd/out_fd (closed) the protocol fds, moved to high fds, the
+ * input non-blocking; out_fd < 0: only in_fd (a zygote's socket). */
+void tpar__worker_take_fds(int in_fd, int out_fd);
+
+/* The input fd after tpar__worker_take_fds. */
+int tpar__worker_in_fd(void);
+
+/* Loads the Python half, sets sys.path and __main__ as the options say. */
+void tpar__worker_setup(const struct tpar_worker_opts *o);
+
+/* Runs --init, says READY, serves jobs until EOF, SHUTDOWN or retirement,
+ * and exits. */
+_Noreturn void tpar__worker_work(const struct tpar_worker_opts *o);
+
+/* FORK: forks the calling (Python) process; the child runs the job loop
+ * on fresh pipes and never returns.  The parent gets *p as from
+ * tpar_proc_spawn.  Call with the GIL held.  Returns 0 or -errno. */
+int tpar_worker_fork(tpar_proc *p, const struct tpar_worker_opts *o);
+
+#endif
