@@ -114,28 +114,68 @@ def markdown(report):
         if not cases:
             continue
         lines += ["", f"### {gtitle}", "",
-                  f"![{gtitle}](bench-{group}.png)", "",
-                  "| case | subject | median | min–max | ratio to peer "
-                  "(min–max) | peer |", "|---|---|---|---|---|---|"]
-        for c in cases:
-            unit = c["unit"]
-            better = "lower" if c["better"] == "lower" else "higher"
-            first = True
-            for r in c["results"]:
-                name = f"{c['title']} ({unit}, {better} is better)" \
-                    if first else ""
-                first = False
-                if "skipped" in r:
-                    lines.append(f"| {name} | {r['subject']} | skipped: "
-                                 f"{r['skipped'][:120]} | | | |")
-                    continue
-                lines.append(
-                    f"| {name} | {r['subject']} | {fmt(r['median'])} | "
-                    f"{fmt(r['min'])}–{fmt(r['max'])} | "
-                    f"{fmt_ratio(r.get('ratio'))} | {r.get('ratio_to', '')} |")
-        notes = [f"- {c['title']}: {n}" for c in cases for n in c["notes"]]
-        lines += [""] + notes
+                  f"![{gtitle}](bench-{group}.png)", ""]
+        if group != "reference":
+            lines += matrix(cases) + ["", "<details><summary>Every figure "
+                                      "with its min–max range</summary>", ""]
+        lines += detail_table(cases)
+        lines += [""] + [f"- {c['title']}: {n}" for c in cases
+                         for n in c["notes"]]
+        if group != "reference":
+            lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
+
+
+def matrix(cases):
+    """Subjects down, cases across: median and ratio to the peer."""
+    subjects = []
+    for c in cases:
+        for r in c["results"]:
+            if r["subject"] not in subjects:
+                subjects.append(r["subject"])
+    head = "| | " + " | ".join(
+        f"{c['title']} ({c['unit']}, {'↓' if c['better'] == 'lower' else '↑'})"
+        for c in cases) + " |"
+    out = [head, "|---" * (len(cases) + 1) + "|"]
+    for s in subjects:
+        cells = []
+        for c in cases:
+            r = next((r for r in c["results"] if r["subject"] == s), None)
+            if r is None:
+                cells.append("")
+            elif "skipped" in r:
+                cells.append("skipped")
+            else:
+                rr = r.get("ratio")
+                cells.append(fmt(r["median"]) + (
+                    f" ({fmt(rr['median'])}×)" if rr else ""))
+        name = f"**{s}**" if s.startswith("tpar") else s
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "Median of the repetitions; in brackets the ratio to the "
+            "peer (tpar and ProcessPoolExecutor: trio-parallel of the same "
+            "worker type; anyio: trio-parallel SPAWN; parallel_loops: "
+            "trio.to_thread; CLI: the Pool.imap script that parses in the "
+            "parent). ↓ lower is better, ↑ higher is better."]
+    return out
+
+
+def detail_table(cases):
+    lines = ["| case | subject | median | min–max | ratio to peer "
+             "(min–max) | peer |", "|---|---|---|---|---|---|"]
+    for c in cases:
+        better = "lower" if c["better"] == "lower" else "higher"
+        for i, r in enumerate(c["results"]):
+            name = f"{c['title']} ({c['unit']}, {better} is better)" \
+                if i == 0 else ""
+            if "skipped" in r:
+                lines.append(f"| {name} | {r['subject']} | skipped: "
+                             f"{r['skipped'][:160]} | | | |")
+                continue
+            lines.append(
+                f"| {name} | {r['subject']} | {fmt(r['median'])} | "
+                f"{fmt(r['min'])}–{fmt(r['max'])} | "
+                f"{fmt_ratio(r.get('ratio'))} | {r.get('ratio_to', '')} |")
+    return lines
 
 
 def plots(report, outdir):
@@ -185,10 +225,12 @@ def plot_case(ax, c):
     pos = [v for v in med if v > 0]
     if pos and max(pos) / min(pos) > 30:
         ax.set_xscale("log")
+    from matplotlib.transforms import blended_transform_factory
+    left = blended_transform_factory(ax.transAxes, ax.transData)
     for i, r in enumerate(rows):
         if "skipped" in r:
-            ax.text(min(pos) if pos else 0, i, "  skipped", va="center",
-                    fontsize=6, color="#555")
+            ax.text(0.01, i, "skipped: " + r["skipped"][:60], va="center",
+                    fontsize=6, color="#555", transform=left)
         else:
             ax.text(r["median"], i, " " + fmt(r["median"]), va="center",
                     fontsize=6)

@@ -17,7 +17,7 @@ from common import (BENCH_DIR, PYTHON, build_dir, deps_dir, git_commit,  # noqa
                     machine_info)
 
 GROUPS = {"reference": cases_ref, "cli": cases_cli, "trio": cases_trio}
-REPS = {"smoke": 1, "quick": 3, "full": 5}
+REPS = {"smoke": 1, "quick": 2, "full": 3}
 
 
 def parse_args():
@@ -39,12 +39,34 @@ def parse_args():
                     "bench/results, or bench/results/tmp/smoke for --smoke)")
     ap.add_argument("--no-install", action="store_true",
                     help="never pip-install trio-parallel for the run")
+    ap.add_argument("--no-build", action="store_true",
+                    help="do not (re)build $TPAR_BUILD_DIR first (--smoke "
+                    "never builds: scripts/test has just built it)")
     a = ap.parse_args()
     a.mode = a.mode or "full"
     if a.out is None:
         a.out = BENCH_DIR / "results" / ("tmp/smoke" if a.mode == "smoke"
                                          else "")
     return a
+
+
+def ensure_built(log):
+    """meson setup (when missing) and ninja in $TPAR_BUILD_DIR, so one
+    command measures the current tree.  A failed build is logged; the cases
+    that need it are then skipped with the reason."""
+    d = build_dir()
+    steps = []
+    if not (d / "build.ninja").exists():
+        steps.append([PYTHON, "-m", "mesonbuild.mesonmain", "setup", str(d),
+                      str(BENCH_DIR.parent)])
+    steps.append(["ninja", "-C", str(d)])
+    for argv in steps:
+        log("build: " + " ".join(argv[-3:]))
+        cp = subprocess.run(argv, capture_output=True)
+        if cp.returncode != 0:
+            tail = cp.stdout.decode(errors="replace").strip().splitlines()
+            log("build failed: " + " | ".join(tail[-5:]))
+            return
 
 
 def ensure_trio_parallel(install, log):
@@ -75,6 +97,8 @@ def main():
 
     reps = a.reps or REPS[a.mode]
     log(f"mode {a.mode}, {reps} repetitions, tpar from {build_dir()}")
+    if a.mode != "smoke" and not a.no_build:
+        ensure_built(log)
     why = ensure_trio_parallel(a.mode != "smoke" and not a.no_install, log)
     if why:
         log(why)
