@@ -35,8 +35,9 @@ def parse_args():
     ap.add_argument("--reps", type=int, help="repetitions per figure")
     ap.add_argument("--only", default="reference,cli,trio",
                     help="comma-separated groups (reference, cli, trio)")
-    ap.add_argument("--out", type=Path, help="output dir (default "
-                    "bench/results, or bench/results/tmp/smoke for --smoke)")
+    ap.add_argument("--out", type=Path, help="output dir (default: "
+                    "bench/results for the full run, whose report is "
+                    "committed; bench/results/tmp/MODE for --smoke/--quick)")
     ap.add_argument("--no-install", action="store_true",
                     help="never pip-install trio-parallel for the run")
     ap.add_argument("--no-build", action="store_true",
@@ -45,8 +46,8 @@ def parse_args():
     a = ap.parse_args()
     a.mode = a.mode or "full"
     if a.out is None:
-        a.out = BENCH_DIR / "results" / ("tmp/smoke" if a.mode == "smoke"
-                                         else "")
+        a.out = BENCH_DIR / "results" / ("" if a.mode == "full"
+                                         else f"tmp/{a.mode}")
     return a
 
 
