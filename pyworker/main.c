@@ -85,10 +85,12 @@ static void setup_signals(int pdeathsig)
 {
     signal(SIGINT, SIG_IGN); /* Ctrl-C is the parent's to handle */
     if (pdeathsig) {
+        /* A parent that died before prctl leaves our input at EOF, and we
+         * exit on that; pid 1 may be a legitimate parent in a container. */
         pid_t parent = getppid();
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent || parent == 1)
-            _exit(EXIT_PROTOCOL); /* the parent died before prctl */
+        if (getppid() != parent)
+            _exit(EXIT_PROTOCOL);
     }
 }
 
