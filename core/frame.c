@@ -119,6 +119,23 @@ ptrdiff_t tpar_decoder_feed(tpar_decoder *d, const uint8_t *data, size_t len,
     return (ptrdiff_t)used;
 }
 
+size_t tpar_decoder_room(tpar_decoder *d, uint8_t **dst)
+{
+    if (!d->in_payload || d->buf_cap < d->want)
+        return 0;
+    *dst = d->buf + d->have;
+    return d->want - d->have;
+}
+
+int tpar_decoder_commit(tpar_decoder *d, size_t n, tpar_frame *frame)
+{
+    d->have += n;
+    if (d->have < d->want)
+        return 0;
+    emit(d, frame, d->buf);
+    return 1;
+}
+
 int tpar_buf_reserve(tpar_buf *b, size_t extra)
 {
     if (b->cap - b->len >= extra)

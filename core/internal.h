@@ -7,6 +7,9 @@
 #include "tpar.h"
 
 int tpar__set_nonblock(int fd);
+/* pipe2(O_CLOEXEC), with a 1 MiB capacity where the system allows it:
+ * large payloads then move in fewer, larger steps. */
+int tpar__pipe(int fds[2]);
 /* Default dispositions for every signal, an empty mask, a new group. */
 int tpar__spawn_attrs(posix_spawnattr_t *attr);
 /* tpar_proc_reap for a worker forked by a zygote. */

@@ -38,6 +38,14 @@ static int lift(int *fd)
     return 0;
 }
 
+int tpar__pipe(int fds[2])
+{
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -errno;
+    (void)fcntl(fds[1], F_SETPIPE_SZ, 1 << 20); /* a hint: EPERM past the user's quota */
+    return 0;
+}
+
 int tpar__set_nonblock(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
@@ -88,10 +96,8 @@ int tpar_proc_spawn(tpar_proc *p, char *const argv[], char *const envp[])
     pid_t pid;
     int rc;
 
-    if (pipe2(down, O_CLOEXEC) < 0 || pipe2(up, O_CLOEXEC) < 0) {
-        rc = -errno;
+    if ((rc = tpar__pipe(down)) < 0 || (rc = tpar__pipe(up)) < 0)
         goto fail;
-    }
     if ((rc = lift(&down[0])) < 0 || (rc = lift(&up[1])) < 0)
         goto fail;
     if ((rc = tpar__spawn_attrs(&attr)) < 0)

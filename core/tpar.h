@@ -102,6 +102,15 @@ void tpar_decoder_free(tpar_decoder *d); /* frees buffers; d may be reused */
 ptrdiff_t tpar_decoder_feed(tpar_decoder *d, const uint8_t *data, size_t len,
                             tpar_frame *frame, int *got);
 
+/* For large payloads, to read() straight into the decoder instead of
+ * through a buffer of the caller's: when the decoder is inside a payload
+ * (after a feed that gave part of one), sets *dst to where the rest goes
+ * and returns how many bytes are still wanted; else returns 0.  After
+ * reading n (<= that) bytes there, tpar_decoder_commit says whether the
+ * frame is complete (1, *frame filled) or not (0). */
+size_t tpar_decoder_room(tpar_decoder *d, uint8_t **dst);
+int tpar_decoder_commit(tpar_decoder *d, size_t n, tpar_frame *frame);
+
 /* True when the decoder holds part of a frame (so EOF now is TRUNCATED). */
 int tpar_decoder_partial(const tpar_decoder *d);
 

@@ -163,10 +163,8 @@ int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p)
 
     if (z->pid <= 0)
         return -EPIPE;
-    if (pipe2(down, O_CLOEXEC) < 0 || pipe2(up, O_CLOEXEC) < 0) {
-        rc = -errno;
+    if ((rc = tpar__pipe(down)) < 0 || (rc = tpar__pipe(up)) < 0)
         goto out;
-    }
     int32_t tag = ++next_tag;
     if ((rc = send_fork(z, down[0], up[1], tag)) < 0)
         goto out;

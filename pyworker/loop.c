@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -144,21 +145,41 @@ static void run_init(const char *spec)
 
 /* ---------------------------------------------------------------- output */
 
-static void write_all(const uint8_t *p, size_t n)
+/* Writes a then b (b may be empty) whole, blocking. */
+static void write_all2(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
 {
-    while (n) {
-        ssize_t w = write(W.out_fd, p, n);
+    struct iovec v[2] = {{(void *)a, an}, {(void *)b, bn}};
+    int i = 0;
+    while (i < 2) {
+        if (v[i].iov_len == 0) {
+            i++;
+            continue;
+        }
+        ssize_t w = writev(W.out_fd, v + i, 2 - i);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
             _exit(errno == EPIPE ? 0 : EXIT_PROTOCOL); /* the parent is gone */
         }
-        p += w;
-        n -= (size_t)w;
+        for (size_t left = (size_t)w; i < 2 && left; ) {
+            size_t k = left < v[i].iov_len ? left : v[i].iov_len;
+            v[i].iov_base = (uint8_t *)v[i].iov_base + k;
+            v[i].iov_len -= k;
+            left -= k;
+            if (!v[i].iov_len)
+                i++;
+        }
     }
 }
 
-static void flush_out(void)
+static void write_all(const uint8_t *p, size_t n)
+{
+    write_all2(p, n, NULL, 0);
+}
+
+/* Writes the pending frames, then `extra` (the tail of the last frame,
+ * when it is a large body kept out of W.out to spare a copy). */
+static void flush_out2(const uint8_t *extra, size_t extra_len)
 {
     if (!W.out.len)
         return;
@@ -168,8 +189,13 @@ static void flush_out(void)
     if (!r)
         PyErr_Clear();
     Py_XDECREF(r);
-    write_all(W.out.data, W.out.len);
+    write_all2(W.out.data, W.out.len, extra, extra_len);
     W.out.len = 0;
+}
+
+static void flush_out(void)
+{
+    flush_out2(NULL, 0);
 }
 
 static void oom(void)
@@ -188,9 +214,11 @@ static size_t result_begin(void)
     return at;
 }
 
-static void result_end(size_t at, int status, double duration)
+/* Fills in the header of the result begun at `at`; the body is what was
+ * appended since, plus extra bytes the caller writes right after. */
+static void result_end2(size_t at, int status, double duration, size_t extra)
 {
-    size_t len = W.out.len - at - TPAR_FRAME_HEADER;
+    size_t len = W.out.len - at - TPAR_FRAME_HEADER + extra;
     if (len > UINT32_MAX)
         die(EXIT_PROTOCOL, "result too large");
     W.tasks++;
@@ -201,6 +229,11 @@ static void result_end(size_t at, int status, double duration)
     tpar_frame_header(W.out.data + at, TPAR_FRAME_RESULT, (uint8_t)status,
                       (uint32_t)len);
     memcpy(W.out.data + at + TPAR_FRAME_HEADER, &duration, 8); /* LE hosts */
+}
+
+static void result_end(size_t at, int status, double duration)
+{
+    result_end2(at, status, duration, 0);
 }
 
 /* ------------------------------------------------------------- JSON jobs */
@@ -330,11 +363,16 @@ done:
 
 /* ----------------------------------------------------------- pickle jobs */
 
+#define BIG_BODY (64 * 1024) /* written from the pickle itself, not copied */
+
 static void run_pickle_job(const tpar_frame *f)
 {
     size_t at = result_begin();
-    PyObject *r = PyObject_CallMethod(W.helper, "run_pickle", "y#",
-                                      (const char *)f->payload, (Py_ssize_t)f->len);
+    /* A view, not a copy: pickle.loads copies what it keeps, and the view
+     * is released before the decoder's buffer is reused. */
+    PyObject *view = PyMemoryView_FromMemory((char *)f->payload, (Py_ssize_t)f->len,
+                                             PyBUF_READ);
+    PyObject *r = view ? PyObject_CallMethod(W.helper, "run_pickle", "O", view) : NULL;
     int ok = 0, retiring = 0;
     double dt = 0;
     char *body;
@@ -344,12 +382,23 @@ static void run_pickle_job(const tpar_frame *f)
         PyErr_Print();
         die(EXIT_PROTOCOL, "the pickle job runner failed");
     }
-    if (tpar_buf_append(&W.out, body, (size_t)n) < 0)
-        oom();
-    Py_DECREF(r);
+    PyObject *rel = PyObject_CallMethod(view, "release", NULL);
+    if (!rel)
+        die(EXIT_PROTOCOL, "a job kept a view of its own frame");
+    Py_DECREF(rel);
+    Py_DECREF(view);
     if (retiring)
         W.retiring = 1;
-    result_end(at, ok ? TPAR_RESULT_OK : TPAR_RESULT_ERROR, dt);
+    int status = ok ? TPAR_RESULT_OK : TPAR_RESULT_ERROR;
+    if ((size_t)n >= BIG_BODY) {
+        result_end2(at, status, dt, (size_t)n);
+        flush_out2((const uint8_t *)body, (size_t)n);
+    } else {
+        if (tpar_buf_append(&W.out, body, (size_t)n) < 0)
+            oom();
+        result_end(at, status, dt);
+    }
+    Py_DECREF(r);
 }
 
 static void run_config(const tpar_frame *f)
@@ -418,32 +467,46 @@ static ssize_t read_input(uint8_t *buf, size_t cap, long *spin, long spin_max)
     }
 }
 
+/* Feeds n bytes at buf to the decoder, running each complete frame.
+ * Returns 0 to go on, 1 when the worker should exit. */
+static int feed(tpar_decoder *dec, const uint8_t *buf, size_t n)
+{
+    tpar_frame f;
+    size_t off = 0;
+    while (off < n) {
+        int got;
+        ptrdiff_t used = tpar_decoder_feed(dec, buf + off, n - off, &f, &got);
+        if (used < 0)
+            die(EXIT_PROTOCOL, tpar_strerror((int)used));
+        off += (size_t)used;
+        if (got && !handle(&f))
+            return 1;
+    }
+    return 0;
+}
+
 static int serve(long spin_max)
 {
     tpar_decoder dec;
     tpar_frame f;
-    uint8_t *buf = malloc(READ_CHUNK);
+    uint8_t *buf = malloc(READ_CHUNK), *dst;
     long spin = spin_max;
     if (!buf)
         oom();
     tpar_decoder_init(&dec, 0);
     for (;;) {
-        ssize_t n = read_input(buf, READ_CHUNK, &spin, spin_max);
+        /* The rest of a large frame goes straight into the decoder. */
+        size_t room = tpar_decoder_room(&dec, &dst);
+        int direct = room >= READ_CHUNK;
+        ssize_t n = direct ? read_input(dst, room, &spin, spin_max)
+                           : read_input(buf, READ_CHUNK, &spin, spin_max);
         if (n <= 0)
             return n < 0 || tpar_decoder_partial(&dec) ? EXIT_PROTOCOL : 0;
-        size_t off = 0;
-        while (off < (size_t)n) {
-            int got;
-            ptrdiff_t used = tpar_decoder_feed(&dec, buf + off, (size_t)n - off, &f, &got);
-            if (used < 0)
-                die(EXIT_PROTOCOL, tpar_strerror((int)used));
-            off += (size_t)used;
-            if (got && !handle(&f)) {
-                flush_out();
-                return 0;
-            }
-        }
+        int stop = direct ? tpar_decoder_commit(&dec, (size_t)n, &f) && !handle(&f)
+                          : feed(&dec, buf, (size_t)n);
         flush_out();
+        if (stop)
+            return 0;
     }
 }
 
@@ -520,8 +583,9 @@ int tpar_worker_fork(tpar_proc *p, const struct tpar_worker_opts *o)
     int down[2] = {-1, -1}, up[2] = {-1, -1};
     if (load_python_half() < 0)
         return -EINVAL; /* with a Python exception set */
-    if (pipe2(down, O_CLOEXEC) < 0 || pipe2(up, O_CLOEXEC) < 0) {
-        int err = -errno;
+    int perr;
+    if ((perr = tpar__pipe(down)) < 0 || (perr = tpar__pipe(up)) < 0) {
+        int err = perr;
         for (int i = 0; i < 2; i++) {
             if (down[i] >= 0)
                 close(down[i]);

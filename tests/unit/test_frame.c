@@ -170,6 +170,46 @@ static void test_truncated(void)
     }
 }
 
+static void test_direct_read_into_decoder(void)
+{
+    /* A large payload: the first feed gives the header and a little; the
+     * rest is read straight into the decoder's buffer in pieces. */
+    enum { N = 100000 };
+    tpar_buf b = {0};
+    uint8_t *payload = malloc(N), *dst;
+    for (size_t i = 0; i < N; i++)
+        payload[i] = (uint8_t)(i * 7);
+    tpar_buf_frame(&b, TPAR_FRAME_JOB_PICKLE, 0, payload, N);
+    tpar_decoder d;
+    tpar_frame f;
+    int got;
+    tpar_decoder_init(&d, 0);
+    CHECK_EQ(tpar_decoder_room(&d, &dst), 0); /* not inside a payload */
+    CHECK_EQ(tpar_decoder_feed(&d, b.data, 1000, &f, &got), 1000);
+    CHECK_EQ(got, 0);
+    size_t off = 1000, room;
+    int done = 0;
+    while ((room = tpar_decoder_room(&d, &dst)) > 0) {
+        CHECK_EQ(room, b.len - off);
+        size_t n = room < 30000 ? room : 30000;
+        memcpy(dst, b.data + off, n);
+        off += n;
+        done = tpar_decoder_commit(&d, n, &f);
+        if (done)
+            break;
+    }
+    CHECK_EQ(done, 1);
+    CHECK_EQ(off, b.len);
+    CHECK_EQ(f.len, N);
+    CHECK_EQ(f.kind, TPAR_FRAME_JOB_PICKLE);
+    CHECK(memcmp(f.payload, payload, N) == 0);
+    CHECK(!tpar_decoder_partial(&d));
+    CHECK_EQ(tpar_decoder_room(&d, &dst), 0);
+    tpar_decoder_free(&d);
+    tpar_buf_free(&b);
+    free(payload);
+}
+
 static void test_buf(void)
 {
     tpar_buf b = {0};
@@ -200,6 +240,7 @@ int main(void)
     RUN(test_oversized_rejected_before_allocation);
     RUN(test_bad_header);
     RUN(test_truncated);
+    RUN(test_direct_read_into_decoder);
     RUN(test_buf);
     RUN(test_strerror);
     tpar_buf_free(&sample);
