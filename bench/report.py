@@ -89,7 +89,8 @@ def markdown(report):
         f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux "
         f"{m['kernel']}, {m['os']}, Python {m['python']} "
         f"(`{m['python_executable']}`); load average at start "
-        f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}; "
+        f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}, at end "
+        f"{', '.join(f'{x:.2f}' for x in report['loadavg_at_end'])}; "
         f"commit {report.get('commit') or '?'}; {report['duration_s']:.0f} s "
         f"for the whole run (`scripts/bench{report['mode_flag']}`).", "",
         "Each figure is the median of the repetitions with the min–max "

@@ -1,5 +1,6 @@
 """tpar's benchmark harness; run it as scripts/bench (see --help)."""
 import argparse
+import os
 import datetime
 import subprocess
 import sys
@@ -91,6 +92,7 @@ def ensure_trio_parallel(install, log):
 def main():
     a = parse_args()
     t_start = time.time()
+    load_start = os.getloadavg()
 
     def log(msg):
         print(f"[bench {time.time() - t_start:6.1f}s] {msg}", file=sys.stderr,
@@ -121,9 +123,10 @@ def main():
         "repetitions": reps,
         "tpar_build_dir": str(build_dir()),
         "trio_parallel": trio_parallel_version(),
-        "machine": machine_info(),
+        "machine": dict(machine_info(), loadavg_at_start=load_start),
         "cases": [c.to_json() for c in cases],
         "duration_s": time.time() - t_start,
+        "loadavg_at_end": os.getloadavg(),
     }
     if why:
         doc["trio_parallel_missing"] = why
