@@ -23,8 +23,8 @@ SIZES = {
                   rss_n=2000, ttfr_n=200, ttfr_shell_n=4, timeout=60),
     "quick": dict(tiny_n=100_000, tiny_shell_n=30, cpu_n=100, cpu_shell_n=20,
                   rss_n=100_000, ttfr_n=1000, ttfr_shell_n=10, timeout=120),
-    "full": dict(tiny_n=100_000, tiny_shell_n=300, cpu_n=1000,
-                 cpu_shell_n=200, rss_n=1_000_000, ttfr_n=1000,
+    "full": dict(tiny_n=100_000, tiny_shell_n=200, cpu_n=1000,
+                 cpu_shell_n=100, rss_n=1_000_000, ttfr_n=1000,
                  ttfr_shell_n=20, timeout=600),
 }
 CPU_MS = 10

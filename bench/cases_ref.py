@@ -9,7 +9,7 @@ from model import Case
 SIZES = {
     "smoke": dict(pp_n=2000, start_reps=3, run_reps=3),
     "quick": dict(pp_n=20000, start_reps=10, run_reps=10),
-    "full": dict(pp_n=100000, start_reps=20, run_reps=10),
+    "full": dict(pp_n=20000, start_reps=20, run_reps=10),
 }
 PY_ADD = "import operator; print(operator.add(1,2))"
 

@@ -96,7 +96,8 @@ def markdown(report):
         "Each figure is the median of the repetitions with the min–max "
         "range; the ratio is to the peer named beside it, measured in the "
         "same run (median of the per-repetition ratios when the repetitions "
-        "were paired).", "",
+        "were paired). Image links are relative to the repository root, "
+        "so this file can be pasted into the README as it is.", "",
         "### Targets (issue 6)", "",
         "| target | tpar | limit | met | anchor |", "|---|---|---|---|---|",
     ]
@@ -115,7 +116,7 @@ def markdown(report):
         if not cases:
             continue
         lines += ["", f"### {gtitle}", "",
-                  f"![{gtitle}](bench-{group}.png)", ""]
+                  f"![{gtitle}](/bench/results/bench-{group}.png)", ""]
         if group != "reference":
             lines += matrix(cases) + ["", "<details><summary>Every figure "
                                       "with its min–max range</summary>", ""]
