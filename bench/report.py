@@ -38,7 +38,10 @@ def evaluate_targets(cases, nproc):
         if key == "cli.cpu_speedup":
             limit = 1.9 * nproc / 2
         t = {"target": label, "subject": subj, "limit": f"{op} {fmt(limit)} "
-             f"{unit}", "anchor": anchor, "value": None, "met": None}
+             f"{unit}", "anchor": anchor, "value": None, "met": None,
+             "case": key}
+        if not key.endswith(":ratio"):
+            t["limit_value"] = limit
         want_ratio = key.endswith(":ratio")
         case = by_key.get(key.split(":")[0])
         row = next((r for r in case["results"] if r["subject"] == subj),
@@ -193,8 +196,10 @@ def plots(report, outdir):
         nrow = math.ceil(len(cases) / ncol)
         fig, axes = plt.subplots(nrow, ncol, figsize=(7 * ncol, 0.5 + 2.9 *
                                  nrow), squeeze=False)
+        limits = {t["case"]: t["limit_value"] for t in report["targets"]
+                  if "limit_value" in t}
         for ax, c in zip(axes.flat, cases):
-            plot_case(ax, c)
+            plot_case(ax, c, limits.get(c["key"]))
         for ax in list(axes.flat)[len(cases):]:
             ax.axis("off")
         m = report["machine"]
@@ -209,7 +214,7 @@ def plots(report, outdir):
     return files
 
 
-def plot_case(ax, c):
+def plot_case(ax, c, target=None):
     rows = c["results"]
     names = [r["subject"] for r in rows]
     y = list(range(len(rows)))
@@ -234,8 +239,12 @@ def plot_case(ax, c):
             ax.text(0.01, i, "skipped: " + r["skipped"][:60], va="center",
                     fontsize=6, color="#555", transform=left)
         else:
-            ax.text(r["median"], i, " " + fmt(r["median"]), va="center",
+            ax.text(r["max"], i, " " + fmt(r["median"]), va="center",
                     fontsize=6)
+    if target is not None:
+        ax.axvline(target, color="#1f77b4", linestyle="--", linewidth=1)
+        ax.text(target, -0.6, " target", color="#1f77b4", fontsize=6,
+                va="bottom")
     ax.set_title(f"{c['title']}\n({c['unit']}, {c['better']} is better)",
                  fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
