@@ -95,7 +95,10 @@ def markdown(report):
         f"{', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}, at end "
         f"{', '.join(f'{x:.2f}' for x in report['loadavg_at_end'])}; "
         f"commit {report.get('commit') or '?'}; {report['duration_s']:.0f} s "
-        f"for the whole run (`scripts/bench{report['mode_flag']}`).", "",
+        f"for the whole run (`scripts/bench{report['mode_flag']}`). Peers: "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v)
+        + (f", {m['gnu_parallel']}" if m.get("gnu_parallel") else "") + ".",
+        "",
         "Each figure is the median of the repetitions with the min–max "
         "range; the ratio is to the peer named beside it, measured in the "
         "same run (median of the per-repetition ratios when the repetitions "

@@ -122,7 +122,7 @@ def main():
         "commit": git_commit(),
         "repetitions": reps,
         "tpar_build_dir": str(build_dir()),
-        "trio_parallel": trio_parallel_version(),
+        "versions": versions(),
         "machine": dict(machine_info(), loadavg_at_start=load_start),
         "cases": [c.to_json() for c in cases],
         "duration_s": time.time() - t_start,
@@ -159,6 +159,17 @@ def harness_errors(doc):
             if not any(e in why for e in EXPECTED):
                 bad.append(f"{c['key']} / {r['subject']}: {why}")
     return bad
+
+
+def versions():
+    from importlib.metadata import version, PackageNotFoundError
+    out = {"trio-parallel": trio_parallel_version()}
+    for name in ("trio", "anyio", "cloudpickle"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def trio_parallel_version():
