@@ -1,0 +1,33 @@
+"""tpar: run synchronous Python functions in a cache of worker processes
+from Trio, with the API of trio-parallel (``import tpar as trio_parallel``).
+The workers are ``tpar-worker`` processes driven by a C core."""
+
+from ._impl import (
+    BrokenWorkerError,
+    WorkerContext,
+    WorkerContextStatistics,
+    WorkerType,
+    atexit_shutdown_grace_period,
+    cache_scope,
+    configure_default_context,
+    current_default_worker_limiter,
+    default_context_statistics,
+    open_worker_context,
+    run_sync,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokenWorkerError",
+    "WorkerContext",
+    "WorkerContextStatistics",
+    "WorkerType",
+    "atexit_shutdown_grace_period",
+    "cache_scope",
+    "configure_default_context",
+    "current_default_worker_limiter",
+    "default_context_statistics",
+    "open_worker_context",
+    "run_sync",
+]

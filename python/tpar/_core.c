@@ -1,0 +1,620 @@
+/* tpar._core: the Trio package's view of one worker process.
+ *
+ * A Worker owns a tpar_proc (core/proc.c) and does the non-blocking reads,
+ * writes and frame decoding of docs/protocol.md in C.  It never waits on its
+ * own: send() and recv() say "not yet" and the Python side waits with
+ * trio.lowlevel.wait_writable / wait_readable on the fds.  recv() may spin
+ * for a few microseconds first, holding the GIL, because a worker that
+ * answers within that time costs far less than a trip through epoll.
+ *
+ * Multi-phase init, module state, a heap type; not linked to libpython. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "tpar.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define READ_CHUNK 65536
+
+typedef struct {
+    PyTypeObject *worker_type;
+} core_state;
+
+typedef struct {
+    PyObject_HEAD
+    tpar_proc proc;
+    pid_t owner;     /* the process that spawned it: a forked child must
+                        neither kill nor reap its parent's workers */
+    tpar_decoder dec;
+    tpar_buf in;     /* bytes read but not yet decoded */
+    tpar_buf out;    /* frame bytes not yet written */
+    int eof;         /* from_fd reached end of file */
+    int ready;       /* the READY frame came */
+} WorkerObject;
+
+/* PyLong_AsInt is 3.13+. */
+static int as_int(PyObject *o)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < INT_MIN || v > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "value out of int range");
+        return -1;
+    }
+    return (int)v;
+}
+
+static core_state *get_state(PyObject *module)
+{
+    return (core_state *)PyModule_GetState(module);
+}
+
+static PyObject *set_errno(int err)
+{
+    errno = -err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+static int check_open(WorkerObject *w)
+{
+    if (w->proc.to_fd < 0 || w->proc.from_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "worker is closed");
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ write */
+
+/* Writes what the pipe takes of iov; returns bytes written (0 when it is
+ * full) or -errno. */
+static ssize_t write_some(int fd, struct iovec *iov, int n)
+{
+    for (;;) {
+        ssize_t r = writev(fd, iov, n);
+        if (r >= 0)
+            return r;
+        if (errno == EINTR)
+            continue;
+        return errno == EAGAIN ? 0 : -errno;
+    }
+}
+
+static int flush_out(WorkerObject *w)
+{
+    if (w->out.len == 0)
+        return 0;
+    struct iovec iov = {w->out.data, w->out.len};
+    ssize_t r = write_some(w->proc.to_fd, &iov, 1);
+    if (r < 0)
+        return (int)r;
+    tpar_buf_consume(&w->out, (size_t)r);
+    return 0;
+}
+
+/* Queues what writev did not take, from offset `done` of header+payload. */
+static int keep_rest(WorkerObject *w, const uint8_t *hdr, const uint8_t *p,
+                     size_t n, size_t done)
+{
+    if (done < TPAR_FRAME_HEADER &&
+        tpar_buf_append(&w->out, hdr + done, TPAR_FRAME_HEADER - done) < 0)
+        return -ENOMEM;
+    size_t skip = done > TPAR_FRAME_HEADER ? done - TPAR_FRAME_HEADER : 0;
+    return tpar_buf_append(&w->out, p + skip, n - skip);
+}
+
+static int send_frame(WorkerObject *w, int kind, const uint8_t *p, size_t n)
+{
+    uint8_t hdr[TPAR_FRAME_HEADER];
+    tpar_frame_header(hdr, (uint8_t)kind, 0, (uint32_t)n);
+    if (w->out.len) {
+        if (tpar_buf_append(&w->out, hdr, sizeof hdr) < 0 ||
+            tpar_buf_append(&w->out, p, n) < 0)
+            return -ENOMEM;
+        return flush_out(w);
+    }
+    struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)p, n}};
+    ssize_t r = write_some(w->proc.to_fd, iov, n ? 2 : 1);
+    if (r < 0)
+        return (int)r;
+    if ((size_t)r == sizeof hdr + n)
+        return 0;
+    return keep_rest(w, hdr, p, n, (size_t)r);
+}
+
+PyDoc_STRVAR(send_doc,
+"send(kind, payload) -> int\n\n"
+"Queues one frame and writes what the pipe takes now.  Returns the number\n"
+"of bytes still pending (wait_writable(to_fd), then flush()).  Raises\n"
+"BrokenPipeError when the worker is gone, OverflowError for a payload\n"
+"over the frame limit.");
+
+static PyObject *Worker_send(WorkerObject *self, PyObject *const *args,
+                             Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send(kind, payload)");
+        return NULL;
+    }
+    int kind = as_int(args[0]);
+    if (kind == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int rc = 0;
+    if ((size_t)view.len > TPAR_FRAME_MAX_DEFAULT) {
+        PyErr_Format(PyExc_OverflowError,
+                     "payload of %zd bytes is over the %zu-byte frame limit",
+                     view.len, (size_t)TPAR_FRAME_MAX_DEFAULT);
+        rc = 1;
+    } else {
+        rc = send_frame(self, kind, view.buf, (size_t)view.len);
+    }
+    PyBuffer_Release(&view);
+    if (rc == 1)
+        return NULL;
+    if (rc < 0)
+        return set_errno(rc);
+    return PyLong_FromSize_t(self->out.len);
+}
+
+PyDoc_STRVAR(flush_doc,
+"flush() -> int\n\nWrites pending bytes; returns how many are still pending.");
+
+static PyObject *Worker_flush(WorkerObject *self, PyObject *unused)
+{
+    if (check_open(self) < 0)
+        return NULL;
+    int rc = flush_out(self);
+    if (rc < 0)
+        return set_errno(rc);
+    return PyLong_FromSize_t(self->out.len);
+}
+
+/* ------------------------------------------------------------------- read */
+
+static double get_f64le(const uint8_t *p)
+{
+    uint64_t u = 0;
+    for (int i = 7; i >= 0; i--)
+        u = u << 8 | p[i];
+    double d;
+    memcpy(&d, &u, sizeof d);
+    return d;
+}
+
+/* A frame became complete: 1 with *out set for a RESULT, 0 for a frame
+ * that is consumed here (READY), -1 with an exception set. */
+static int on_frame(WorkerObject *w, const tpar_frame *f, PyObject **out)
+{
+    if (f->kind == TPAR_FRAME_READY) {
+        w->ready = 1;
+        return 0;
+    }
+    if (f->kind != TPAR_FRAME_RESULT || f->len < 8) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "worker %d sent a malformed frame (kind %d, %u bytes)",
+                     (int)w->proc.pid, f->kind, (unsigned)f->len);
+        return -1;
+    }
+    *out = Py_BuildValue("(idy#)", f->status, get_f64le(f->payload),
+                         (const char *)f->payload + 8, (Py_ssize_t)(f->len - 8));
+    return *out ? 1 : -1;
+}
+
+/* Decodes from the bytes held in w->in: 1 with *out for a result, 0 when
+ * they ran out, -1 with an exception set. */
+static int decode_held(WorkerObject *w, PyObject **out)
+{
+    while (w->in.len) {
+        tpar_frame f;
+        int got = 0;
+        ptrdiff_t used = tpar_decoder_feed(&w->dec, w->in.data, w->in.len, &f, &got);
+        if (used < 0) {
+            PyErr_Format(PyExc_RuntimeError, "worker %d: %s", (int)w->proc.pid,
+                         tpar_strerror((int)used));
+            return -1;
+        }
+        int rc = got ? on_frame(w, &f, out) : 0; /* f may point into in */
+        tpar_buf_consume(&w->in, (size_t)used);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* One non-blocking read into w->in: bytes read, 0 at EOF, -EAGAIN, -errno. */
+static ssize_t read_some(WorkerObject *w)
+{
+    if (tpar_buf_reserve(&w->in, READ_CHUNK) < 0)
+        return -ENOMEM;
+    for (;;) {
+        ssize_t r = read(w->proc.from_fd, w->in.data + w->in.len, READ_CHUNK);
+        if (r > 0)
+            w->in.len += (size_t)r;
+        else if (r == 0)
+            w->eof = 1;
+        if (r >= 0)
+            return r;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+PyDoc_STRVAR(recv_doc,
+"recv(spin_us) -> (status, duration, body) | None | False\n\n"
+"Reads and decodes without blocking, retrying for up to spin_us\n"
+"microseconds while nothing is there.  Returns the next RESULT frame,\n"
+"None when it has not come yet (wait_readable(from_fd), then recv again),\n"
+"or False at end of file (the worker is gone).");
+
+static PyObject *Worker_recv(WorkerObject *self, PyObject *arg)
+{
+    double spin = PyFloat_AsDouble(arg), deadline = 0;
+    if (spin == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    for (;;) {
+        PyObject *res = NULL;
+        int rc = decode_held(self, &res);
+        if (rc)
+            return rc > 0 ? res : NULL;
+        if (self->eof)
+            Py_RETURN_FALSE;
+        ssize_t r = read_some(self);
+        if (r >= 0)
+            continue;
+        if (r != -EAGAIN)
+            return set_errno((int)r);
+        if (spin <= 0)
+            Py_RETURN_NONE;
+        double now = tpar_now();
+        if (deadline == 0)
+            deadline = now + spin * 1e-6;
+        else if (now >= deadline)
+            Py_RETURN_NONE;
+    }
+}
+
+PyDoc_STRVAR(alive_doc,
+"alive() -> bool\n\nFalse when the worker's pipe is at end of file (it died\n"
+"or exited while idle).  Never blocks.");
+
+static PyObject *Worker_alive(WorkerObject *self, PyObject *unused)
+{
+    if (self->eof || self->proc.from_fd < 0 || self->proc.reaped)
+        Py_RETURN_FALSE;
+    ssize_t r = read_some(self);
+    return PyBool_FromLong(r != 0 && (r > 0 || r == -EAGAIN));
+}
+
+/* --------------------------------------------------------------- process */
+
+PyDoc_STRVAR(kill_doc,
+"kill(sig=SIGKILL)\n\nSignals the worker's process group.  No-op once reaped.");
+
+static PyObject *Worker_kill(WorkerObject *self, PyObject *const *args,
+                             Py_ssize_t nargs)
+{
+    int sig = SIGKILL;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "kill(sig=SIGKILL)");
+        return NULL;
+    }
+    if (nargs == 1 && (sig = as_int(args[0])) == -1 && PyErr_Occurred())
+        return NULL;
+    if (self->owner == getpid())
+        tpar_proc_kill(&self->proc, sig);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(reap_doc,
+"reap(block) -> int | None\n\nCollects the worker's wait status; None when\n"
+"block is false and it still runs.");
+
+static PyObject *Worker_reap(WorkerObject *self, PyObject *arg)
+{
+    int block = PyObject_IsTrue(arg), rc;
+    if (block < 0)
+        return NULL;
+    if (self->owner != getpid()) {
+        PyErr_SetString(PyExc_RuntimeError, "worker belongs to another process");
+        return NULL;
+    }
+    if (block) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = tpar_proc_reap(&self->proc, 1);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = tpar_proc_reap(&self->proc, 0);
+    }
+    if (rc == -EAGAIN)
+        Py_RETURN_NONE;
+    if (rc < 0)
+        return set_errno(rc);
+    return PyLong_FromLong(self->proc.status);
+}
+
+PyDoc_STRVAR(close_doc, "close()\n\nCloses both pipes (idempotent).");
+
+static PyObject *Worker_close(WorkerObject *self, PyObject *unused)
+{
+    tpar_proc_close(&self->proc);
+    tpar_buf_free(&self->out);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Worker_get_pid(WorkerObject *self, void *c)
+{
+    return PyLong_FromLong(self->proc.pid);
+}
+
+static PyObject *Worker_get_to_fd(WorkerObject *self, void *c)
+{
+    return PyLong_FromLong(self->proc.to_fd);
+}
+
+static PyObject *Worker_get_from_fd(WorkerObject *self, void *c)
+{
+    return PyLong_FromLong(self->proc.from_fd);
+}
+
+static PyObject *Worker_get_status(WorkerObject *self, void *c)
+{
+    if (!self->proc.reaped)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(self->proc.status);
+}
+
+static PyObject *Worker_get_ready(WorkerObject *self, void *c)
+{
+    return PyBool_FromLong(self->ready);
+}
+
+static PyObject *Worker_repr(WorkerObject *self)
+{
+    return PyUnicode_FromFormat("<tpar worker pid=%d%s>", (int)self->proc.pid,
+                                self->proc.reaped ? " reaped" : "");
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+/* A worker object that goes away takes its process with it: no zombie, no
+ * orphan, whatever path dropped the last reference. */
+static void Worker_dealloc(WorkerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->owner == getpid() && self->proc.pid > 0 && !self->proc.reaped) {
+        tpar_proc_kill(&self->proc, SIGKILL);
+        Py_BEGIN_ALLOW_THREADS
+        (void)tpar_proc_reap(&self->proc, 1);
+        Py_END_ALLOW_THREADS
+    }
+    tpar_proc_close(&self->proc);
+    tpar_decoder_free(&self->dec);
+    tpar_buf_free(&self->in);
+    tpar_buf_free(&self->out);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int Worker_traverse(WorkerObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static PyMethodDef Worker_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))Worker_send, METH_FASTCALL, send_doc},
+    {"flush", (PyCFunction)Worker_flush, METH_NOARGS, flush_doc},
+    {"recv", (PyCFunction)Worker_recv, METH_O, recv_doc},
+    {"alive", (PyCFunction)Worker_alive, METH_NOARGS, alive_doc},
+    {"kill", (PyCFunction)(void (*)(void))Worker_kill, METH_FASTCALL, kill_doc},
+    {"reap", (PyCFunction)Worker_reap, METH_O, reap_doc},
+    {"close", (PyCFunction)Worker_close, METH_NOARGS, close_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Worker_getset[] = {
+    {"pid", (getter)Worker_get_pid, NULL, "process id", NULL},
+    {"to_fd", (getter)Worker_get_to_fd, NULL, "fd the parent writes frames to", NULL},
+    {"from_fd", (getter)Worker_get_from_fd, NULL, "fd the parent reads frames from", NULL},
+    {"status", (getter)Worker_get_status, NULL, "wait status once reaped, else None", NULL},
+    {"ready", (getter)Worker_get_ready, NULL, "the READY frame came", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* CPython's slot tables hold functions in void * fields; ISO C has no
+ * conversion for that, every C compiler does it. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpedantic"
+static PyType_Slot Worker_slots[] = {
+    {Py_tp_doc, "A tpar-worker process and its two pipes (made by spawn())."},
+    {Py_tp_dealloc, Worker_dealloc},
+    {Py_tp_traverse, Worker_traverse},
+    {Py_tp_repr, Worker_repr},
+    {Py_tp_methods, Worker_methods},
+    {Py_tp_getset, Worker_getset},
+    {0, NULL},
+};
+#pragma GCC diagnostic pop
+
+static PyType_Spec Worker_spec = {
+    .name = "tpar._core.Worker",
+    .basicsize = sizeof(WorkerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Worker_slots,
+};
+
+/* ---------------------------------------------------------------- module */
+
+/* Converts a sequence of str/bytes into a NULL-terminated argv whose
+ * strings live in *keep (a list of bytes). */
+static char **make_argv(PyObject *seq, PyObject **keep)
+{
+    PyObject *fast = PySequence_Fast(seq, "argv must be a sequence");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    char **argv = n > 0 ? PyMem_Calloc((size_t)n + 1, sizeof(char *)) : NULL;
+    *keep = PyList_New(0);
+    if (n == 0)
+        PyErr_SetString(PyExc_ValueError, "argv is empty");
+    for (Py_ssize_t i = 0; argv && *keep && i < n; i++) {
+        PyObject *b = NULL;
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(fast, i), &b) ||
+            PyList_Append(*keep, b) < 0) {
+            Py_XDECREF(b);
+            goto fail;
+        }
+        argv[i] = PyBytes_AS_STRING(b);
+        Py_DECREF(b);
+    }
+    if (argv && *keep) {
+        Py_DECREF(fast);
+        return argv;
+    }
+fail:
+    if (!PyErr_Occurred())
+        PyErr_NoMemory();
+    PyMem_Free(argv);
+    Py_CLEAR(*keep);
+    Py_DECREF(fast);
+    return NULL;
+}
+
+PyDoc_STRVAR(spawn_doc,
+"spawn(argv) -> Worker\n\nStarts argv[0] (a path) as a worker with the job\n"
+"pipes on fds 3 and 4 (tpar_proc_spawn).  Raises OSError on failure.");
+
+static PyObject *core_spawn(PyObject *module, PyObject *arg)
+{
+    core_state *st = get_state(module);
+    PyObject *keep = NULL;
+    char **argv = make_argv(arg, &keep);
+    if (!argv)
+        return NULL;
+    WorkerObject *w = (WorkerObject *)st->worker_type->tp_alloc(st->worker_type, 0);
+    if (!w)
+        goto done;
+    w->proc.pid = -1;
+    w->proc.to_fd = w->proc.from_fd = -1;
+    w->owner = getpid();
+    tpar_decoder_init(&w->dec, 0);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = tpar_proc_spawn(&w->proc, argv, NULL);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        errno = -rc;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, argv[0]);
+        Py_CLEAR(w);
+    }
+done:
+    PyMem_Free(argv);
+    Py_DECREF(keep);
+    return (PyObject *)w;
+}
+
+PyDoc_STRVAR(describe_doc,
+"describe_status(status) -> str\n\n'killed by signal 9 (SIGKILL)', 'exited with code 3'.");
+
+static PyObject *core_describe_status(PyObject *module, PyObject *arg)
+{
+    int status = as_int(arg);
+    if (status == -1 && PyErr_Occurred())
+        return NULL;
+    char buf[128];
+    tpar_describe_status(status, buf, sizeof buf);
+    return PyUnicode_FromString(buf);
+}
+
+static PyObject *core_cpu_count(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromLong(tpar_cpu_count());
+}
+
+static PyMethodDef core_methods[] = {
+    {"spawn", core_spawn, METH_O, spawn_doc},
+    {"describe_status", core_describe_status, METH_O, describe_doc},
+    {"cpu_count", core_cpu_count, METH_NOARGS, "CPUs this process may run on."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int add_constants(PyObject *m)
+{
+    return PyModule_AddIntConstant(m, "FRAME_JOB_PICKLE", TPAR_FRAME_JOB_PICKLE) ||
+           PyModule_AddIntConstant(m, "FRAME_CONFIG", TPAR_FRAME_CONFIG) ||
+           PyModule_AddIntConstant(m, "FRAME_SHUTDOWN", TPAR_FRAME_SHUTDOWN) ||
+           PyModule_AddIntConstant(m, "RESULT_OK", TPAR_RESULT_OK) ||
+           PyModule_AddIntConstant(m, "RESULT_ERROR", TPAR_RESULT_ERROR) ||
+           PyModule_AddIntConstant(m, "RESULT_RETIRING", TPAR_RESULT_RETIRING)
+               ? -1 : 0;
+}
+
+static int core_exec(PyObject *m)
+{
+    core_state *st = get_state(m);
+    st->worker_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Worker_spec, NULL);
+    if (!st->worker_type || PyModule_AddType(m, st->worker_type) < 0)
+        return -1;
+    return add_constants(m);
+}
+
+static int core_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    Py_VISIT(get_state(m)->worker_type);
+    return 0;
+}
+
+static int core_clear(PyObject *m)
+{
+    Py_CLEAR(get_state(m)->worker_type);
+    return 0;
+}
+
+static void core_free(void *m)
+{
+    core_clear((PyObject *)m);
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpedantic" /* function in a void * slot */
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+    {0, NULL},
+};
+#pragma GCC diagnostic pop
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "tpar._core",
+    .m_doc = "The C half of the tpar Trio package: worker processes over libtpar.",
+    .m_size = sizeof(core_state),
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
+};
+
+PyMODINIT_FUNC PyInit__core(void);
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    return PyModuleDef_Init(&core_module);
+}

@@ -1,0 +1,579 @@
+"""The Trio side of tpar: worker contexts, run_sync and the default cache.
+
+The model is trio.to_thread.run_sync.  Each job borrows a worker from a
+context's LIFO cache of tpar-worker processes, writes one JOB_PICKLE frame
+and reads one RESULT frame (docs/protocol.md).  The extension (_core) does
+the reads, writes and frame decoding without blocking, spinning a few
+microseconds for a quick answer; otherwise this module waits with
+trio.lowlevel.wait_readable / wait_writable, so no thread is involved.
+"""
+
+import atexit
+import contextvars
+import enum
+import math
+import os
+import pickle
+import threading
+import time
+import weakref
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from numbers import Real
+
+import trio
+from trio.lowlevel import (
+    RunVar,
+    checkpoint,
+    enable_ki_protection,
+    wait_readable,
+    wait_writable,
+)
+
+from . import _core
+from ._locate import main_path, worker_argv
+
+try:
+    import cloudpickle
+except ImportError:  # pragma: no cover - cloudpickle is optional
+    cloudpickle = None
+
+_JOB = _core.FRAME_JOB_PICKLE
+_RETIRING = _core.RESULT_RETIRING
+_OK = _core.RESULT_OK
+_NO_KWARGS = {}
+SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
+_monotonic = time.monotonic
+_loads = pickle.loads
+_dumps = pickle.dumps
+
+
+class BrokenWorkerError(RuntimeError):
+    """Raised when a worker process fails or dies unexpectedly.
+
+    This error is not typically encountered in normal use, and indicates a
+    severe failure of either tpar or the code that was executing in the
+    worker.  The message names the worker's pid and the signal that killed
+    it or its exit code."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, attached as the
+    ``__cause__`` of the exception re-raised in the caller."""
+
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return self.tb
+
+
+class WorkerType(enum.Enum):
+    """The kind of worker process a context starts.
+
+    ``SPAWN``: a fresh ``tpar-worker`` process (CPython embedded in a C
+    program) per worker, with this process's ``sys.path`` and ``__main__``."""
+
+    SPAWN = "spawn"
+
+
+@dataclass(frozen=True)
+class WorkerContextStatistics:
+    idle_workers: int
+    running_workers: int
+
+
+# ------------------------------------------------------------------ pickling
+
+def _pickle_job(obj, by_ref):
+    """pickle first when objects pickled by reference can be found in the
+    worker (it re-imports our __main__ script), cloudpickle otherwise or when
+    pickle refuses (lambdas, closures)."""
+    if by_ref or cloudpickle is None:
+        try:
+            return _dumps(obj, 5)
+        except Exception:
+            if cloudpickle is None:
+                raise
+    return cloudpickle.dumps(obj, 5)
+
+
+def _outcome(status, body):
+    if status & 0x7F == _OK:
+        return _loads(body)
+    exc, type_name, message, tb = _loads(body)
+    if exc is None:
+        exc = RuntimeError(f"{type_name}: {message} (the exception itself could not be pickled)")
+    try:
+        raise exc from RemoteTraceback(tb)
+    finally:
+        del exc
+
+
+# --------------------------------------------------------------- graveyard
+# Workers on their way out (retired, replaced, killed) whose exit status has
+# not been collected yet.  Reaped without blocking on the next acquire, and
+# for good at exit: no zombie is left behind.
+
+_graveyard = []
+_graveyard_lock = threading.Lock()
+
+
+def _bury(w):
+    w.close()
+    if w.reap(False) is None:
+        with _graveyard_lock:
+            _graveyard.append(w)
+
+
+def _reap_graveyard():
+    with _graveyard_lock:
+        _graveyard[:] = [w for w in _graveyard if w.reap(False) is None]
+
+
+def _kill(w):
+    w.kill()
+    w.reap(True)
+    w.close()
+
+
+# ------------------------------------------------------------------ context
+
+def _check_params(idle_timeout, init, retire, grace_period, worker_type):
+    for name, value in (("idle_timeout", idle_timeout), ("grace_period", grace_period)):
+        if not isinstance(value, Real) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+        if math.isnan(value) or value < 0:
+            raise ValueError(f"{name} must be non-negative, got {value!r}")
+    for name, value in (("init", init), ("retire", retire)):
+        if not callable(value):
+            raise TypeError(f"{name} must be callable, got {value!r}")
+    if not isinstance(worker_type, WorkerType):
+        raise ValueError(f"worker_type must be a member of WorkerType, got {worker_type!r}")
+
+
+class WorkerContext:
+    """A context for running synchronous functions in an isolated cache of
+    worker processes.  Made by `open_worker_context`, never directly."""
+
+    __slots__ = ("idle_timeout", "init", "retire", "grace_period", "worker_type",
+                 "_config", "_lock", "_idle", "_busy", "_running", "_closed",
+                 "_by_ref", "__weakref__")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("WorkerContext has no public constructor: use tpar.open_worker_context()")
+
+    @classmethod
+    def _create(cls, idle_timeout=600, init=bool, retire=bool, grace_period=30,
+                worker_type=WorkerType.SPAWN):
+        _check_params(idle_timeout, init, retire, grace_period, worker_type)
+        self = object.__new__(cls)
+        self.idle_timeout = idle_timeout
+        self.init = init
+        self.retire = retire
+        self.grace_period = grace_period
+        self.worker_type = worker_type
+        self._by_ref = main_path() is not None
+        self._config = None
+        if init is not bool or retire is not bool:
+            self._config = _pickle_job(
+                (None if init is bool else init, None if retire is bool else retire),
+                self._by_ref)
+        self._lock = threading.Lock()
+        self._idle = []  # (worker, idle since), most recent last: LIFO
+        self._busy = set()
+        self._running = 0
+        self._closed = False
+        _live_contexts.add(self)
+        return self
+
+    def __repr__(self):
+        return (f"<WorkerContext idle_timeout={self.idle_timeout} grace_period="
+                f"{self.grace_period} worker_type={self.worker_type.name}>")
+
+    def statistics(self):
+        """Return the number of idle and running workers in this context."""
+        with self._lock:
+            return WorkerContextStatistics(len(self._idle), self._running)
+
+    # ------------------------------------------------------------ the cache
+
+    def _acquire(self):
+        """A live worker: the most recently idle one, else a fresh one."""
+        if _graveyard:
+            _reap_graveyard()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this worker context is closed")
+            self._running += 1
+            idle = self._idle
+            # Stale idle workers are retired; a margin keeps us from
+            # racing a worker's own idle exit.
+            horizon = _monotonic() - self.idle_timeout * 0.95
+            while idle:
+                w, since = idle.pop()
+                if since >= horizon and w.alive():
+                    self._busy.add(w)
+                    return w
+                _bury(w)  # died while idle, or stale: replaced silently
+                if since < horizon:
+                    for old, _ in idle:
+                        _bury(old)
+                    idle.clear()
+        try:
+            w = _core.spawn(worker_argv())
+            if self._config is not None:
+                w.send(_core.FRAME_CONFIG, self._config)
+        except BaseException:
+            with self._lock:
+                self._running -= 1
+            raise
+        with self._lock:
+            self._busy.add(w)
+        return w
+
+    def _release(self, w, keep):
+        with self._lock:
+            self._running -= 1
+            self._busy.discard(w)
+            if keep and not self._closed:
+                self._idle.append((w, _monotonic()))
+                return
+        _bury(w)
+
+    def _release_killed(self, w):
+        _kill(w)
+        self._release(w, False)
+
+    # -------------------------------------------------------------- run_sync
+
+    @enable_ki_protection
+    async def run_sync(self, sync_fn, *args, cancellable=False, kill_on_cancel=False,
+                       limiter=None):
+        """Run ``sync_fn(*args)`` in a worker process of this context and
+        return or raise its outcome.  See `tpar.run_sync` for the details."""
+        if limiter is None:
+            limiter = current_default_worker_limiter()
+        elif type(limiter) is not trio.CapacityLimiter:
+            await checkpoint()  # entry is an unconditional checkpoint
+        async with limiter:  # a CapacityLimiter's acquire is that checkpoint
+            return await self._run(sync_fn, args, kill_on_cancel or cancellable)
+
+    async def _run(self, fn, args, kill_on_cancel):
+        payload = _pickle_job((fn, args, _NO_KWARGS), self._by_ref)
+        w = self._acquire()
+        try:
+            try:
+                pending = w.send(_JOB, payload)
+            except BrokenPipeError:  # it died: the read below sees the EOF
+                pending = 0
+            # Spin only when no other job of ours could use the time.
+            res = None if pending else w.recv(SPIN_US if self._running == 1 else 0.0)
+            if res is None:
+                if kill_on_cancel:
+                    res = await _finish(w, pending)
+                else:
+                    with trio.CancelScope(shield=True):
+                        res = await _finish(w, pending)
+        except BaseException:
+            # Cancelled (kill_on_cancel), KeyboardInterrupt, a protocol error:
+            # the worker is in an unknown state, so it goes.
+            self._release_killed(w)
+            raise
+        if res is False:
+            await self._broken(w)
+        status = res[0]
+        self._release(w, not status & _RETIRING)
+        return _outcome(status, res[2])
+
+    async def _broken(self, w):
+        """The worker's pipe ended mid-job: collect why, then raise."""
+        with trio.CancelScope(shield=True):
+            for i in range(200):  # EOF comes a moment before the exit status
+                if w.reap(False) is not None:
+                    break
+                await trio.sleep(0.0005 * min(i + 1, 20))
+            else:
+                w.kill()
+                w.reap(True)
+        self._release(w, False)
+        raise BrokenWorkerError(
+            f"worker process {w.pid} died unexpectedly: {_core.describe_status(w.status)}")
+
+    # ------------------------------------------------------------- shutdown
+
+    def _close_idle(self):
+        """Marks the context closed; returns its idle workers, pipes closed
+        (end of file tells a worker to exit 0)."""
+        with self._lock:
+            self._closed = True
+            workers = [w for w, _ in self._idle]
+            self._idle.clear()
+        for w in workers:
+            w.close()
+        return workers
+
+    async def _aclose(self):
+        with trio.CancelScope(shield=True):
+            while self._running:  # "wait for running workers to become idle"
+                await trio.sleep(0.001)
+            workers = self._close_idle()
+            deadline = _monotonic() + self.grace_period
+            while not _collect(workers, deadline):
+                await trio.sleep(0.001)
+            _raise_if_unclean(workers)
+
+    def _shutdown_sync(self, grace_period, kill_busy):
+        workers = self._close_idle()
+        if kill_busy:
+            with self._lock:
+                busy = list(self._busy)
+            for w in busy:
+                w.kill()
+        deadline = _monotonic() + grace_period
+        while not _collect(workers, deadline):
+            time.sleep(0.001)
+        return workers
+
+
+def _collect(workers, deadline):
+    """One pass of reaping; past the deadline the rest are killed.  True
+    when every worker has been reaped."""
+    late = _monotonic() >= deadline
+    done = True
+    for w in workers:
+        if w.status is None and w.reap(False) is None:
+            if late:
+                w.kill()
+                w.reap(True)
+            else:
+                done = False
+    return done
+
+
+def _raise_if_unclean(workers):
+    bad = [w for w in workers if w.status != 0]
+    if bad:
+        raise BrokenWorkerError(
+            f"graceful shutdown failed: {len(bad)} worker(s) did not exit cleanly ("
+            + ", ".join(f"{w.pid} {_core.describe_status(w.status)}" for w in bad) + ")")
+
+
+async def _finish(w, pending):
+    """Writes what is left of the job, then waits for its result."""
+    try:
+        while pending:
+            await wait_writable(w.to_fd)
+            pending = w.flush()
+    except BrokenPipeError:
+        pass
+    while True:
+        res = w.recv(0.0)
+        if res is not None:
+            return res
+        await wait_readable(w.from_fd)
+
+
+# ---------------------------------------------------- the default context
+
+_live_contexts = weakref.WeakSet()
+_default_lock = threading.Lock()
+_default_ctx = None
+_default_params = {"idle_timeout": 600, "init": bool, "retire": bool,
+                   "grace_period": 30, "worker_type": WorkerType.SPAWN}
+_scope = contextvars.ContextVar("tpar_cache_scope", default=None)
+_limiter_var = RunVar("tpar_default_worker_limiter")
+
+
+def _get_default_context():
+    global _default_ctx
+    ctx = _default_ctx
+    if ctx is None:
+        with _default_lock:
+            if _default_ctx is None:
+                _default_ctx = WorkerContext._create(**_default_params)
+            ctx = _default_ctx
+    return ctx
+
+
+def current_default_worker_limiter():
+    """Get the default `~trio.CapacityLimiter` used by `tpar.run_sync`.
+
+    The most common reason to call this is to adjust its
+    ``total_tokens``.  There is one per `trio.run`; it starts with
+    ``os.cpu_count()`` tokens."""
+    try:
+        return _limiter_var.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(os.cpu_count() or 1)
+        _limiter_var.set(limiter)
+        return limiter
+
+
+async def run_sync(sync_fn, *args, cancellable=False, kill_on_cancel=False, limiter=None):
+    """Run ``sync_fn(*args)`` in a separate process and return/raise its outcome.
+
+    This function is intended to enable the following:
+
+    - Circumventing the GIL to run CPU-bound functions in parallel
+    - Making blocking APIs or infinite loops truly cancellable through
+      SIGKILL without leaking resources
+    - Protecting the main process from unstable/crashy code
+
+    It follows the API of `trio.to_thread.run_sync`.  Workers come from the
+    default cache (or the innermost `cache_scope`), are reused LIFO, and keep
+    no guaranteed state between calls.
+
+    Args:
+      sync_fn: An importable or pickleable synchronous callable.  Functions of
+        the calling script's ``__main__`` work; lambdas and closures work when
+        cloudpickle is installed.
+      *args: Positional arguments to pass to sync_fn.  If you need keyword
+        arguments, use `functools.partial`.
+      kill_on_cancel (bool): Whether to allow cancellation of this operation.
+        Cancellation always involves abrupt termination of the worker process
+        with SIGKILL.  SIGINT is ignored in workers.
+      cancellable (bool): Alias for ``kill_on_cancel``.
+      limiter (None, or async context manager): An object used to limit the
+        number of simultaneous processes.  Most commonly a
+        `~trio.CapacityLimiter`, but any async context manager will do.
+
+    Returns:
+      Any: Whatever ``sync_fn(*args)`` returns.
+
+    Raises:
+      BaseException: Whatever ``sync_fn(*args)`` raises, with the worker's
+        traceback as its ``__cause__``.
+      BrokenWorkerError: The worker died unexpectedly.
+    """
+    ctx = _scope.get() or _default_ctx or _get_default_context()
+    return await ctx.run_sync(sync_fn, *args, cancellable=cancellable,
+                              kill_on_cancel=kill_on_cancel, limiter=limiter)
+
+
+@asynccontextmanager
+async def open_worker_context(idle_timeout=600, init=bool, retire=bool, grace_period=30,
+                              worker_type=WorkerType.SPAWN):
+    """Create a new, customized worker context with isolated workers.
+
+    The context waits for any running workers to become idle when exiting the
+    scope.  Since this wait cannot be cancelled, pass the context object only
+    to tasks that cannot outlive the scope, for example through a nursery.
+
+    Args:
+      idle_timeout (float): The time in seconds an idle worker waits for a
+        job before shutting down and releasing its resources.  Non-negative.
+      init (Callable[[], Any]): Called in each worker before its first job.
+      retire (Callable[[], bool]): Called in the worker after each job; a
+        true value retires (shuts down) that worker.  By default workers are
+        never retired.  The worker's global state is stable between calls.
+      grace_period (float): Seconds to wait on exit for workers to exit
+        cleanly before killing them.  Non-negative.
+      worker_type (WorkerType): The kind of worker to create.
+
+    Raises:
+      ValueError | TypeError: for an invalid argument, such as a negative
+        timeout or a non-callable init.
+      BrokenWorkerError: if a worker does not shut down cleanly on exit.
+    """
+    ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type)
+    try:
+        yield ctx
+    finally:
+        await ctx._aclose()
+
+
+@asynccontextmanager
+async def cache_scope(idle_timeout=600, init=bool, retire=bool, grace_period=30,
+                      worker_type=WorkerType.SPAWN):
+    """Override the configuration of `tpar.run_sync` in this task and all the
+    tasks it starts: they use a fresh cache with these parameters (see
+    `open_worker_context`), closed when the scope exits."""
+    ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type)
+    token = _scope.set(ctx)
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+        await ctx._aclose()
+
+
+def configure_default_context(idle_timeout=600, init=bool, retire=bool, grace_period=30,
+                              worker_type=WorkerType.SPAWN):
+    """Configure the default context used by `tpar.run_sync` (the arguments
+    are those of `open_worker_context`).  Meant to be called once, before
+    the first job: idle workers made with the old configuration are shut
+    down, running ones retire when their job ends."""
+    global _default_ctx
+    _check_params(idle_timeout, init, retire, grace_period, worker_type)
+    with _default_lock:
+        _default_params.update(idle_timeout=idle_timeout, init=init, retire=retire,
+                               grace_period=grace_period, worker_type=worker_type)
+        old, _default_ctx = _default_ctx, None
+    if old is not None:
+        for w in old._close_idle():
+            _bury(w)
+
+
+def atexit_shutdown_grace_period(grace_period=-1.0):
+    """Return and optionally set the default worker cache shutdown grace period.
+
+    At exit, idle workers of the default cache get this long (in seconds) to
+    exit cleanly before they are killed with SIGKILL and `BrokenWorkerError`
+    is raised.  Pass ``math.inf`` to wait forever; pass a negative value (the
+    default) to only read the current value."""
+    with _default_lock:
+        if grace_period >= 0:
+            _default_params["grace_period"] = grace_period
+            if _default_ctx is not None:
+                _default_ctx.grace_period = grace_period
+        return _default_params["grace_period"]
+
+
+def default_context_statistics():
+    """Return the statistics of the default context: ``idle_workers`` and
+    ``running_workers``."""
+    ctx = _default_ctx
+    if ctx is None:
+        return WorkerContextStatistics(0, 0)
+    return ctx.statistics()
+
+
+# ------------------------------------------------------------------- exit
+
+_owner_pid = os.getpid()
+
+
+@atexit.register
+def _atexit_shutdown():
+    """No worker outlives this process: the default cache's idle workers get
+    the grace period, everything else is killed."""
+    if os.getpid() != _owner_pid:
+        return
+    default = _default_ctx
+    others = [c for c in list(_live_contexts) if c is not default]
+    for ctx in others:
+        ctx._shutdown_sync(0.0, kill_busy=True)
+    with _graveyard_lock:
+        rest = list(_graveyard)
+        _graveyard.clear()
+    deadline = _monotonic() + (default.grace_period if default else 30)
+    while not _collect(rest, deadline):
+        time.sleep(0.001)
+    if default is not None:
+        workers = default._shutdown_sync(default.grace_period, kill_busy=True)
+        _raise_if_unclean(workers)
+
+
+def _after_fork_in_child():
+    global _default_ctx, _owner_pid
+    # The parent's workers are not ours: forget them without touching them
+    # (a Worker only kills and reaps in the process that spawned it).
+    _owner_pid = os.getpid()
+    _default_ctx = None
+    _live_contexts.clear()
+    _graveyard.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,75 @@
+"""Finding tpar-worker and building its command line."""
+
+import os
+import shutil
+import sys
+import sysconfig
+import threading
+
+WORKER_NAME = "tpar-worker"
+
+
+def _executable(path):
+    return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _candidates():
+    env = os.environ.get("TPAR_WORKER")
+    if env:
+        yield env
+        return
+    # pip install puts it in the scripts dir beside the interpreter's.
+    for scheme_dir in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        if scheme_dir:
+            yield os.path.join(scheme_dir, WORKER_NAME)
+    yield shutil.which(WORKER_NAME)
+    try:
+        from ._buildinfo import BUILD_WORKER
+    except ImportError:  # pragma: no cover - only in a source checkout
+        BUILD_WORKER = None
+    yield BUILD_WORKER
+    # <build>/python/tpar/_locate.py -> <build>/pyworker/tpar-worker
+    here = os.path.dirname(os.path.abspath(__file__))
+    yield os.path.join(os.path.dirname(os.path.dirname(here)), "pyworker", WORKER_NAME)
+
+
+def find_worker():
+    """The tpar-worker to run: $TPAR_WORKER, else one installed beside this
+    Python (scripts dir, PATH), else the one of the build tree."""
+    for path in _candidates():
+        if _executable(path):
+            return os.path.abspath(path)
+    env = os.environ.get("TPAR_WORKER")
+    where = f"TPAR_WORKER={env!r} is not an executable" if env else "not found"
+    raise FileNotFoundError(f"{WORKER_NAME}: {where}; install tpar (pip install .) or set TPAR_WORKER")
+
+
+def main_path():
+    """The parent's __main__ script, when functions defined there can be
+    found by re-importing it in the worker (as multiprocessing's spawn does)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name is not None and (name == "__main__" or name.endswith(".__main__")):
+        return None  # `python -m pkg`: nothing of the user's lives there
+    path = getattr(main, "__file__", None)
+    if not path or not path.endswith(".py") or not os.path.isfile(path):
+        return None
+    return os.path.abspath(path)
+
+
+def worker_argv(extra=()):
+    """argv for a fresh worker that sees what this process sees."""
+    path = [p or os.getcwd() for p in sys.path]
+    argv = [find_worker(), "--sys-path", os.pathsep.join(path)]
+    if sys.executable:
+        argv += ["--python", sys.executable]
+    mp = main_path()
+    if mp:
+        argv += ["--main-path", mp]
+    # PDEATHSIG fires when the spawning *thread* exits, so only the main
+    # thread may ask for it.
+    if threading.current_thread() is threading.main_thread():
+        argv.append("--pdeathsig")
+    argv.extend(extra)
+    return argv
