@@ -1,0 +1,79 @@
+"""Job functions for the tests: importable by reference in the workers
+(this directory is on the parent's sys.path, which the workers get)."""
+
+import os
+import signal
+import threading
+import time
+
+STATE = {}
+
+
+def add(a, b):
+    return a + b
+
+
+def pid():
+    return os.getpid()
+
+
+def sleep_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def raise_(exc):
+    raise exc
+
+
+def exit_(code):
+    os._exit(code)
+
+
+def kill_self(sig):
+    os.kill(os.getpid(), sig)
+    time.sleep(5)
+
+
+def return_lock():
+    return threading.Lock()
+
+
+def echo(x):
+    return x
+
+
+def state_get(key):
+    return STATE.get(key)
+
+
+def init_state():
+    STATE["init"] = os.getpid()
+
+
+def init_fail():
+    raise RuntimeError("init says no")
+
+
+def always_retire():
+    return True
+
+
+def touch(path):
+    with open(path, "w") as f:
+        f.write("ran")
+
+
+async def coro_fn():
+    return 1
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("Unpicklable refuses to be pickled")
+
+
+class CustomError(Exception):
+    def __init__(self, a, b):
+        super().__init__(a, b)
+        self.a, self.b = a, b

@@ -1,0 +1,276 @@
+"""run_sync: results, errors, pickling, checkpoints, cancellation, limiters."""
+
+import enum
+import os
+import signal
+import sys
+
+import pytest
+import trio
+
+import _jobs
+import tpar as trio_parallel
+
+
+def gone(pid):
+    """True when pid is neither running nor an unreaped zombie."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def counts(ctx):
+    s = ctx.statistics()
+    return s.idle_workers, s.running_workers
+
+
+def zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ------------------------------------------------------------------- API
+
+def test_api_surface():
+    for name in ("run_sync", "current_default_worker_limiter", "BrokenWorkerError",
+                 "open_worker_context", "WorkerContext", "WorkerType",
+                 "atexit_shutdown_grace_period", "default_context_statistics",
+                 "configure_default_context", "cache_scope"):
+        assert hasattr(trio_parallel, name), name
+    assert issubclass(trio_parallel.BrokenWorkerError, RuntimeError)
+    assert issubclass(trio_parallel.WorkerType, enum.Enum)
+    assert [m.name for m in trio_parallel.WorkerType] == ["SPAWN"]
+    assert not hasattr(trio_parallel.WorkerType, "FORKSERVER")
+    assert not hasattr(trio_parallel.WorkerType, "FORK")
+
+
+def test_worker_context_has_no_public_constructor():
+    with pytest.raises(TypeError):
+        trio_parallel.WorkerContext()
+
+
+# -------------------------------------------------------------- results
+
+async def test_returns_value_and_takes_args():
+    assert await trio_parallel.run_sync(_jobs.add, 2, 3) == 5
+    assert await trio_parallel.run_sync(_jobs.pid) != os.getpid()
+
+
+async def test_builtin_and_lambda_and_closure():
+    assert await trio_parallel.run_sync(bool) is False
+    k = 7
+    assert await trio_parallel.run_sync(lambda x: x * k, 6) == 42
+
+
+async def test_large_payload_both_ways():
+    data = os.urandom(3 << 20)  # far over a pipe's buffer
+    assert await trio_parallel.run_sync(_jobs.echo, data) == data
+
+
+async def test_exception_type_args_and_remote_traceback():
+    with pytest.raises(_jobs.CustomError) as info:
+        await trio_parallel.run_sync(_jobs.raise_, _jobs.CustomError(1, "two"))
+    assert info.value.args == (1, "two")
+    assert (info.value.a, info.value.b) == (1, "two")
+    cause = info.value.__cause__
+    assert cause is not None and "raise_" in str(cause)
+    with pytest.raises(ValueError, match="invalid literal"):
+        await trio_parallel.run_sync(int, "x")
+
+
+async def test_unpicklable_argument_raises_in_caller_worker_stays():
+    async with trio_parallel.open_worker_context() as ctx:
+        before = await ctx.run_sync(_jobs.pid)
+        with pytest.raises(TypeError, match="refuses"):
+            await ctx.run_sync(_jobs.echo, _jobs.Unpicklable())
+        assert ctx.statistics().idle_workers == 1
+        assert await ctx.run_sync(_jobs.pid) == before
+
+
+async def test_unpicklable_result_raises_in_caller_worker_stays():
+    async with trio_parallel.open_worker_context() as ctx:
+        before = await ctx.run_sync(_jobs.pid)
+        with pytest.raises(TypeError):
+            await ctx.run_sync(_jobs.return_lock)
+        assert await ctx.run_sync(_jobs.pid) == before
+
+
+async def test_coroutine_function_is_type_error():
+    with pytest.raises(TypeError):
+        await trio_parallel.run_sync(_jobs.coro_fn)
+
+
+# ------------------------------------------------------------ dead workers
+
+@pytest.mark.parametrize("job, args, words", [
+    (_jobs.exit_, (3,), ["exited with code 3"]),
+    (_jobs.kill_self, (signal.SIGSEGV,), ["SIGSEGV"]),
+    (_jobs.kill_self, (signal.SIGKILL,), ["SIGKILL"]),
+])
+async def test_dying_worker_is_broken_worker_error(job, args, words):
+    async with trio_parallel.open_worker_context() as ctx:
+        with pytest.raises(trio_parallel.BrokenWorkerError) as info:
+            await ctx.run_sync(job, *args)
+        msg = str(info.value)
+        for w in words:
+            assert w in msg
+        pid = int(msg.split("worker process ")[1].split()[0])
+        assert gone(pid)  # reaped: no zombie
+        assert counts(ctx) == (0, 0)
+        assert await ctx.run_sync(_jobs.add, 1, 1) == 2  # a fresh worker
+
+
+async def test_worker_killed_while_idle_is_replaced_silently():
+    async with trio_parallel.open_worker_context() as ctx:
+        pid = await ctx.run_sync(_jobs.pid)
+        os.kill(pid, signal.SIGKILL)
+        while not zombie(pid):  # dead, not yet reaped by us
+            await trio.sleep(0.01)
+        new = await ctx.run_sync(_jobs.pid)
+        assert new != pid
+        assert gone(pid)
+
+
+async def test_workers_ignore_sigint():
+    async with trio_parallel.open_worker_context() as ctx:
+        pid = await ctx.run_sync(_jobs.pid)
+        async with trio.open_nursery() as n:
+            n.start_soon(ctx.run_sync, _jobs.sleep_pid, 0.3)
+            await trio.sleep(0.1)
+            os.kill(pid, signal.SIGINT)
+        assert await ctx.run_sync(_jobs.pid) == pid
+
+
+# ------------------------------------------------------- checkpoints
+
+async def test_entry_is_a_checkpoint(tmp_path):
+    marker = tmp_path / "ran"
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await trio_parallel.run_sync(_jobs.touch, str(marker))
+    assert scope.cancelled_caught
+    assert not marker.exists()
+
+
+async def test_entry_is_a_checkpoint_with_any_limiter(tmp_path):
+    class Limiter:
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+    marker = tmp_path / "ran"
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await trio_parallel.run_sync(_jobs.touch, str(marker), limiter=Limiter())
+    assert scope.cancelled_caught and not marker.exists()
+
+
+async def test_entry_is_a_schedule_point():
+    ran = []
+
+    async def other():
+        ran.append(1)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(other)
+        # the other task was scheduled before us; a call that never yields
+        # would return before it ran
+        await trio_parallel.run_sync(bool)
+        assert ran
+
+
+# -------------------------------------------------------- cancellation
+
+@pytest.mark.parametrize("flag", ["kill_on_cancel", "cancellable"])
+async def test_kill_on_cancel_kills_and_reaps(flag):
+    async with trio_parallel.open_worker_context() as ctx:
+        pid = await ctx.run_sync(_jobs.pid)
+        with trio.move_on_after(0.3) as scope:
+            await ctx.run_sync(_jobs.sleep_pid, 30, **{flag: True})
+        assert scope.cancelled_caught
+        assert gone(pid)
+        assert counts(ctx) == (0, 0)
+        assert await ctx.run_sync(_jobs.pid) != pid
+
+
+async def test_without_kill_on_cancel_the_call_is_shielded():
+    result = None
+    with trio.move_on_after(0.1) as scope:
+        result = await trio_parallel.run_sync(_jobs.sleep_pid, 0.5)
+        await trio.lowlevel.checkpoint()  # the deferred cancel lands here
+    assert scope.cancelled_caught
+    assert isinstance(result, int)
+
+
+async def test_run_sync_is_ki_protected():
+    seen = []
+
+    class Limiter:
+        async def __aenter__(self):
+            seen.append(trio.lowlevel.currently_ki_protected())
+
+        async def __aexit__(self, *exc):
+            return False
+
+    await trio_parallel.run_sync(bool, limiter=Limiter())
+    assert seen == [True]
+
+
+# ------------------------------------------------------------ limiters
+
+async def test_default_limiter_per_run():
+    lim = trio_parallel.current_default_worker_limiter()
+    assert isinstance(lim, trio.CapacityLimiter)
+    assert lim.total_tokens == os.cpu_count()
+    assert trio_parallel.current_default_worker_limiter() is lim
+    other = []
+
+    async def get():
+        other.append(trio_parallel.current_default_worker_limiter())
+
+    import threading
+    t = threading.Thread(target=trio.run, args=(get,))
+    t.start()
+    t.join()
+    assert other[0] is not lim
+
+
+async def test_limiter_is_held_for_the_whole_job():
+    lim = trio.CapacityLimiter(1)
+    peak = 0
+    async with trio_parallel.open_worker_context() as ctx:
+
+        async def watch():
+            nonlocal peak
+            while True:
+                peak = max(peak, ctx.statistics().running_workers)
+                assert lim.borrowed_tokens <= 1
+                await trio.sleep(0.005)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(watch)
+            async with trio.open_nursery() as jobs:
+                for _ in range(3):
+                    jobs.start_soon(lambda: ctx.run_sync(_jobs.sleep_pid, 0.1, limiter=lim))
+                await trio.sleep(0.05)
+                assert lim.borrowed_tokens == 1
+                assert lim.statistics().tasks_waiting == 2
+            n.cancel_scope.cancel()
+    assert peak == 1
+
+
+async def test_any_async_context_manager_is_a_limiter():
+    events = []
+
+    class Limiter:
+        async def __aenter__(self):
+            events.append("enter")
+
+        async def __aexit__(self, *exc):
+            events.append("exit")
+
+    assert await trio_parallel.run_sync(_jobs.add, 1, 2, limiter=Limiter()) == 3
+    assert events == ["enter", "exit"]
