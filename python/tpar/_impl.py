@@ -159,7 +159,7 @@ class WorkerContext:
 
     __slots__ = ("idle_timeout", "init", "retire", "grace_period", "worker_type",
                  "_config", "_lock", "_idle", "_busy", "_running", "_closed",
-                 "_by_ref", "__weakref__")
+                 "_by_ref", "_dying", "__weakref__")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("WorkerContext has no public constructor: use tpar.open_worker_context()")
@@ -183,6 +183,7 @@ class WorkerContext:
         self._lock = threading.Lock()
         self._idle = []  # (worker, idle since), most recent last: LIFO
         self._busy = set()
+        self._dying = []  # retired or replaced, exit status not yet collected
         self._running = 0
         self._closed = False
         _live_contexts.add(self)
@@ -203,6 +204,8 @@ class WorkerContext:
         """A live worker: the most recently idle one, else a fresh one."""
         if _graveyard:
             _reap_graveyard()
+        if self._dying:
+            self._reap_dying()
         with self._lock:
             if self._closed:
                 raise RuntimeError("this worker context is closed")
@@ -216,10 +219,10 @@ class WorkerContext:
                 if since >= horizon and w.alive():
                     self._busy.add(w)
                     return w
-                _bury(w)  # died while idle, or stale: replaced silently
+                self._bury(w, locked=True)  # died while idle, or stale: replaced silently
                 if since < horizon:
                     for old, _ in idle:
-                        _bury(old)
+                        self._bury(old, locked=True)
                     idle.clear()
         try:
             w = _core.spawn(worker_argv())
@@ -240,7 +243,22 @@ class WorkerContext:
             if keep and not self._closed:
                 self._idle.append((w, _monotonic()))
                 return
-        _bury(w)
+        self._bury(w)
+
+    def _bury(self, w, locked=False):
+        """Lets w go: its pipes close (it exits at end of file) and its exit
+        status is collected now or by a later _reap_dying / close."""
+        w.close()
+        if w.reap(False) is None:
+            if locked:
+                self._dying.append(w)
+            else:
+                with self._lock:
+                    self._dying.append(w)
+
+    def _reap_dying(self):
+        with self._lock:
+            self._dying[:] = [w for w in self._dying if w.reap(False) is None]
 
     def _release_killed(self, w):
         _kill(w)
@@ -305,34 +323,37 @@ class WorkerContext:
 
     def _close_idle(self):
         """Marks the context closed; returns its idle workers, pipes closed
-        (end of file tells a worker to exit 0)."""
+        (end of file tells a worker to exit 0), and those already leaving."""
         with self._lock:
             self._closed = True
             workers = [w for w, _ in self._idle]
             self._idle.clear()
+            dying, self._dying = self._dying, []
         for w in workers:
             w.close()
-        return workers
+        return workers, dying
 
     async def _aclose(self):
         with trio.CancelScope(shield=True):
             while self._running:  # "wait for running workers to become idle"
                 await trio.sleep(0.001)
-            workers = self._close_idle()
+            workers, dying = self._close_idle()
             deadline = _monotonic() + self.grace_period
-            while not _collect(workers, deadline):
+            while not _collect(workers + dying, deadline):
                 await trio.sleep(0.001)
             _raise_if_unclean(workers)
 
     def _shutdown_sync(self, grace_period, kill_busy):
-        workers = self._close_idle()
+        """Closes the context at exit; returns its idle workers, reaped."""
+        workers, dying = self._close_idle()
         if kill_busy:
             with self._lock:
                 busy = list(self._busy)
             for w in busy:
                 w.kill()
+            dying += busy
         deadline = _monotonic() + grace_period
-        while not _collect(workers, deadline):
+        while not _collect(workers + dying, deadline):
             time.sleep(0.001)
         return workers
 
@@ -512,7 +533,8 @@ def configure_default_context(idle_timeout=600, init=bool, retire=bool, grace_pe
                                grace_period=grace_period, worker_type=worker_type)
         old, _default_ctx = _default_ctx, None
     if old is not None:
-        for w in old._close_idle():
+        workers, dying = old._close_idle()
+        for w in workers + dying:
             _bury(w)
 
 

@@ -1,0 +1,137 @@
+"""Whole programs in a child Python: __main__ functions, exit-time shutdown,
+Ctrl-C, configure_default_context."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from conftest import subprocess_env
+
+
+def run_script(tmp_path, body, timeout=60, check=True):
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent(body))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=timeout, cwd=str(tmp_path))
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def pids_in(out):
+    return [int(x) for x in out.split()]
+
+
+def gone(pid):
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def test_main_functions_and_exit_shutdown(tmp_path):
+    proc = run_script(tmp_path, """
+        import os, trio
+        import tpar as trio_parallel
+
+        def triple(x):
+            return 3 * x, os.getpid()
+
+        async def main():
+            async with trio.open_nursery() as n:
+                for i in range(4):
+                    n.start_soon(trio_parallel.run_sync, triple, i)
+            v, pid = await trio_parallel.run_sync(triple, 5)
+            assert v == 15
+            stats = trio_parallel.default_context_statistics()
+            assert stats.idle_workers >= 1 and stats.running_workers == 0
+            print(pid)
+
+        if __name__ == "__main__":
+            trio.run(main)
+    """)
+    for pid in pids_in(proc.stdout):
+        assert gone(pid)  # idle workers were stopped and reaped at exit
+
+
+def test_exit_kills_workers_that_outstay_the_grace_period(tmp_path):
+    proc = run_script(tmp_path, """
+        import os, signal, trio
+        import tpar as trio_parallel
+
+        async def main():
+            pid = await trio_parallel.run_sync(os.getpid)
+            os.kill(pid, signal.SIGSTOP)
+            print(pid, flush=True)
+
+        if __name__ == "__main__":
+            assert trio_parallel.atexit_shutdown_grace_period(0.3) == 0.3
+            trio.run(main)
+    """)
+    assert "BrokenWorkerError" in proc.stderr and "SIGKILL" in proc.stderr
+    for pid in pids_in(proc.stdout):
+        assert gone(pid)
+
+
+def test_ctrl_c_kills_the_running_job_and_leaves_no_worker(tmp_path):
+    proc = run_script(tmp_path, """
+        import os, signal, time, trio
+        import tpar as trio_parallel
+
+        import threading
+
+        async def main():
+            pid = await trio_parallel.run_sync(os.getpid)
+            print(pid, flush=True)
+            # Ctrl-C from outside, while the main task waits for its job
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+            await trio_parallel.run_sync(time.sleep, 30)
+
+        if __name__ == "__main__":
+            try:
+                trio.run(main)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+    """, timeout=20)
+    out = proc.stdout.split()
+    assert out[-1] == "interrupted"
+    assert gone(int(out[0]))
+
+
+def test_configure_default_context(tmp_path):
+    proc = run_script(tmp_path, """
+        import os, trio
+        import tpar as trio_parallel
+
+        STATE = {}
+
+        def init():
+            STATE["n"] = 0
+
+        def retire():
+            STATE["n"] += 1
+            return STATE["n"] >= 2
+
+        async def main():
+            pids = [await trio_parallel.run_sync(os.getpid) for _ in range(6)]
+            print(*pids)
+
+        if __name__ == "__main__":
+            trio_parallel.configure_default_context(init=init, retire=retire, grace_period=5)
+            assert trio_parallel.atexit_shutdown_grace_period() == 5
+            trio.run(main)
+    """)
+    pids = pids_in(proc.stdout)
+    assert len(pids) == 6
+    assert len(set(pids)) == 3 and all(pids.count(p) == 2 for p in pids)
+
+
+def test_functions_from_python_c_need_cloudpickle(tmp_path):
+    code = textwrap.dedent("""
+        import trio, tpar
+        def square(x):
+            return x * x
+        print(trio.run(tpar.run_sync, square, 9))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=60, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["81"]
