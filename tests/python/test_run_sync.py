@@ -168,18 +168,19 @@ async def test_entry_is_a_checkpoint_with_any_limiter(tmp_path):
     assert scope.cancelled_caught and not marker.exists()
 
 
-async def test_entry_is_a_schedule_point():
-    ran = []
+async def test_entry_is_a_cancel_and_schedule_point():
+    from trio.testing import assert_checkpoints
 
-    async def other():
-        ran.append(1)
+    class Limiter:
+        async def __aenter__(self):
+            pass
 
-    async with trio.open_nursery() as n:
-        n.start_soon(other)
-        # the other task was scheduled before us; a call that never yields
-        # would return before it ran
-        await trio_parallel.run_sync(bool)
-        assert ran
+        async def __aexit__(self, *exc):
+            pass
+
+    for kwargs in ({}, {"limiter": Limiter()}, {"kill_on_cancel": True}):
+        with assert_checkpoints():
+            await trio_parallel.run_sync(bool, **kwargs)
 
 
 # -------------------------------------------------------- cancellation
