@@ -159,7 +159,7 @@ class WorkerContext:
 
     __slots__ = ("idle_timeout", "init", "retire", "grace_period", "worker_type",
                  "_config", "_lock", "_idle", "_busy", "_running", "_closed",
-                 "_by_ref", "_dying", "__weakref__")
+                 "_by_ref", "_dying", "_worker_extra", "__weakref__")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("WorkerContext has no public constructor: use tpar.open_worker_context()")
@@ -175,6 +175,11 @@ class WorkerContext:
         self.grace_period = grace_period
         self.worker_type = worker_type
         self._by_ref = main_path() is not None
+        # An idle worker exits by itself a little after we stop using it, so
+        # a worker forgotten by an idle program still goes away.
+        self._worker_extra = ()
+        if math.isfinite(idle_timeout):
+            self._worker_extra = ("--idle-timeout", repr(idle_timeout * 1.1 + 0.5))
         self._config = None
         if init is not bool or retire is not bool:
             self._config = _pickle_job(
@@ -211,9 +216,9 @@ class WorkerContext:
                 raise RuntimeError("this worker context is closed")
             self._running += 1
             idle = self._idle
-            # Stale idle workers are retired; a margin keeps us from
-            # racing a worker's own idle exit.
-            horizon = _monotonic() - self.idle_timeout * 0.95
+            # Stale idle workers are retired here; the workers' own idle
+            # exit comes later (see _worker_extra), so we win that race.
+            horizon = _monotonic() - self.idle_timeout
             while idle:
                 w, since = idle.pop()
                 if since >= horizon and w.alive():
@@ -225,7 +230,7 @@ class WorkerContext:
                         self._bury(old, locked=True)
                     idle.clear()
         try:
-            w = _core.spawn(worker_argv())
+            w = _core.spawn(worker_argv(self._worker_extra))
             if self._config is not None:
                 w.send(_core.FRAME_CONFIG, self._config)
         except BaseException:

@@ -11,7 +11,7 @@ import trio
 
 import _jobs
 import tpar as trio_parallel
-from test_run_sync import counts, gone
+from test_run_sync import counts, gone, zombie
 
 
 @pytest.mark.parametrize("kwargs, exc", [
@@ -174,3 +174,14 @@ def test_atexit_shutdown_grace_period_reads_and_sets():
         assert trio_parallel.atexit_shutdown_grace_period(math.inf) == math.inf
     finally:
         trio_parallel.atexit_shutdown_grace_period(old)
+
+
+async def test_idle_worker_exits_by_itself():
+    async with trio_parallel.open_worker_context(idle_timeout=0.1) as ctx:
+        pid = await ctx.run_sync(_jobs.pid)
+        with trio.fail_after(20):
+            while not zombie(pid):  # exits 0 after ~0.6 s with no job
+                await trio.sleep(0.05)
+        assert counts(ctx) == (1, 0)
+        assert await ctx.run_sync(_jobs.pid) != pid
+        assert gone(pid)
