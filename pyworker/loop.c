@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -203,6 +204,95 @@ static void oom(void)
     die(EXIT_PROTOCOL, "out of memory");
 }
 
+/* The flusher.  Results are written in batches, at the end of each chunk
+ * of input; but a job that runs long (or never returns: killed for a
+ * timeout, a segfault) must not hold back the results finished before it:
+ * the parent would lose them, and blame the wrong job for the death.  So
+ * while a job runs, a thread writes the finished results once the job has
+ * run for FLUSH_AFTER.  It never touches Python.  out_mu guards W.out;
+ * the main thread holds it whenever it is not running a job. */
+#define FLUSH_AFTER_NS 200000
+
+static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t out_cv;
+static struct {
+    int running;     /* a job is running */
+    int idle;        /* the flusher waits for a job to start */
+    uint64_t gen;    /* jobs started */
+    struct timespec started;
+} J;
+
+static void ts_add_ns(struct timespec *t, long ns)
+{
+    t->tv_nsec += ns;
+    if (t->tv_nsec >= 1000000000L) {
+        t->tv_sec++;
+        t->tv_nsec -= 1000000000L;
+    }
+}
+
+static void *flusher(void *arg)
+{
+    pthread_mutex_lock(&out_mu);
+    for (;;) {
+        J.idle = 1;
+        while (!(J.running && W.out.len))
+            pthread_cond_wait(&out_cv, &out_mu);
+        J.idle = 0;
+        uint64_t gen = J.gen;
+        struct timespec deadline = J.started;
+        ts_add_ns(&deadline, FLUSH_AFTER_NS);
+        int rc = 0;
+        while (J.running && J.gen == gen && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&out_cv, &out_mu, &deadline);
+        if (J.running && J.gen == gen && W.out.len) {
+            write_all(W.out.data, W.out.len); /* blocks the job's end, not the job */
+            W.out.len = 0;
+        }
+    }
+    return NULL;
+}
+
+static void start_flusher(void)
+{
+    pthread_condattr_t ca;
+    pthread_attr_t ta;
+    pthread_t t;
+    sigset_t all, old;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&out_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_attr_init(&ta);
+    pthread_attr_setstacksize(&ta, 64 * 1024);
+    pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+    sigfillset(&all); /* signals are the main thread's (Python's) */
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (pthread_create(&t, &ta, flusher, NULL) != 0)
+        die(EXIT_NOPYTHON, "cannot start the flusher thread");
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&ta);
+    pthread_mutex_lock(&out_mu); /* held except while a job runs */
+}
+
+/* Around user code (imports, argument parsing, the call): lets the
+ * flusher write what is finished if the code runs long. */
+static void job_begin(void)
+{
+    J.gen++;
+    J.running = 1;
+    clock_gettime(CLOCK_MONOTONIC, &J.started);
+    if (J.idle && W.out.len)
+        pthread_cond_signal(&out_cv);
+    pthread_mutex_unlock(&out_mu);
+}
+
+static void job_end(void)
+{
+    pthread_mutex_lock(&out_mu);
+    J.running = 0;
+}
+
 /* Reserves the 8-byte header and the 8-byte duration of a RESULT frame;
  * the body is appended after, and result_end fills them in. */
 static size_t result_begin(void)
@@ -329,31 +419,31 @@ static void run_json_job(const tpar_frame *f)
     size_t len[3];
     PyObject *fn = NULL, *args = NULL, *kwargs = NULL, *targs = NULL, *res = NULL;
     double t0 = 0, dt = 0;
-    size_t at = result_begin();
+    int ok = 0;
 
     if (split_job(f, part, len) < 0)
         die(EXIT_PROTOCOL, "malformed JSON job frame");
+    job_begin();
     if (!(fn = lookup_fn(part[0], len[0])))
-        goto error;
+        goto ended;
     if (len[1] && !(args = parse_json(part[1], len[1], &PyList_Type)))
-        goto error;
+        goto ended;
     if (len[2] && !(kwargs = parse_json(part[2], len[2], &PyDict_Type)))
-        goto error;
+        goto ended;
     targs = args ? PyList_AsTuple(args) : PyTuple_New(0);
     if (!targs)
-        goto error;
+        goto ended;
     t0 = tpar_now();
     res = PyObject_Call(fn, targs, kwargs);
     dt = tpar_now() - t0;
-    if (!res || tpar__json_encode(&W.out, res) < 0)
-        goto error;
-    result_end(at, TPAR_RESULT_OK, dt);
-    goto done;
-error:
-    if (put_error_json(at) < 0)
+ended:
+    job_end();
+    size_t at = result_begin();
+    if (res && tpar__json_encode(&W.out, res) == 0)
+        ok = 1;
+    else if (put_error_json(at) < 0)
         oom();
-    result_end(at, TPAR_RESULT_ERROR, dt);
-done:
+    result_end(at, ok ? TPAR_RESULT_OK : TPAR_RESULT_ERROR, dt);
     Py_XDECREF(fn);
     Py_XDECREF(args);
     Py_XDECREF(kwargs);
@@ -367,12 +457,14 @@ done:
 
 static void run_pickle_job(const tpar_frame *f)
 {
-    size_t at = result_begin();
     /* A view, not a copy: pickle.loads copies what it keeps, and the view
      * is released before the decoder's buffer is reused. */
     PyObject *view = PyMemoryView_FromMemory((char *)f->payload, (Py_ssize_t)f->len,
                                              PyBUF_READ);
+    job_begin();
     PyObject *r = view ? PyObject_CallMethod(W.helper, "run_pickle", "O", view) : NULL;
+    job_end();
+    size_t at = result_begin();
     int ok = 0, retiring = 0;
     double dt = 0;
     char *body;
@@ -531,6 +623,7 @@ void tpar__worker_work(const struct tpar_worker_opts *o)
     W.max_tasks = o->max_tasks;
     W.idle_ms = o->idle_timeout > 0 ? (int)(o->idle_timeout * 1000 + 0.5) : -1;
     long spin = o->spin_us >= 0 ? o->spin_us : tpar_cpu_count() > 1 ? 50 : 0;
+    start_flusher();
     send_ready();
     int rc = serve(spin);
     fflush(stderr);
