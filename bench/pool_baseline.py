@@ -1,6 +1,6 @@
 """The hand-written peer of `tpar`: what a user would write instead.
 
-    python3 pool_baseline.py [-j N] [--parse-in-parent] [FILE]   (stdin: -)
+    python3 pool_baseline.py [-j N] [--parse-in-parent] [--chunksize N] [FILE]
 
 Reads JSON-lines jobs {"id", "fn": "mod:fn", "args": [...], "kwargs": {...}},
 runs them with multiprocessing.Pool.imap(chunksize=1000) and writes one JSON
@@ -58,9 +58,12 @@ def main():
     args = sys.argv[1:]
     jobs = os.cpu_count()
     in_parent = False
-    while args[:1] in (["-j"], ["--parse-in-parent"]):
+    chunksize = 1000
+    while args[:1] in (["-j"], ["--parse-in-parent"], ["--chunksize"]):
         if args[0] == "-j":
             jobs, args = int(args[1]), args[2:]
+        elif args[0] == "--chunksize":
+            chunksize, args = int(args[1]), args[2:]
         else:
             in_parent, args = True, args[1:]
     sys.path.insert(0, os.getcwd())
@@ -73,14 +76,14 @@ def main():
             tasks = (ids.append(j.get("id")) or
                      (j["fn"], j.get("args", ()), j.get("kwargs", {}))
                      for j in parsed)
-            for status, value in pool.imap(call, tasks, chunksize=1000):
+            for status, value in pool.imap(call, tasks, chunksize=chunksize):
                 key = "value" if status == "ok" else "error"
                 out.write(json.dumps({"id": ids.popleft(), "status": status,
                                       key: value}))
                 out.write("\n")
         else:
             for rec in pool.imap(run, (l for l in src if l.strip()),
-                                 chunksize=1000):
+                                 chunksize=chunksize):
                 out.write(rec)
                 out.write("\n")
     out.flush()

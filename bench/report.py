@@ -159,11 +159,16 @@ def matrix(cases):
                     f" ({fmt(rr['median'])}×)" if rr else ""))
         name = f"**{s}**" if s.startswith("tpar") else s
         out.append(f"| {name} | " + " | ".join(cells) + " |")
+    peers = {
+        "trio": "tpar and ProcessPoolExecutor: trio-parallel of the same "
+        "worker type; anyio: trio-parallel SPAWN; parallel_loops: "
+        "trio.to_thread",
+        "cli": "the Pool.imap script that parses in the parent, with "
+        "chunksize=1000, except for the CPU-bound jobs, where it is the "
+        "same script with chunksize=1",
+    }[cases[0]["group"]]
     out += ["", "Median of the repetitions; in brackets the ratio to the "
-            "peer (tpar and ProcessPoolExecutor: trio-parallel of the same "
-            "worker type; anyio: trio-parallel SPAWN; parallel_loops: "
-            "trio.to_thread; CLI: the Pool.imap script that parses in the "
-            "parent). ↓ lower is better, ↑ higher is better."]
+            f"peer ({peers}). ↓ lower is better, ↑ higher is better."]
     return out
 
 
