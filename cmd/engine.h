@@ -13,7 +13,10 @@ struct job {
     uint64_t seq;
     double timeout;       /* seconds; 0: none */
     double start;         /* monotonic time it became its worker's head */
+    double sent;          /* monotonic time it was queued to its worker */
+    int sent_alone;       /* its worker had nothing else in flight then */
     int attempts;         /* attempts that have ended */
+    int isolate;          /* runs alone on a worker (see settle_ring) */
     uint32_t id_len;
     uint32_t payload_len;
     char data[];
@@ -50,6 +53,7 @@ struct worker {
     int retiring_seen;        /* it said it exits after its last result */
     int ready_seen;
     int wpoll_closed;
+    int isolated;             /* holds an isolated job: send it nothing else */
     long sent;                /* jobs sent in its life */
     uint64_t stamp;           /* when it last became idle (LIFO reuse) */
     double reap_start;

@@ -23,6 +23,7 @@ struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const 
     j->timeout = E.o->timeout;
     j->start = 0;
     j->attempts = 0;
+    j->isolate = 0;
     j->id_len = (uint32_t)idn;
     j->payload_len = (uint32_t)(total - idn);
     char *p = j->data;
@@ -83,8 +84,11 @@ static size_t u64_text(char *buf, uint64_t v)
 static void bad_json(uint64_t seq, uint64_t lineno, const tpar_jsonline_error *err)
 {
     char msg[200];
-    snprintf(msg, sizeof msg, "line %llu, column %zu: %s", (unsigned long long)lineno,
-             err->pos + 1, err->msg);
+    if (err->syntax)
+        snprintf(msg, sizeof msg, "line %llu, column %zu: invalid JSON: %s",
+                 (unsigned long long)lineno, err->pos + 1, err->msg);
+    else
+        snprintf(msg, sizeof msg, "line %llu: %s", (unsigned long long)lineno, err->msg);
     record_bad_input(seq, lineno, msg);
 }
 

@@ -291,7 +291,8 @@ static void operands(struct opts *o, int n, char **v)
         if (n < 2)
             cli_die(EXIT_USAGE, "%s: missing MOD:FN (see tpar --help)", v[0]);
         o->fn = v[1];
-        if (!strchr(o->fn, ':'))
+        const char *colon = strrchr(o->fn, ':');
+        if (!colon || colon == o->fn || !colon[1])
             cli_die(EXIT_USAGE, "%s: expected MOD:FN (module, colon, function), got '%s'",
                     v[0], o->fn);
         v += 2, n -= 2;

@@ -265,8 +265,11 @@ void engine_stop(int how)
         return;
     E.stop = how;
     input_stop();
-    if (how == STOP_PIPE) {
+    if (how == STOP_PIPE) { /* nobody reads the records any more */
         E.out.len = 0;
+        struct job *j;
+        while ((j = jobq_pop(&E.pending)))
+            free(j);
         pool_kill_all(ST_CANCELLED);
         return;
     }

@@ -19,6 +19,7 @@
 #define TARGET_QUEUE 0.0015   /* seconds of queued work per worker */
 #define JOB_OVERHEAD 2e-6     /* per-job cost in a worker beyond the call */
 #define READ_CHUNK (256 * 1024)
+#define ALONE_GAP 0.0002      /* seconds: see head_was_alone */
 
 enum { T_NONE, T_TIMEOUT, T_IDLE, T_REAP };
 
@@ -199,6 +200,8 @@ static void send_job(struct worker *w, struct job *j, double now)
     memcpy(w->out.data + w->out.len, hdr, sizeof hdr);
     memcpy(w->out.data + w->out.len + sizeof hdr, j->data + j->id_len, j->payload_len);
     w->out.len += sizeof hdr + j->payload_len;
+    j->sent = now;
+    j->sent_alone = w->rn == 0;
     w->ring[(w->rhead + w->rn) % MAX_DEPTH] = j;
     w->rn++;
     w->sent++;
@@ -213,12 +216,45 @@ static int can_take(struct worker *w)
 }
 
 /* Tops a worker up to the pipeline depth once it has drained to half. */
+static uv_timer_t wake; /* brings the loop back for a deferred fill */
+
+static void on_wake(uv_timer_t *t)
+{
+}
+
+/* A job sent alone to an idle worker gets ALONE_GAP to itself before jobs
+ * queue behind it: then, if it kills its worker, it is known to be the one
+ * (see head_was_alone).  Only slow jobs and the very first ones wait. */
+static int defer_fill(struct worker *w, double now)
+{
+    const struct job *h = w->rn == 1 ? w->ring[w->rhead] : NULL;
+    if (!h || !h->sent_alone || now - h->sent >= ALONE_GAP)
+        return 0;
+    if (!wake.loop)
+        uv_timer_init(E.loop, &wake);
+    if (!uv_is_active((uv_handle_t *)&wake))
+        uv_timer_start(&wake, on_wake, 1, 0);
+    return 1;
+}
+
 static void fill(struct worker *w, int d, double now)
 {
-    if (!can_take(w) || w->rn > (unsigned)d / 2)
+    if (!can_take(w) || w->rn > (unsigned)d / 2 || w->isolated || defer_fill(w, now))
         return;
-    while (E.pending.n && w->rn < (unsigned)d && can_take(w))
+    while (E.pending.n && w->rn < (unsigned)d && can_take(w)) {
+        /* A job with a timeout runs alone too: its clock then measures it
+         * and nothing else, and a kill can only be for it. */
+        if (E.pending.head->isolate || E.pending.head->timeout > 0) {
+            if (w->rn == 0) {
+                send_job(w, jobq_pop(&E.pending), now);
+                w->isolated = 1;
+            }
+            return;
+        }
         send_job(w, jobq_pop(&E.pending), now);
+        if (w->sent == 1) /* a fresh worker's first job goes alone */
+            return;
+    }
 }
 
 /* The idle worker used last (LIFO: the others stay idle and time out). */
@@ -336,10 +372,12 @@ static void on_result(struct worker *w, const tpar_frame *f, double now)
     }
     job_attempt_done(j, ok ? ST_OK : ST_ERROR, (const char *)f->payload + 8, f->len - 8,
                      dur, w->proc.pid);
-    if (w->rn)
+    if (w->rn) {
         head_started(w, now);
-    else
+    } else {
+        w->isolated = 0;
         became_idle(w);
+    }
 }
 
 static void on_frame(struct worker *w, const tpar_frame *f, double now)
@@ -488,11 +526,34 @@ static void end_head(struct worker *w, struct job *j, const char *desc)
     job_attempt_done(j, st, (const char *)b.data, b.len, dur, w->proc.pid);
 }
 
-/* The first job without a result was running: it ends with the reason the
- * worker died.  The jobs queued behind it never started: they go back to
- * the queue without counting an attempt (or are cancelled when stopping). */
+/* The head was sent to an idle worker, and the next job only well after
+ * (the worker reads a lone job at once): then the worker read the head
+ * alone, so no finished result can have been held behind it. */
+static int head_was_alone(struct worker *w)
+{
+    const struct job *h = w->ring[w->rhead], *n = w->ring[(w->rhead + 1) % MAX_DEPTH];
+    return h->sent_alone && n->sent - h->sent > ALONE_GAP;
+}
+
+/* With one job in flight, that job was running: it ends with the reason
+ * the worker died.  With several, the first without a result was running
+ * only if the worker had written every result it computed; it may hold a
+ * few while it runs the next job, so blaming the first could blame an
+ * innocent job.  Then every one of them goes back to the queue, without
+ * counting an attempt, to run alone on a worker: the culprit dies again,
+ * alone, and is blamed.  (When stopping, they are cancelled.) */
 static void settle_ring(struct worker *w, const char *desc)
 {
+    if (w->rn > 1 && E.stop < STOP_NOW && !w->retiring_seen && !head_was_alone(w)) {
+        while (w->rn) {
+            struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
+            w->rn--;
+            E.inflight--;
+            j->isolate = 1;
+            jobq_push_front(&E.pending, j);
+        }
+        return;
+    }
     if (w->rn && !w->retiring_seen) {
         struct job *j = w->ring[w->rhead];
         w->rhead = (w->rhead + 1) % MAX_DEPTH;

@@ -33,6 +33,7 @@ static int fail(struct scan *sc, const uint8_t *at, const char *msg)
 {
     sc->err->pos = (size_t)(at - sc->start);
     sc->err->msg = msg;
+    sc->err->syntax = 1;
     return TPAR_EBADJSON;
 }
 
@@ -436,7 +437,9 @@ int tpar_jsonline_object(const char *s, size_t n, const char *const keys[],
         tpar_jsonline_span any;
         if (tpar_jsonline_value(s, n, &any, err) < 0)
             return TPAR_EBADJSON;
-        return fail(&sc, sc.p, "not a JSON object");
+        fail(&sc, sc.p, "not a JSON object");
+        err->syntax = 0;
+        return TPAR_EBADJSON;
     }
     sc.p++;
     skip_ws(&sc);
@@ -466,6 +469,7 @@ static int wrong_type(tpar_jsonline_error *err, const tpar_jsonline_span *v,
 {
     err->pos = v->off;
     err->msg = msg;
+    err->syntax = 0;
     return TPAR_EBADJSON;
 }
 
@@ -479,6 +483,7 @@ int tpar_jsonline_job_parse(const char *s, size_t n, tpar_jsonline_job *out,
     if (v[1].type == TPAR_JSON_NONE) {
         err->pos = 0;
         err->msg = "missing \"fn\"";
+        err->syntax = 0;
         return TPAR_EBADJSON;
     }
     if (v[1].type != TPAR_JSON_STRING)

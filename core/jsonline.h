@@ -40,6 +40,7 @@ typedef struct tpar_jsonline_span {
 typedef struct tpar_jsonline_error {
     size_t pos;      /* byte offset (0-based) where the problem was seen */
     const char *msg; /* static text, e.g. "expected ',' or '}'" */
+    int syntax;      /* 1: not well-formed JSON; 0: valid JSON, wrong shape */
 } tpar_jsonline_error;
 
 /* Checks that s[0..n) is exactly one JSON value, with optional whitespace

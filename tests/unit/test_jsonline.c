@@ -144,7 +144,7 @@ static void test_job(void)
 static void bad_job(const char *s, const char *msg)
 {
     tpar_jsonline_job j;
-    tpar_jsonline_error err = {0, NULL};
+    tpar_jsonline_error err = {0, NULL, 0};
     CHECK(job(s, &j, &err) == TPAR_EBADJSON && err.msg && strcmp(err.msg, msg) == 0,
           "%s: want [%s] got [%s]", s, msg, err.msg ? err.msg : "(accepted)");
 }
