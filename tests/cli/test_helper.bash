@@ -197,3 +197,9 @@ tpar_children() {
         cat "$c" 2>/dev/null
     done | tr ' ' '\n' | grep -v '^$' || true
 }
+
+# jobs_n N FN ARGS_JQ: N job lines for FN; ARGS_JQ is a jq expression for
+# the args array, with . the line's number from 1 ("[.]", "[]").
+jobs_n() {
+    jq -nc --arg fn "$2" --argjson n "$1" "range(1; \$n + 1) | {fn: \$fn, args: ($3)}"
+}

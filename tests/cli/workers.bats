@@ -8,6 +8,15 @@ setup() {
     D="$BATS_TEST_TMPDIR"
 }
 
+teardown() {
+    # Children of jobs that outlived a test that failed: not for the next one.
+    local p
+    for p in $(file_values "$D" child.); do
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    touch "$D/go"
+}
+
 # all_pids: worker pids from the records plus those the jobs noted.
 all_pids() {
     { worker_pids "$D/out"; file_values "$D" started.; file_values "$D" pid.; } | sort -un
@@ -17,9 +26,9 @@ all_pids() {
 
 @test "broken: a worker killed with SIGKILL mid-stream; every other job still runs" {
     {
-        for i in 1 2 3 4 5; do job jobs:ident "[$i]"; done
+        jobs_n 5 jobs:ident "[.]"
         job jobs:sigkill "[\"$D/killed\"]" '' '"victim"'
-        for i in 6 7 8 9 10; do job jobs:ident "[$i]"; done
+        jobs_n 5 jobs:ident "[. + 5]"
     } >"$D/in"
     run -1 tpar -I "$FIXTURES" -j2 -o "$D/out" "$D/in"
     assert_one_record_per_line "$D/in" "$D/out"
@@ -36,10 +45,37 @@ all_pids() {
     assert_pids_gone $(all_pids) "$pid"
 }
 
+@test "broken: without --retries a job that killed its worker runs once, even among pipelined jobs" {
+    {
+        jobs_n 20 jobs:ident "[.]"
+        job jobs:sigkill_once "[\"$D/marker\"]" '' '"victim"'
+        jobs_n 20 jobs:ident "[. + 20]"
+    } >"$D/in"
+    run -1 tpar -I "$FIXTURES" -j1 -o "$D/out" "$D/in"
+    assert_one_record_per_line "$D/in" "$D/out"
+    run -0 jq -r 'select(.id == "victim") | .status, .attempts' "$D/out"
+    assert_output $'broken\n1'
+    run -0 cat "$D/marker.runs"
+    assert_equal "${#lines[@]}" 1
+    assert_equal "$(count_status "$D/out" ok)" 40
+}
+
+@test "--retries: attempts counts every run of the job" {
+    {
+        jobs_n 20 jobs:ident "[.]"
+        job jobs:sigkill_once "[\"$D/marker\"]" '' '"victim"'
+        jobs_n 20 jobs:ident "[. + 20]"
+    } >"$D/in"
+    run -0 tpar -I "$FIXTURES" -j1 --retries 3 -o "$D/out" "$D/in"
+    run -0 jq -r 'select(.id == "victim") | .attempts' "$D/out"
+    assert_output "$(wc -l <"$D/marker.runs")"
+    assert_output 2
+}
+
 @test "broken: SIGKILL from outside, mid-stream" {
     {
         job jobs:block "[\"$D\", \"a\"]" '' '"victim"'
-        for i in 1 2 3; do job jobs:ident "[$i]"; done
+        jobs_n 3 jobs:ident "[.]"
     } >"$D/in"
     start_tpar "$D/in" "$D/out" "$D/err" -I "$FIXTURES" -j2
     wait_files "$D" started.a 1
@@ -157,7 +193,7 @@ all_pids() {
 }
 
 @test "--timeout: jobs that finish in time are not touched" {
-    for i in 1 2 3; do job jobs:ident "[$i]"; done >"$D/in"
+    jobs_n 3 jobs:ident "[.]" >"$D/in"
     run -0 tpar -I "$FIXTURES" --timeout 20 -o "$D/out" "$D/in"
     assert_equal "$(count_status "$D/out" ok)" 3
 }
@@ -165,7 +201,7 @@ all_pids() {
 # -- retirement -----------------------------------------------------------------------
 
 @test "--max-tasks-per-worker N: a worker retires after N jobs" {
-    for i in $(seq 1 4); do job jobs:pid '[]'; done >"$D/in"
+    jobs_n 4 jobs:pid '[]' >"$D/in"
     run -0 tpar -I "$FIXTURES" -j1 --max-tasks-per-worker 1 -o "$D/out" "$D/in"
     assert_equal "$(worker_pids "$D/out" | wc -l)" 4
     run -0 jq -s -c 'map(.value == .worker) | unique' "$D/out"
@@ -212,7 +248,7 @@ all_pids() {
 # -- --init ----------------------------------------------------------------------------
 
 @test "--init MOD:FN runs once in each worker before its jobs" {
-    for i in $(seq 1 6); do job jobs:init_token '[]'; done >"$D/in"
+    jobs_n 6 jobs:init_token '[]' >"$D/in"
     run -0 tpar -I "$FIXTURES" -j2 --init jobs:init -o "$D/out" "$D/in"
     run -0 jq -s -c 'map(.value == "init-\(.worker)") | unique' "$D/out"
     assert_output '[true]'
@@ -222,7 +258,7 @@ all_pids() {
 }
 
 @test "--init that fails: every job still gets one failed record, no hang" {
-    for i in $(seq 1 3); do job jobs:ident "[$i]"; done >"$D/in"
+    jobs_n 3 jobs:ident "[.]" >"$D/in"
     run --separate-stderr tpar -I "$FIXTURES" --init jobs:init_fail -o "$D/out" "$D/in"
     [ "$status" -ge 1 ] && [ "$status" -le 101 ] || [ "$status" -eq 255 ] ||
         fail "exit status $status"
@@ -272,7 +308,7 @@ all_pids() {
     {
         job jobs:wait_then "[\"$D/go\", \"long\"]" '' '"long"'
         job jobs:fail '[]' '' '"bad"'
-        for i in $(seq 1 20); do job jobs:log "[\"$D/ran\", $i]"; done
+        jobs_n 20 jobs:log "[\"$D/ran\", .]"
     } >"$D/in"
     start_tpar "$D/in" "$D/out" "$D/err" -I "$FIXTURES" -j2 --halt soon,fail=1
     # Let the long job go only after the failure was seen.
