@@ -592,7 +592,7 @@ static void finalize(struct worker *w)
                      start_hint(w->proc.status));
         return;
     }
-    if (!w->rn && !w->exit_expected && !w->killed_for && E.stop < STOP_NOW)
+    if (!w->rn && !w->exit_expected && !w->killed_for && E.stop < STOP_NOW && !E.o->quiet)
         cli_warn("worker %d %s while idle", (int)w->proc.pid, desc);
     settle_ring(w, desc);
 }
