@@ -31,6 +31,8 @@ raw_value() {
     run -0 jq -s -c 'map(.duration >= 0) | unique' "$D/out"
     assert_output '[true]'
     assert_equal "$stderr" ""
+    # tpar reaped its workers before it exited.
+    assert_pids_gone $(worker_pids "$D/out")
 }
 
 @test "stream: the id defaults to the sequence number, an explicit id of any scalar is kept" {
@@ -137,6 +139,7 @@ raw_value() {
     assert_one_record_per_line "$D/in" "$D/out"
     run -0 jq -s 'map(.value) | add' "$D/out"
     assert_output $((3000 * 3001 / 2 + 3000))
+    assert_pids_gone $(worker_pids "$D/out")
 }
 
 # -- bad input --------------------------------------------------------------
@@ -481,4 +484,31 @@ usage_error() {
     assert_equal "${#lines[@]}" 10
     run -0 --separate-stderr tpar --progress -q "$D/in"
     assert_equal "$stderr" ""
+}
+
+# -- tpar's own errors beyond usage ------------------------------------------------------
+
+@test "exit: 255 when the output or the joblog cannot be written" {
+    job operator:add '[1,2]' >"$D/in"
+    run -255 --separate-stderr tpar -o "$D/no/such/dir/out" "$D/in"
+    [ "${#stderr_lines[@]}" -eq 1 ] || fail "one line expected: $stderr"
+    assert_regex "$stderr" 'no/such/dir/out'
+    run -255 --separate-stderr tpar --joblog "$D/no/such/dir/log" "$D/in"
+    assert_equal "$output" ""
+    assert_regex "$stderr" 'no/such/dir/log'
+}
+
+@test "TPAR_WORKER names the worker program; a missing one is tpar's own error" {
+    local real
+    real=$(cd "$(dirname "$TPAR")/../pyworker" 2>/dev/null && pwd)/tpar-worker
+    [ -x "$real" ] || real=$(dirname "$TPAR")/tpar-worker
+    printf '#!/bin/sh\necho "$$" >>"%s/used"\nexec "%s" "$@"\n' "$D" "$real" >"$D/wrap"
+    chmod +x "$D/wrap"
+    job operator:add '[1,2]' >"$D/in"
+    TPAR_WORKER="$D/wrap" run -0 tpar "$D/in"
+    assert_equal "$(jq -c .value <<<"$output")" 3
+    [ -s "$D/used" ] || fail "TPAR_WORKER was not used"
+    assert_equal "$(jq -r .worker <<<"$output")" "$(head -1 "$D/used")"
+    TPAR_WORKER="$D/missing-worker" run -255 --separate-stderr tpar "$D/in"
+    assert_regex "$stderr" 'missing-worker'
 }

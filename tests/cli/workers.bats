@@ -91,6 +91,30 @@ all_pids() {
     assert_pids_gone $(all_pids)
 }
 
+@test "--retries: a job whose worker is SIGKILLed from outside runs again, in a new worker" {
+    {
+        job jobs:block "[\"$D\", \"a\"]" '' '"victim"'
+        jobs_n 3 jobs:ident "[.]"
+    } >"$D/in"
+    start_tpar "$D/in" "$D/out" "$D/err" -I "$FIXTURES" -j2 --retries 1
+    wait_files "$D" started.a 1
+    local first
+    first=$(cat "$D/started.a")
+    rm "$D/started.a"
+    kill -KILL "$first"
+    # The second attempt starts; let it finish.
+    wait_files "$D" started.a 1
+    touch "$D/release"
+    wait_tpar
+    assert_equal "$TPAR_STATUS" 0
+    assert_one_record_per_line "$D/in" "$D/out"
+    run -0 jq -r 'select(.id == "victim") | .status, .attempts, .worker' "$D/out"
+    assert_line --index 0 ok
+    assert_line --index 1 2
+    [ "${lines[2]}" != "$first" ] || fail "the retry ran in the dead worker's pid"
+    assert_pids_gone $(all_pids) "$first"
+}
+
 @test "broken: a segfault and os._exit(3) mid-stream" {
     {
         job jobs:segv "[\"$D/p1\"]" '' '"segv"'
