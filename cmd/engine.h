@@ -15,6 +15,7 @@ struct job {
     double start;         /* monotonic time it became its worker's head */
     double sent;          /* monotonic time it was queued to its worker */
     int sent_alone;       /* its worker had nothing else in flight then */
+    int flush_first;      /* sent with TPAR_JOB_FLUSH_FIRST */
     int attempts;         /* attempts that have ended */
     int isolate;          /* runs alone on a worker (see settle_ring) */
     uint32_t id_len;
@@ -54,6 +55,10 @@ struct worker {
     int ready_seen;
     int wpoll_closed;
     int isolated;             /* holds an isolated job: send it nothing else */
+    int honours_flush;        /* READY said it honours TPAR_JOB_FLUSH_FIRST */
+    char *proven[16];         /* fns that have returned a result on it */
+    uint32_t proven_len[16];
+    int nproven;
     long sent;                /* jobs sent in its life */
     uint64_t stamp;           /* when it last became idle (LIFO reuse) */
     double reap_start;
