@@ -200,6 +200,17 @@ bad_line_number() {
     run -0 tpar -o "$D/out" "$D/in"
     assert_one_record_per_line "$D/in" "$D/out"
     assert_equal "$(count_status "$D/out" ok)" 2
+    # seq counts jobs, not lines.
+    run -0 jq -s -c 'map(.seq) | sort' "$D/out"
+    assert_output '[1,2]'
+}
+
+@test "stream: bad_input names the line number within its own file" {
+    printf '\n{"fn":"operator:add","args":[1,2]}\n\n\nbad\n' >"$D/a"
+    printf 'bad2\n' >"$D/b"
+    run -2 tpar -k -o "$D/out" "$D/a" "$D/b"
+    run -0 jq -s -c 'map(select(.status == "bad_input") | [.seq, .line])' "$D/out"
+    assert_output '[[2,5],[3,1]]'
 }
 
 @test "stream: a line longer than --max-line is bad_input, not a crash; the rest runs" {
