@@ -237,13 +237,13 @@ void record_bad_input(uint64_t seq, uint64_t line, const char *msg)
     out_u64(b, seq);
     OUT_LIT(b, ",\"status\":\"bad_input\",\"error\":{\"type\":\"BadInput\",\"message\":");
     out_jstr(b, msg, strlen(msg));
-    OUT_LIT(b, "},\"line\":");
+    OUT_LIT(b, ",\"traceback\":null},\"line\":");
     out_u64(b, line);
     if (strcmp(E.in.name, "-")) {
         OUT_LIT(b, ",\"file\":");
         out_jstr(b, E.in.name, strlen(E.in.name));
     }
-    OUT_LIT(b, ",\"attempts\":0}\n");
+    OUT_LIT(b, ",\"attempts\":0,\"duration\":0.0,\"worker\":null}\n");
     record_placed(seq, start);
     count(ST_BAD_INPUT);
 }
@@ -251,7 +251,8 @@ void record_bad_input(uint64_t seq, uint64_t line, const char *msg)
 static void cancel_pending(void)
 {
     static const char body[] =
-        "{\"type\":\"Cancelled\",\"message\":\"job cancelled before it started\"}";
+        "{\"type\":\"Cancelled\",\"message\":\"job cancelled before it started\","
+                "\"traceback\":null}";
     struct job *j;
     while ((j = jobq_pop(&E.pending)))
         job_attempt_done(j, ST_CANCELLED, body, sizeof body - 1, 0, 0);

@@ -556,7 +556,7 @@ static void error_body(tpar_buf *b, const char *type, const char *msg)
     out_jstr(b, type, strlen(type));
     OUT_LIT(b, ",\"message\":");
     out_jstr(b, msg, strlen(msg));
-    OUT_LIT(b, "}");
+    OUT_LIT(b, ",\"traceback\":null}");
 }
 
 static void end_head(struct worker *w, struct job *j, const char *desc)
@@ -625,7 +625,8 @@ static void settle_ring(struct worker *w, const char *desc)
         E.inflight--;
         if (E.stop >= STOP_NOW) {
             static const char body[] =
-                "{\"type\":\"Cancelled\",\"message\":\"job cancelled before it started\"}";
+                "{\"type\":\"Cancelled\",\"message\":\"job cancelled before it started\","
+                "\"traceback\":null}";
             job_attempt_done(j, ST_CANCELLED, body, sizeof body - 1, 0, 0);
         } else {
             jobq_push_front(&E.pending, j);
