@@ -151,8 +151,10 @@ static int blank(const char *s, size_t n)
 
 static void too_long(void)
 {
-    char msg[128];
-    snprintf(msg, sizeof msg, "line longer than --max-line (%zu bytes)", E.o->max_line);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s%sline %llu: longer than --max-line (%zu bytes)",
+             strcmp(E.in.name, "-") ? E.in.name : "", strcmp(E.in.name, "-") ? ", " : "",
+             (unsigned long long)E.in.lineno, E.o->max_line);
     record_bad_input(++E.last_seq, E.in.lineno, msg);
 }
 

@@ -81,21 +81,32 @@ static size_t u64_text(char *buf, uint64_t v)
     return n;
 }
 
+/* "FILE, " when reading a named file, so records of several files differ. */
+static const char *where(char *buf, size_t n)
+{
+    if (!E.in.name || !strcmp(E.in.name, "-"))
+        return "";
+    snprintf(buf, n, "%s, ", E.in.name);
+    return buf;
+}
+
 static void bad_json(uint64_t seq, uint64_t lineno, const tpar_jsonline_error *err)
 {
-    char msg[200];
+    char msg[512], file[256];
     if (err->syntax)
-        snprintf(msg, sizeof msg, "line %llu, column %zu: invalid JSON: %s",
-                 (unsigned long long)lineno, err->pos + 1, err->msg);
+        snprintf(msg, sizeof msg, "%sline %llu, column %zu: invalid JSON: %s",
+                 where(file, sizeof file), (unsigned long long)lineno, err->pos + 1, err->msg);
     else
-        snprintf(msg, sizeof msg, "line %llu: %s", (unsigned long long)lineno, err->msg);
+        snprintf(msg, sizeof msg, "%sline %llu: %s", where(file, sizeof file),
+                 (unsigned long long)lineno, err->msg);
     record_bad_input(seq, lineno, msg);
 }
 
 static void bad(uint64_t seq, uint64_t lineno, const char *what)
 {
-    char msg[200];
-    snprintf(msg, sizeof msg, "line %llu: %s", (unsigned long long)lineno, what);
+    char msg[512], file[256];
+    snprintf(msg, sizeof msg, "%sline %llu: %s", where(file, sizeof file),
+             (unsigned long long)lineno, what);
     record_bad_input(seq, lineno, msg);
 }
 
