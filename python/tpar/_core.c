@@ -377,6 +377,11 @@ static PyObject *Worker_get_status(WorkerObject *self, void *c)
     return PyLong_FromLong(self->proc.status);
 }
 
+static PyObject *Worker_get_pending(WorkerObject *self, void *c)
+{
+    return PyLong_FromSize_t(self->out.len);
+}
+
 static PyObject *Worker_get_ready(WorkerObject *self, void *c)
 {
     return PyBool_FromLong(self->ready);
@@ -433,6 +438,7 @@ static PyGetSetDef Worker_getset[] = {
     {"from_fd", (getter)Worker_get_from_fd, NULL, "fd the parent reads frames from", NULL},
     {"status", (getter)Worker_get_status, NULL, "wait status once reaped, else None", NULL},
     {"ready", (getter)Worker_get_ready, NULL, "the READY frame came", NULL},
+    {"pending", (getter)Worker_get_pending, NULL, "bytes queued, not yet written", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

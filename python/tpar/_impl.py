@@ -14,6 +14,7 @@ import enum
 import math
 import os
 import pickle
+import sys
 import threading
 import time
 import weakref
@@ -43,7 +44,9 @@ _RETIRING = _core.RESULT_RETIRING
 _OK = _core.RESULT_OK
 _NO_KWARGS = {}
 SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
+YIELD_SPIN_S = float(os.environ.get("TPAR_YIELD_SPIN_US", 50)) * 1e-6
 _monotonic = time.monotonic
+_perf = time.perf_counter
 _loads = pickle.loads
 _dumps = pickle.dumps
 
@@ -140,6 +143,21 @@ def _kill(w):
 
 # ------------------------------------------------------------------ context
 
+def _refuse_while_bootstrapping():
+    """A worker re-imports the parent's script as __mp_main__.  A script
+    that starts jobs at import time (no `if __name__ == "__main__":` guard)
+    would have every worker start more workers, without end; stop that as
+    multiprocessing does."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__name__", None) != "__mp_main__":
+        return
+    if getattr(main, "__tpar_bootstrapping__", False) or "__builtins__" not in vars(main):
+        raise RuntimeError(
+            "tpar: a worker process is importing your script as __main__, and the "
+            "script started jobs while being imported.  Guard the script's entry "
+            "point with `if __name__ == \"__main__\":`.")
+
+
 def _check_params(idle_timeout, init, retire, grace_period, worker_type):
     for name, value in (("idle_timeout", idle_timeout), ("grace_period", grace_period)):
         if not isinstance(value, Real) or isinstance(value, bool):
@@ -230,6 +248,7 @@ class WorkerContext:
                         self._bury(old, locked=True)
                     idle.clear()
         try:
+            _refuse_while_bootstrapping()
             w = _core.spawn(worker_argv(self._worker_extra))
             if self._config is not None:
                 w.send(_core.FRAME_CONFIG, self._config)
@@ -284,21 +303,31 @@ class WorkerContext:
             return await self._run(sync_fn, args, kill_on_cancel or cancellable)
 
     async def _run(self, fn, args, kill_on_cancel):
-        payload = _pickle_job((fn, args, _NO_KWARGS), self._by_ref)
+        job = (fn, args, _NO_KWARGS)
+        try:
+            payload = _dumps(job, 5) if self._by_ref else _pickle_job(job, False)
+        except Exception:
+            payload = _pickle_job(job, False)  # cloudpickle, or raise
         w = self._acquire()
         try:
             try:
-                pending = w.send(_JOB, payload)
+                w.send(_JOB, payload)
             except BrokenPipeError:  # it died: the read below sees the EOF
-                pending = 0
+                pass
             # Spin only when no other job of ours could use the time.
-            res = None if pending else w.recv(SPIN_US if self._running == 1 else 0.0)
+            res = w.recv(SPIN_US) if self._running == 1 else None
             if res is None:
-                if kill_on_cancel:
-                    res = await _finish(w, pending)
-                else:
+                try:
+                    res = await _finish(w)
+                except trio.Cancelled:
+                    if kill_on_cancel:
+                        raise
+                    # As trio.to_thread.run_sync: the job runs to its end and
+                    # the cancellation, still pending, lands at the caller's
+                    # next checkpoint.  (Cheaper than a shielded scope on
+                    # every call.)
                     with trio.CancelScope(shield=True):
-                        res = await _finish(w, pending)
+                        res = await _finish(w)
         except BaseException:
             # Cancelled (kill_on_cancel), KeyboardInterrupt, a protocol error:
             # the worker is in an unknown state, so it goes.
@@ -386,19 +415,25 @@ def _raise_if_unclean(workers):
             + ", ".join(f"{w.pid} {_core.describe_status(w.status)}" for w in bad) + ")")
 
 
-async def _finish(w, pending):
+async def _finish(w):
     """Writes what is left of the job, then waits for its result."""
     try:
-        while pending:
+        while w.pending:
             await wait_writable(w.to_fd)
-            pending = w.flush()
+            w.flush()
     except BrokenPipeError:
         pass
+    # While other tasks have work, yielding to them and polling again keeps
+    # this process awake: cheaper than sleeping in epoll and being woken.
+    deadline = _perf() + YIELD_SPIN_S
     while True:
         res = w.recv(0.0)
         if res is not None:
             return res
-        await wait_readable(w.from_fd)
+        if _perf() < deadline:
+            await checkpoint()
+        else:
+            await wait_readable(w.from_fd)
 
 
 # ---------------------------------------------------- the default context

@@ -72,4 +72,5 @@ def worker_argv(extra=()):
     if threading.current_thread() is threading.main_thread():
         argv.append("--pdeathsig")
     argv.extend(extra)
+    argv.extend(os.environ.get("TPAR_WORKER_ARGS", "").split())  # for experiments
     return argv

@@ -135,3 +135,19 @@ def test_functions_from_python_c_need_cloudpickle(tmp_path):
                           env=subprocess_env(), timeout=60, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["81"]
+
+
+def test_unguarded_script_does_not_spawn_workers_without_end(tmp_path):
+    proc = run_script(tmp_path, """
+        import os, trio
+        import tpar as trio_parallel
+
+        def square(x):
+            return x * x
+
+        # no `if __name__ == "__main__":` guard: every worker re-imports this
+        print(trio.run(trio_parallel.run_sync, square, 7), flush=True)
+    """, timeout=60, check=False)
+    # It ends (the worker's import of the script fails at the nested job,
+    # so `square` cannot be found there) and says why.
+    assert "Guard the script's entry point" in proc.stderr

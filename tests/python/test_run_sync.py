@@ -23,9 +23,12 @@ def counts(ctx):
 
 
 def zombie(pid):
+    """True when pid has exited, all its threads too, and awaits reaping."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            leader_done = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        # a zombie leader's files close only when its last thread exits
+        return leader_done and len(os.listdir(f"/proc/{pid}/task")) <= 1
     except FileNotFoundError:
         return False
 

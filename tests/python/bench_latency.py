@@ -1,0 +1,47 @@
+"""Quick figures for the Trio package (not a test; the real harness is
+scripts/bench): warm latency of run_sync(bool), mean over N sequential
+calls, and the throughput of M concurrent tiny calls; median of 3 runs.
+
+    python3 tests/python/bench_latency.py [tpar|trio_parallel] [N] [M]
+"""
+import importlib
+import statistics
+import sys
+import time
+
+import trio
+
+
+def main():
+    mod = importlib.import_module(sys.argv[1] if len(sys.argv) > 1 else "tpar")
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    m = int(sys.argv[3]) if len(sys.argv) > 3 else 20000
+
+    async def latency():
+        for _ in range(200):  # warm: workers started, caches hot
+            await mod.run_sync(bool)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await mod.run_sync(bool)
+        return (time.perf_counter() - t0) / n
+
+    async def throughput():
+        async with trio.open_nursery() as nursery:  # warm every worker
+            for _ in range(8):
+                nursery.start_soon(mod.run_sync, bool)
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(m):
+                nursery.start_soon(mod.run_sync, bool)
+        return m / (time.perf_counter() - t0)
+
+    lat = [trio.run(latency) for _ in range(3)]
+    thr = [trio.run(throughput) for _ in range(3)]
+    print(f"{mod.__name__}: warm latency {statistics.median(lat) * 1e6:.1f} us "
+          f"(runs {', '.join(f'{x * 1e6:.1f}' for x in lat)}); "
+          f"throughput {statistics.median(thr):.0f} calls/s "
+          f"(runs {', '.join(f'{x:.0f}' for x in thr)})")
+
+
+if __name__ == "__main__":
+    main()
