@@ -5,6 +5,11 @@ worker binary at build time; the JSON hot path stays in C (worker.c)."""
 import os
 import sys
 
+# True while the parent's script is being imported as __mp_main__: a
+# script that starts workers at import time (no `if __name__ ==
+# "__main__"` guard) would otherwise start workers without end.
+bootstrapping = False
+
 
 def setup_path(cwd_path, extra, sys_path):
     if sys_path is not None:
@@ -23,10 +28,12 @@ def load_main(path):
     import runpy
     import types
 
+    global bootstrapping
     mod = types.ModuleType("__mp_main__")
     mod.__file__ = path
     sys.modules["__mp_main__"] = mod
     sys.modules["__main__"] = mod
+    bootstrapping = True  # the tpar package refuses to start workers now
     try:
         mod.__dict__.update(runpy.run_path(path, run_name="__mp_main__"))
     except BaseException:
@@ -36,6 +43,8 @@ def load_main(path):
 
         print(f"tpar-worker: could not import {path} as __main__:", file=sys.stderr)
         traceback.print_exc()
+    finally:
+        bootstrapping = False
 
 
 def _load_file(path):
