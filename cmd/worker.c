@@ -23,6 +23,7 @@
 #define TPAR_JOB_FLUSH_FIRST 0x01
 #define TPAR_READY_FLUSH_FIRST 0x01
 #endif
+#define SHORT_TIMEOUT 0.01    /* seconds: shorter timeouts run alone */
 #define ALONE_GAP 0.0002      /* seconds: see head_was_alone */
 
 enum { T_NONE, T_TIMEOUT, T_IDLE, T_REAP };
@@ -295,9 +296,12 @@ static void fill(struct worker *w, int d, double now)
     if (!can_take(w) || w->rn > (unsigned)d / 2 || w->isolated || defer_fill(w, now))
         return;
     while (E.pending.n && w->rn < (unsigned)d && can_take(w)) {
-        /* A job with a timeout runs alone too: its clock then measures it
-         * and nothing else, and a kill can only be for it. */
-        if (E.pending.head->isolate || E.pending.head->timeout > 0) {
+        /* A job with a very short timeout runs alone too: its clock then
+         * measures it and nothing else.  Longer ones need not: the worker
+         * writes earlier results once a job has run 200 us, so the head of a
+         * worker whose clock ran out is the job that is running. */
+        if (E.pending.head->isolate ||
+            (E.pending.head->timeout > 0 && E.pending.head->timeout < SHORT_TIMEOUT)) {
             if (w->rn == 0) {
                 send_job(w, jobq_pop(&E.pending), now);
                 w->isolated = 1;
@@ -602,7 +606,8 @@ static int head_was_alone(struct worker *w)
  * alone, and is blamed.  (When stopping, they are cancelled.) */
 static void settle_ring(struct worker *w, const char *desc)
 {
-    if (w->rn > 1 && E.stop < STOP_NOW && !w->retiring_seen && !head_was_alone(w)) {
+    if (w->rn > 1 && E.stop < STOP_NOW && !w->retiring_seen && w->killed_for != ST_TIMEOUT &&
+        !head_was_alone(w)) {
         while (w->rn) {
             struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
             w->rn--;
