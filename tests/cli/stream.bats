@@ -125,6 +125,19 @@ raw_value() {
     assert_regex "$stderr" 'job says 20'
 }
 
+@test "stream: a job cannot read tpar's input (its stdin is not tpar's)" {
+    # A job that read its stdin would steal job lines from the stream.
+    job jobs:stdin_name '[]' >"$D/in"
+    job jobs:slurp_stdin '[]' >>"$D/in"
+    jobs_n 3 jobs:ident "[.]" >>"$D/in"
+    run -0 tpar -I "$FIXTURES" -j1 -k -o "$D/out" <"$D/in"
+    assert_one_record_per_line "$D/in" "$D/out"
+    run -0 jq -r 'select(.seq == 1) | .value' "$D/out"
+    refute_output "$D/in"
+    run -0 jq -r 'select(.seq == 2) | .value' "$D/out"
+    assert_output 0
+}
+
 @test "stream: records never interleave, even when large and from many workers" {
     jobs_n 40 jobs:text '[200000]' >"$D/in"
     run -0 tpar -I "$FIXTURES" -j4 -o "$D/out" "$D/in"
