@@ -204,6 +204,22 @@ all_pids() {
     assert_pids_gone "$(cat "$D/child.a")" "$(cat "$D/started.a")" $(all_pids)
 }
 
+@test "--timeout: only the job that ran too long times out, not those queued with it" {
+    {
+        jobs_n 20 jobs:ident "[.]"
+        job jobs:child_block "[\"$D\", \"a\"]" '' '"slow"'
+        jobs_n 20 jobs:ident "[. + 20]"
+    } >"$D/in"
+    run -1 tpar -I "$FIXTURES" -j1 --timeout 0.3 -o "$D/out" "$D/in"
+    assert_one_record_per_line "$D/in" "$D/out"
+    assert_equal "$(count_status "$D/out" ok)" 40
+    run -0 jq -r 'select(.id == "slow") | .status, .attempts' "$D/out"
+    assert_output $'timeout\n1'
+    run -0 jq -s -c 'map(.attempts) | unique' "$D/out"
+    assert_output '[1]'
+    assert_pids_gone "$(cat "$D/child.a")" $(all_pids)
+}
+
 @test "timeout in a job line applies to that job only" {
     {
         jq -nc --arg d "$D" '{id: "slow", fn: "jobs:child_block", args: [$d, "a"], timeout: 0.3}'
