@@ -43,6 +43,9 @@ struct opts {
     int quiet;
     int summary;
     size_t max_line;
+    int forkserver;           /* --worker-type forkserver */
+    const char *preload;      /* --preload MOD,MOD */
+    int prestart;             /* --prestart N */
     const char *fn;           /* map / run: MOD:FN */
     int star;                 /* map --star */
     const char *args, *kwargs;/* run */

@@ -94,6 +94,8 @@ struct engine {
     struct worker **workers;  /* live workers, any state */
     int nworkers;
     char **wargv;             /* worker command line */
+    char **zargv;             /* the forkserver's: wargv + --zygote [--preload] */
+    tpar_zygote zygote;
     double cost;              /* EWMA of seconds per job in a worker */
     uint64_t stamp;
     /* output */
@@ -148,5 +150,6 @@ void pool_flush(void);         /* writes queued frames */
 void pool_close_idle(void);    /* at the end: lets idle workers exit */
 void pool_kill_all(int why);   /* SIGKILL every worker */
 int pool_busy(void);           /* jobs in flight */
+void pool_prestart(int n);     /* starts n workers now */
 
 #endif

@@ -21,7 +21,8 @@ static const char help_text[] =
     "\n"
     "A job line: {\"id\": ..., \"fn\": \"mod:fn\", \"args\": [...], \"kwargs\": {...}}\n"
     "Common options: -j N, -k, --timeout DUR, --retries N, --halt SPEC, -o FILE,\n"
-    "--joblog FILE, --resume FILE, --progress, --summary, -I DIR, --init MOD:FN.\n"
+    "--joblog FILE, --resume FILE, --progress, --summary, -I DIR, --init MOD:FN,\n"
+    "--worker-type spawn|forkserver, --preload MODS, --prestart N.\n"
     "\n"
     "See the manual for every option, the record formats and exit statuses:\n"
     "  man tpar\n";
@@ -50,7 +51,8 @@ void cli_warn(const char *fmt, ...)
 enum {
     O_TIMEOUT = 256, O_RETRIES, O_RETRY_ON, O_HALT, O_MAX_TASKS, O_MAX_RSS,
     O_IDLE, O_INIT, O_JOBLOG, O_RESUME, O_PROGRESS, O_NO_PROGRESS, O_TOTAL,
-    O_SUMMARY, O_MAX_LINE, O_STAR, O_ARGS, O_KWARGS,
+    O_SUMMARY, O_MAX_LINE, O_STAR, O_ARGS, O_KWARGS, O_WORKER_TYPE, O_PRELOAD,
+    O_PRESTART,
 };
 
 static const struct option longopts[] = {
@@ -77,6 +79,9 @@ static const struct option longopts[] = {
     {"star", no_argument, 0, O_STAR},
     {"args", required_argument, 0, O_ARGS},
     {"kwargs", required_argument, 0, O_KWARGS},
+    {"worker-type", required_argument, 0, O_WORKER_TYPE},
+    {"preload", required_argument, 0, O_PRELOAD},
+    {"prestart", required_argument, 0, O_PRESTART},
     {"help", no_argument, 0, 'h'},
     {"version", no_argument, 0, 'V'},
     {0, 0, 0, 0},
@@ -267,6 +272,16 @@ static void option(struct opts *o, int c, const char *arg)
     case O_STAR: o->star = 1; break;
     case O_ARGS: o->args = arg; break;
     case O_KWARGS: o->kwargs = arg; break;
+    case O_WORKER_TYPE:
+        if (!strcmp(arg, "spawn"))
+            o->forkserver = 0;
+        else if (!strcmp(arg, "forkserver"))
+            o->forkserver = 1;
+        else
+            cli_die(EXIT_USAGE, "--worker-type: expected spawn or forkserver, got '%s'", arg);
+        break;
+    case O_PRELOAD: o->preload = arg; break;
+    case O_PRESTART: o->prestart = (int)parse_long("--prestart", arg); break;
     case 'h': fputs(help_text, stdout); exit(0);
     case 'V': printf("tpar %s\n", TPAR_VERSION); exit(0);
     }
@@ -318,6 +333,8 @@ int opts_parse(struct opts *o, int argc, char **argv)
         option(o, c, optarg);
     }
     operands(o, argc - optind, argv + optind);
+    if (o->preload && !o->forkserver)
+        cli_die(EXIT_USAGE, "--preload goes with --worker-type forkserver");
     if (o->mode == MODE_RUN)
         o->jobs = 1;
     return 0;

@@ -412,6 +412,18 @@ static void build_wargv(void)
     }
     v[n] = NULL;
     E.wargv = v;
+    if (!o->forkserver)
+        return;
+    char **z = calloc((size_t)n + 4, sizeof *z);
+    if (!z)
+        cli_die(EXIT_USAGE, "out of memory");
+    memcpy(z, v, (size_t)n * sizeof *z);
+    z[n++] = "--zygote";
+    if (o->preload) {
+        z[n++] = "--preload";
+        z[n++] = (char *)o->preload;
+    }
+    E.zargv = z;
 }
 
 static int same_file(const char *a, const char *b)
@@ -537,7 +549,10 @@ int stream_main(struct opts *o)
     }
     build_wargv();
     setup_loop();
+    pool_prestart(o->prestart);
     uv_run(E.loop, UV_RUN_DEFAULT);
+    if (E.zargv)
+        tpar_zygote_stop(&E.zygote);
     if (E.o->summary && E.stop != STOP_PIPE)
         summary();
     output_flush();

@@ -169,12 +169,30 @@ static void handle_close_cb(uv_handle_t *h)
     }
 }
 
+/* A new worker process: spawned, or forked by the forkserver (started on
+ * first use, and again if it died). */
+static int start_proc(tpar_proc *p)
+{
+    if (!E.zargv)
+        return tpar_proc_spawn(p, E.wargv, NULL);
+    for (int tries = 0; tries < 2; tries++) {
+        int rc = 0;
+        if (E.zygote.pid <= 0 && (rc = tpar_zygote_start(&E.zygote, E.zargv, NULL)) < 0)
+            return rc;
+        rc = tpar_zygote_fork(&E.zygote, p);
+        if (rc != -EPIPE)
+            return rc;
+        tpar_zygote_stop(&E.zygote);
+    }
+    return -EPIPE;
+}
+
 static struct worker *spawn_worker(void)
 {
     struct worker *w = calloc(1, sizeof *w);
     if (!w)
         engine_fatal("out of memory");
-    int rc = w ? tpar_proc_spawn(&w->proc, E.wargv, NULL) : -ENOMEM;
+    int rc = w ? start_proc(&w->proc) : -ENOMEM;
     if (rc < 0) {
         free(w);
         engine_fatal("cannot start the worker %s: %s", E.wargv[0], tpar_strerror(rc));
@@ -683,4 +701,11 @@ void pool_kill_all(int why)
 int pool_busy(void)
 {
     return E.inflight > 0;
+}
+
+void pool_prestart(int n)
+{
+    for (int i = 0; i < n && E.nworkers < E.o->jobs && !E.fatal; i++)
+        if (!spawn_worker())
+            return;
 }
