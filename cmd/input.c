@@ -161,6 +161,10 @@ static void too_long(void)
 static void line(const char *s, size_t n)
 {
     E.in.lineno++;
+    if (E.in.lineno == 1 && n >= 3 && !memcmp(s, "\xEF\xBB\xBF", 3)) { /* a UTF-8 BOM */
+        s += 3;
+        n -= 3;
+    }
     if (n > E.o->max_line) {
         too_long();
         return;
