@@ -3,8 +3,11 @@ scripts/bench): warm latency of run_sync(bool), mean over N sequential
 calls, and the throughput of M concurrent tiny calls; median of 3 runs.
 
     python3 tests/python/bench_latency.py [tpar|trio_parallel] [N] [M]
+
+With TPAR_BUILD_DIR set, the tpar of that build dir is measured.
 """
 import importlib
+import os
 import statistics
 import sys
 import time
@@ -13,6 +16,14 @@ import trio
 
 
 def main():
+    # e.g. the bench harness's build-bench/deps, appended so its packages
+    # never shadow the installed trio
+    build = os.environ.get("TPAR_BUILD_DIR")
+    if build:
+        sys.path.insert(0, os.path.join(os.path.abspath(build), "python"))
+        os.environ.setdefault("TPAR_WORKER", os.path.join(os.path.abspath(build), "pyworker", "tpar-worker"))
+    for extra in filter(None, os.environ.get("BENCH_APPEND_PATH", "").split(os.pathsep)):
+        sys.path.append(os.path.abspath(extra))
     mod = importlib.import_module(sys.argv[1] if len(sys.argv) > 1 else "tpar")
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     m = int(sys.argv[3]) if len(sys.argv) > 3 else 20000
