@@ -121,6 +121,7 @@ struct engine {
 extern struct engine E;
 
 /* input.c */
+void input_hide_stdin(void);   /* fd 0 becomes /dev/null; input uses a copy */
 int input_init(void);          /* checks that every FILE can be read */
 void input_pump(void);         /* parses lines while the engine wants jobs */
 void input_stop(void);

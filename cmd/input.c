@@ -24,6 +24,20 @@ static const char *file_name(int i)
     return E.o->nfiles ? E.o->files[i] : "-";
 }
 
+static int stdin_fd = -1; /* tpar's stdin, moved off fd 0 */
+
+/* Workers inherit fd 0: give them /dev/null, so a job that reads its stdin
+ * cannot steal lines of the job stream (or wait on the terminal). */
+void input_hide_stdin(void)
+{
+    stdin_fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null >= 0 && null != 0) {
+        dup2(null, 0); /* dup2 clears O_CLOEXEC on fd 0 */
+        close(null);
+    }
+}
+
 int input_init(void)
 {
     E.in.fd = -1;
@@ -53,7 +67,7 @@ static void close_current(void)
         uv_close((uv_handle_t *)&E.in.poll, NULL);
         E.in.poll_ready = E.in.polling = 0;
     }
-    if (E.in.fd > 0)
+    if (E.in.fd >= 0 && E.in.fd != stdin_fd)
         close(E.in.fd);
     E.in.fd = -1;
 }
@@ -69,7 +83,10 @@ static int open_next(void)
     E.in.eof = 0;
     E.in.skipping = 0;
     if (!strcmp(E.in.name, "-")) {
-        E.in.fd = 0;
+        if ((E.in.fd = stdin_fd) < 0) {
+            engine_fatal("cannot read stdin: %s", strerror(EBADF));
+            return 1;
+        }
     } else if ((E.in.fd = open(E.in.name, O_RDONLY | O_CLOEXEC)) < 0) {
         engine_fatal("cannot read %s: %s", E.in.name, strerror(errno));
         return 1;

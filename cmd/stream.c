@@ -533,6 +533,7 @@ int stream_main(struct opts *o)
     E.rbase = 1;
     E.in.name = "-";
     signal(SIGPIPE, SIG_IGN);
+    input_hide_stdin();
     if (o->mode == MODE_RUN) {
         job_for_run();
         E.in.done = 1;
