@@ -304,14 +304,16 @@ class WorkerContext:
             task = _current_task()
             await limiter.acquire_on_behalf_of(task)
             try:
-                return await self._run(sync_fn, args, kill_on_cancel or cancellable)
+                # Spin for the answer only when no task queues behind us.
+                spin = not limiter.statistics().tasks_waiting
+                return await self._run(sync_fn, args, kill_on_cancel or cancellable, spin)
             finally:
                 limiter.release_on_behalf_of(task)
         await checkpoint()  # entry is an unconditional checkpoint
         async with limiter:
             return await self._run(sync_fn, args, kill_on_cancel or cancellable)
 
-    async def _run(self, fn, args, kill_on_cancel):
+    async def _run(self, fn, args, kill_on_cancel, spin=True):
         job = (fn, args, _NO_KWARGS)
         try:
             payload = _dumps(job, 5) if self._by_ref else _pickle_job(job, False)
@@ -324,7 +326,7 @@ class WorkerContext:
             except BrokenPipeError:  # it died: the read below sees the EOF
                 pass
             # Spin only when no other job of ours could use the time.
-            res = w.recv(SPIN_US) if self._running == 1 else None
+            res = w.recv(SPIN_US) if spin and self._running == 1 else None
             if res is None:
                 try:
                     res = await _finish(w)
