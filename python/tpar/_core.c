@@ -567,7 +567,8 @@ static int add_constants(PyObject *m)
            PyModule_AddIntConstant(m, "FRAME_SHUTDOWN", TPAR_FRAME_SHUTDOWN) ||
            PyModule_AddIntConstant(m, "RESULT_OK", TPAR_RESULT_OK) ||
            PyModule_AddIntConstant(m, "RESULT_ERROR", TPAR_RESULT_ERROR) ||
-           PyModule_AddIntConstant(m, "RESULT_RETIRING", TPAR_RESULT_RETIRING)
+           PyModule_AddIntConstant(m, "RESULT_RETIRING", TPAR_RESULT_RETIRING) ||
+           PyModule_AddIntConstant(m, "FRAME_MAX", (long)TPAR_FRAME_MAX_DEFAULT)
                ? -1 : 0;
 }
 

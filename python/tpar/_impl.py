@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover - cloudpickle is optional
 _JOB = _core.FRAME_JOB_PICKLE
 _RETIRING = _core.RESULT_RETIRING
 _OK = _core.RESULT_OK
+_FRAME_MAX = _core.FRAME_MAX
 _NO_KWARGS = {}
 SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
 YIELD_SPIN_S = float(os.environ.get("TPAR_YIELD_SPIN_US", 50)) * 1e-6
@@ -319,6 +320,9 @@ class WorkerContext:
             payload = _dumps(job, 5) if self._by_ref else _pickle_job(job, False)
         except Exception:
             payload = _pickle_job(job, False)  # cloudpickle, or raise
+        if len(payload) > _FRAME_MAX:
+            raise OverflowError(f"the pickled job is {len(payload)} bytes, over the "
+                                f"{_FRAME_MAX}-byte frame limit")
         w = self._acquire()
         try:
             try:
@@ -378,6 +382,7 @@ class WorkerContext:
             w.close()
         return workers, dying
 
+    @enable_ki_protection
     async def _aclose(self):
         with trio.CancelScope(shield=True):
             while self._running:  # "wait for running workers to become idle"
