@@ -2,6 +2,7 @@
 Ctrl-C, configure_default_context."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -151,3 +152,30 @@ def test_unguarded_script_does_not_spawn_workers_without_end(tmp_path):
     # It ends (the worker's import of the script fails at the nested job,
     # so `square` cannot be found there) and says why.
     assert "Guard the script's entry point" in proc.stderr
+
+
+def test_busy_workers_of_daemon_threads_die_at_exit(tmp_path):
+    proc = run_script(tmp_path, """
+        import os, threading, time, trio
+        import tpar as trio_parallel
+
+        def job():
+            print("WORKER", os.getpid(), flush=True)  # a worker's stdout is our stderr
+            time.sleep(60)
+
+        started = threading.Event()
+
+        async def in_thread():
+            started.set()
+            await trio_parallel.run_sync(job)
+
+        if __name__ == "__main__":
+            # spawned from a thread: no PDEATHSIG, so only the exit handler
+            # stands between this worker and an orphan
+            threading.Thread(target=trio.run, args=(in_thread,), daemon=True).start()
+            started.wait()
+            time.sleep(1.0)
+    """, timeout=30)
+    pids = [int(p) for p in re.findall(r"^WORKER (\d+)$", proc.stderr, re.M)]
+    assert len(pids) == 1, proc.stderr
+    assert gone(pids[0])
