@@ -149,9 +149,7 @@ async def anyio_cases(cases, sz, out):
 
 async def to_thread_cases(cases, sz, out):
     import trio
-    for c in cases:
-        out[c] = {"skip": "trio.to_thread is only a peer of parallel_loops"}
-    if "loops" in cases:
+    if "loops" in cases:  # threads are only the peer of parallel_loops
         out["loops"] = await trio_loops(trio, trio.to_thread.run_sync,
                                         sz["loops_s"])
 
