@@ -18,24 +18,28 @@ def _candidates():
     if env:
         yield env
         return
-    # pip install puts it in the scripts dir beside the interpreter's.
-    for scheme_dir in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
-        if scheme_dir:
-            yield os.path.join(scheme_dir, WORKER_NAME)
-    yield shutil.which(WORKER_NAME)
+    # The worker built together with this package speaks its protocol for
+    # sure: the build tree's, or an editable install's.  (For a wheel it
+    # names a build dir that is gone by now.)
     try:
         from ._buildinfo import BUILD_WORKER
     except ImportError:  # pragma: no cover - only in a source checkout
         BUILD_WORKER = None
     yield BUILD_WORKER
+    # pip install puts it in the scripts dir beside the interpreter's.
+    for scheme_dir in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        if scheme_dir:
+            yield os.path.join(scheme_dir, WORKER_NAME)
+    yield shutil.which(WORKER_NAME)
     # <build>/python/tpar/_locate.py -> <build>/pyworker/tpar-worker
     here = os.path.dirname(os.path.abspath(__file__))
     yield os.path.join(os.path.dirname(os.path.dirname(here)), "pyworker", WORKER_NAME)
 
 
 def find_worker():
-    """The tpar-worker to run: $TPAR_WORKER, else one installed beside this
-    Python (scripts dir, PATH), else the one of the build tree."""
+    """The tpar-worker to run: $TPAR_WORKER, else the one built with this
+    package if it is still there, else one installed beside this Python
+    (scripts dir, PATH)."""
     for path in _candidates():
         if _executable(path):
             return os.path.abspath(path)
