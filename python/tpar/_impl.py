@@ -306,7 +306,8 @@ class WorkerContext:
             await limiter.acquire_on_behalf_of(task)
             try:
                 # Spin for the answer only when no task queues behind us.
-                spin = not limiter.statistics().tasks_waiting
+                spin = (limiter.borrowed_tokens < limiter.total_tokens
+                        or not limiter.statistics().tasks_waiting)
                 return await self._run(sync_fn, args, kill_on_cancel or cancellable, spin)
             finally:
                 limiter.release_on_behalf_of(task)
