@@ -117,9 +117,10 @@ def _outcome(status, body):
 
 
 # --------------------------------------------------------------- graveyard
-# Workers on their way out (retired, replaced, killed) whose exit status has
-# not been collected yet.  Reaped without blocking on the next acquire, and
-# for good at exit: no zombie is left behind.
+# Workers of a default context replaced by configure_default_context, whose
+# exit status has not been collected yet (a context keeps its own in
+# _dying).  Reaped without blocking on the next acquire, and for good at
+# exit: no zombie is left behind.
 
 _graveyard = []
 _graveyard_lock = threading.Lock()
