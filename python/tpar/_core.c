@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -24,7 +25,18 @@
 
 typedef struct {
     PyTypeObject *worker_type;
+    PyTypeObject *zygote_type;
 } core_state;
+
+/* A forkserver (core/zygote.c).  Its workers keep it alive; every use of
+ * the control socket (fork, or reaping one of its workers) holds `lock`,
+ * taken with the GIL released, so threads never interleave on it. */
+typedef struct {
+    PyObject_HEAD
+    tpar_zygote z;
+    pthread_mutex_t lock;
+    pid_t owner;
+} ZygoteObject;
 
 typedef struct {
     PyObject_HEAD
@@ -36,6 +48,7 @@ typedef struct {
     tpar_buf out;    /* frame bytes not yet written */
     int eof;         /* from_fd reached end of file */
     int ready;       /* the READY frame came */
+    ZygoteObject *zygote; /* the forkserver it came from (owned), or NULL */
 } WorkerObject;
 
 /* PyLong_AsInt is 3.13+. */
@@ -332,7 +345,13 @@ static PyObject *Worker_reap(WorkerObject *self, PyObject *arg)
         PyErr_SetString(PyExc_RuntimeError, "worker belongs to another process");
         return NULL;
     }
-    if (block) {
+    if (self->zygote) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->zygote->lock);
+        rc = tpar_proc_reap(&self->proc, block);
+        pthread_mutex_unlock(&self->zygote->lock);
+        Py_END_ALLOW_THREADS
+    } else if (block) {
         Py_BEGIN_ALLOW_THREADS
         rc = tpar_proc_reap(&self->proc, 1);
         Py_END_ALLOW_THREADS
@@ -404,10 +423,15 @@ static void Worker_dealloc(WorkerObject *self)
     if (self->owner == getpid() && self->proc.pid > 0 && !self->proc.reaped) {
         tpar_proc_kill(&self->proc, SIGKILL);
         Py_BEGIN_ALLOW_THREADS
+        if (self->zygote)
+            pthread_mutex_lock(&self->zygote->lock);
         (void)tpar_proc_reap(&self->proc, 1);
+        if (self->zygote)
+            pthread_mutex_unlock(&self->zygote->lock);
         Py_END_ALLOW_THREADS
     }
     tpar_proc_close(&self->proc);
+    Py_CLEAR(self->zygote);
     tpar_decoder_free(&self->dec);
     tpar_buf_free(&self->in);
     tpar_buf_free(&self->out);
@@ -418,6 +442,7 @@ static void Worker_dealloc(WorkerObject *self)
 static int Worker_traverse(WorkerObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->zygote);
     return 0;
 }
 
@@ -463,6 +488,124 @@ static PyType_Spec Worker_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
              Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = Worker_slots,
+};
+
+/* ----------------------------------------------------------------- zygote */
+
+static WorkerObject *new_worker(core_state *st)
+{
+    WorkerObject *w = (WorkerObject *)st->worker_type->tp_alloc(st->worker_type, 0);
+    if (!w)
+        return NULL;
+    w->proc.pid = -1;
+    w->proc.to_fd = w->proc.from_fd = -1;
+    w->owner = getpid();
+    tpar_decoder_init(&w->dec, 0);
+    return w;
+}
+
+PyDoc_STRVAR(zfork_doc,
+"fork() -> Worker\n\nAsks the forkserver for a ready worker (it blocks until\n"
+"the zygote answers).  BrokenPipeError: the zygote is gone; start another.");
+
+static PyObject *Zygote_fork(ZygoteObject *self, PyObject *unused)
+{
+    PyObject *module = PyType_GetModule(Py_TYPE(self));
+    if (!module)
+        return NULL;
+    if (self->owner != getpid() || self->z.pid <= 0) {
+        errno = EPIPE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    WorkerObject *w = new_worker(get_state(module));
+    if (!w)
+        return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    rc = tpar_zygote_fork(&self->z, &w->proc);
+    pthread_mutex_unlock(&self->lock);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        w->proc.pid = -1;
+        Py_DECREF(w);
+        return set_errno(rc);
+    }
+    Py_INCREF(self);
+    w->zygote = self;
+    return (PyObject *)w;
+}
+
+static void zygote_stop(ZygoteObject *self)
+{
+    if (self->owner != getpid())
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    tpar_zygote_stop(&self->z);
+    pthread_mutex_unlock(&self->lock);
+    Py_END_ALLOW_THREADS
+}
+
+PyDoc_STRVAR(zstop_doc,
+"stop()\n\nEnds the zygote (its workers die with it) and reaps it.  Idempotent.");
+
+static PyObject *Zygote_stop(ZygoteObject *self, PyObject *unused)
+{
+    zygote_stop(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Zygote_get_pid(ZygoteObject *self, void *c)
+{
+    return PyLong_FromLong(self->z.pid);
+}
+
+static void Zygote_dealloc(ZygoteObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    zygote_stop(self);
+    pthread_mutex_destroy(&self->lock);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int Zygote_traverse(ZygoteObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static PyMethodDef Zygote_methods[] = {
+    {"fork", (PyCFunction)Zygote_fork, METH_NOARGS, zfork_doc},
+    {"stop", (PyCFunction)Zygote_stop, METH_NOARGS, zstop_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Zygote_getset[] = {
+    {"pid", (getter)Zygote_get_pid, NULL, "the zygote's pid, 0 when stopped", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpedantic" /* functions in void * slots */
+static PyType_Slot Zygote_slots[] = {
+    {Py_tp_doc, "A forkserver: a tpar-worker --zygote (made by zygote_start())."},
+    {Py_tp_dealloc, Zygote_dealloc},
+    {Py_tp_traverse, Zygote_traverse},
+    {Py_tp_methods, Zygote_methods},
+    {Py_tp_getset, Zygote_getset},
+    {0, NULL},
+};
+#pragma GCC diagnostic pop
+
+static PyType_Spec Zygote_spec = {
+    .name = "tpar._core.Zygote",
+    .basicsize = sizeof(ZygoteObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Zygote_slots,
 };
 
 /* ---------------------------------------------------------------- module */
@@ -513,13 +656,9 @@ static PyObject *core_spawn(PyObject *module, PyObject *arg)
     char **argv = make_argv(arg, &keep);
     if (!argv)
         return NULL;
-    WorkerObject *w = (WorkerObject *)st->worker_type->tp_alloc(st->worker_type, 0);
+    WorkerObject *w = new_worker(st);
     if (!w)
         goto done;
-    w->proc.pid = -1;
-    w->proc.to_fd = w->proc.from_fd = -1;
-    w->owner = getpid();
-    tpar_decoder_init(&w->dec, 0);
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = tpar_proc_spawn(&w->proc, argv, NULL);
@@ -533,6 +672,36 @@ done:
     PyMem_Free(argv);
     Py_DECREF(keep);
     return (PyObject *)w;
+}
+
+PyDoc_STRVAR(zstart_doc,
+"zygote_start(argv) -> Zygote\n\nStarts a forkserver: argv[0] is tpar-worker and\n"
+"argv holds --zygote.  Raises OSError on failure.");
+
+static PyObject *core_zygote_start(PyObject *module, PyObject *arg)
+{
+    core_state *st = get_state(module);
+    PyObject *keep = NULL;
+    char **argv = make_argv(arg, &keep);
+    if (!argv)
+        return NULL;
+    ZygoteObject *zo = (ZygoteObject *)st->zygote_type->tp_alloc(st->zygote_type, 0);
+    if (zo) {
+        pthread_mutex_init(&zo->lock, NULL);
+        zo->owner = getpid();
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = tpar_zygote_start(&zo->z, argv, NULL);
+        Py_END_ALLOW_THREADS
+        if (rc < 0) {
+            errno = -rc;
+            PyErr_SetFromErrnoWithFilename(PyExc_OSError, argv[0]);
+            Py_CLEAR(zo);
+        }
+    }
+    PyMem_Free(argv);
+    Py_DECREF(keep);
+    return (PyObject *)zo;
 }
 
 PyDoc_STRVAR(describe_doc,
@@ -555,6 +724,7 @@ static PyObject *core_cpu_count(PyObject *module, PyObject *unused)
 
 static PyMethodDef core_methods[] = {
     {"spawn", core_spawn, METH_O, spawn_doc},
+    {"zygote_start", core_zygote_start, METH_O, zstart_doc},
     {"describe_status", core_describe_status, METH_O, describe_doc},
     {"cpu_count", core_cpu_count, METH_NOARGS, "CPUs this process may run on."},
     {NULL, NULL, 0, NULL},
@@ -579,18 +749,24 @@ static int core_exec(PyObject *m)
         (PyTypeObject *)PyType_FromModuleAndSpec(m, &Worker_spec, NULL);
     if (!st->worker_type || PyModule_AddType(m, st->worker_type) < 0)
         return -1;
+    st->zygote_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Zygote_spec, NULL);
+    if (!st->zygote_type || PyModule_AddType(m, st->zygote_type) < 0)
+        return -1;
     return add_constants(m);
 }
 
 static int core_traverse(PyObject *m, visitproc visit, void *arg)
 {
     Py_VISIT(get_state(m)->worker_type);
+    Py_VISIT(get_state(m)->zygote_type);
     return 0;
 }
 
 static int core_clear(PyObject *m)
 {
     Py_CLEAR(get_state(m)->worker_type);
+    Py_CLEAR(get_state(m)->zygote_type);
     return 0;
 }
 

@@ -78,9 +78,15 @@ class WorkerType(enum.Enum):
     """The kind of worker process a context starts.
 
     ``SPAWN``: a fresh ``tpar-worker`` process (CPython embedded in a C
-    program) per worker, with this process's ``sys.path`` and ``__main__``."""
+    program) per worker, with this process's ``sys.path`` and ``__main__``.
+
+    ``FORKSERVER``: one ``tpar-worker --zygote`` per context initialises
+    Python (and imports our ``__main__``) once, then forks a ready worker
+    per request: a new worker costs about a fork.  If the zygote dies, the
+    next request starts another."""
 
     SPAWN = "spawn"
+    FORKSERVER = "forkserver"
 
 
 @dataclass(frozen=True)
@@ -180,7 +186,8 @@ class WorkerContext:
 
     __slots__ = ("idle_timeout", "init", "retire", "grace_period", "worker_type",
                  "_config", "_lock", "_idle", "_busy", "_running", "_closed",
-                 "_by_ref", "_dying", "_worker_extra", "__weakref__")
+                 "_by_ref", "_dying", "_worker_extra", "_zygote", "_zlock",
+                 "__weakref__")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("WorkerContext has no public constructor: use tpar.open_worker_context()")
@@ -207,6 +214,8 @@ class WorkerContext:
                 (None if init is bool else init, None if retire is bool else retire),
                 self._by_ref)
         self._lock = threading.Lock()
+        self._zygote = None  # FORKSERVER: the forkserver, started on demand
+        self._zlock = threading.Lock()
         self._idle = []  # (worker, idle since), most recent last: LIFO
         self._busy = set()
         self._dying = []  # retired or replaced, exit status not yet collected
@@ -252,7 +261,7 @@ class WorkerContext:
                     idle.clear()
         try:
             _refuse_while_bootstrapping()
-            w = _core.spawn(worker_argv(self._worker_extra))
+            w = self._new_worker()
             if self._config is not None:
                 w.send(_core.FRAME_CONFIG, self._config)
         except BaseException:
@@ -262,6 +271,28 @@ class WorkerContext:
         with self._lock:
             self._busy.add(w)
         return w
+
+    def _new_worker(self):
+        if self.worker_type is WorkerType.SPAWN:
+            return _core.spawn(worker_argv(self._worker_extra))
+        with self._zlock:
+            for attempt in (1, 2):
+                if self._zygote is None:
+                    self._zygote = _core.zygote_start(
+                        worker_argv(self._worker_extra + ("--zygote",)))
+                try:
+                    return self._zygote.fork()
+                except BrokenPipeError:  # it died: the next one takes over
+                    self._zygote.stop()
+                    self._zygote = None
+                    if attempt == 2:
+                        raise
+
+    def _stop_zygote(self):
+        with self._zlock:
+            z, self._zygote = self._zygote, None
+        if z is not None:
+            z.stop()
 
     def _release(self, w, keep):
         with self._lock:
@@ -393,6 +424,7 @@ class WorkerContext:
             deadline = _monotonic() + self.grace_period
             while not _collect(workers + dying, deadline):
                 await trio.sleep(0.001)
+            self._stop_zygote()
             _raise_if_unclean(workers)
 
     def _shutdown_sync(self, grace_period, kill_busy):
@@ -407,6 +439,7 @@ class WorkerContext:
         deadline = _monotonic() + grace_period
         while not _collect(workers + dying, deadline):
             time.sleep(0.001)
+        self._stop_zygote()
         return workers
 
 
