@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -297,6 +298,9 @@ static PyObject *Worker_recv(WorkerObject *self, PyObject *arg)
             deadline = now + spin * 1e-6;
         else if (now >= deadline)
             Py_RETURN_NONE;
+        /* When the worker shares our CPU, this is what lets it answer;
+         * on another CPU it returns at once. */
+        sched_yield();
     }
 }
 
