@@ -156,28 +156,14 @@ def _refuse_while_bootstrapping():
     """A worker re-imports the parent's script as __mp_main__.  A script
     that starts jobs at import time (no `if __name__ == "__main__":` guard)
     would have every worker start more workers, without end; stop that as
-    multiprocessing does."""
-    main = sys.modules.get("__main__")
-    if getattr(main, "__name__", None) != "__mp_main__":
-        return
-    if getattr(main, "__tpar_bootstrapping__", False) or "__builtins__" not in vars(main):
+    multiprocessing does.  tpar-worker's helper module says when it is
+    importing the script."""
+    helper = sys.modules.get("_tpar_worker")
+    if helper is not None and getattr(helper, "bootstrapping", False):
         raise RuntimeError(
             "tpar: a worker process is importing your script as __main__, and the "
             "script started jobs while being imported.  Guard the script's entry "
             "point with `if __name__ == \"__main__\":`.")
-
-
-def _check_params(idle_timeout, init, retire, grace_period, worker_type):
-    for name, value in (("idle_timeout", idle_timeout), ("grace_period", grace_period)):
-        if not isinstance(value, Real) or isinstance(value, bool):
-            raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-        if math.isnan(value) or value < 0:
-            raise ValueError(f"{name} must be non-negative, got {value!r}")
-    for name, value in (("init", init), ("retire", retire)):
-        if not callable(value):
-            raise TypeError(f"{name} must be callable, got {value!r}")
-    if not isinstance(worker_type, WorkerType):
-        raise ValueError(f"worker_type must be a member of WorkerType, got {worker_type!r}")
 
 
 class WorkerContext:
