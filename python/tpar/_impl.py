@@ -166,6 +166,19 @@ def _refuse_while_bootstrapping():
             "point with `if __name__ == \"__main__\":`.")
 
 
+def _check_params(idle_timeout, init, retire, grace_period, worker_type):
+    for name, value in (("idle_timeout", idle_timeout), ("grace_period", grace_period)):
+        if not isinstance(value, Real) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+        if math.isnan(value) or value < 0:
+            raise ValueError(f"{name} must be non-negative, got {value!r}")
+    for name, value in (("init", init), ("retire", retire)):
+        if not callable(value):
+            raise TypeError(f"{name} must be callable, got {value!r}")
+    if not isinstance(worker_type, WorkerType):
+        raise ValueError(f"worker_type must be a member of WorkerType, got {worker_type!r}")
+
+
 class WorkerContext:
     """A context for running synchronous functions in an isolated cache of
     worker processes.  Made by `open_worker_context`, never directly."""
