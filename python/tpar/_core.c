@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "loop.h" /* tpar_worker_fork: WorkerType.FORK */
 #include "tpar.h"
 
 #include <errno.h>
@@ -542,8 +543,13 @@ static PyObject *Zygote_fork(ZygoteObject *self, PyObject *unused)
 
 static void zygote_stop(ZygoteObject *self)
 {
-    if (self->owner != getpid())
+    if (self->owner != getpid()) { /* a forked child: drop our copy only */
+        if (self->z.fd >= 0)
+            close(self->z.fd);
+        self->z.fd = -1;
+        self->z.pid = 0;
         return;
+    }
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->lock);
     tpar_zygote_stop(&self->z);
@@ -708,6 +714,33 @@ static PyObject *core_zygote_start(PyObject *module, PyObject *arg)
     return (PyObject *)zo;
 }
 
+PyDoc_STRVAR(fork_doc,
+"fork_worker(pdeathsig, idle_timeout) -> Worker\n\nForks this process; the child\n"
+"runs tpar-worker's job loop on fresh pipes (WorkerType.FORK).");
+
+static PyObject *core_fork_worker(PyObject *module, PyObject *args)
+{
+    int pdeathsig;
+    double idle_timeout;
+    if (!PyArg_ParseTuple(args, "pd:fork_worker", &pdeathsig, &idle_timeout))
+        return NULL;
+    struct tpar_worker_opts o;
+    memset(&o, 0, sizeof o);
+    o.pdeathsig = pdeathsig;
+    o.spin_us = -1;
+    o.idle_timeout = idle_timeout;
+    WorkerObject *w = new_worker(get_state(module));
+    if (!w)
+        return NULL;
+    int rc = tpar_worker_fork(&w->proc, &o); /* with the GIL, as it asks */
+    if (rc < 0) {
+        w->proc.pid = -1;
+        Py_DECREF(w);
+        return PyErr_Occurred() ? NULL : set_errno(rc);
+    }
+    return (PyObject *)w;
+}
+
 PyDoc_STRVAR(describe_doc,
 "describe_status(status) -> str\n\n'killed by signal 9 (SIGKILL)', 'exited with code 3'.");
 
@@ -729,6 +762,7 @@ static PyObject *core_cpu_count(PyObject *module, PyObject *unused)
 static PyMethodDef core_methods[] = {
     {"spawn", core_spawn, METH_O, spawn_doc},
     {"zygote_start", core_zygote_start, METH_O, zstart_doc},
+    {"fork_worker", core_fork_worker, METH_VARARGS, fork_doc},
     {"describe_status", core_describe_status, METH_O, describe_doc},
     {"cpu_count", core_cpu_count, METH_NOARGS, "CPUs this process may run on."},
     {NULL, NULL, 0, NULL},

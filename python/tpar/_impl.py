@@ -83,10 +83,19 @@ class WorkerType(enum.Enum):
     ``FORKSERVER``: one ``tpar-worker --zygote`` per context initialises
     Python (and imports our ``__main__``) once, then forks a ready worker
     per request: a new worker costs about a fork.  If the zygote dies, the
-    next request starts another."""
+    next request starts another.
+
+    ``FORK``: fork this process; the child runs the worker's job loop.  The
+    cheapest start, and the worker sees everything this process has
+    imported or defined (no pickling of functions by reference needed).
+    Caveats, as with ``os.fork``: the child has only the forking thread, so
+    a lock another thread held at the fork stays held in it (logging,
+    imports, a C library's); the child inherits this process's memory and
+    open files; Trio's state in the child is never used.  POSIX only."""
 
     SPAWN = "spawn"
     FORKSERVER = "forkserver"
+    FORK = "fork"
 
 
 @dataclass(frozen=True)
@@ -274,6 +283,10 @@ class WorkerContext:
     def _new_worker(self):
         if self.worker_type is WorkerType.SPAWN:
             return _core.spawn(worker_argv(self._worker_extra))
+        if self.worker_type is WorkerType.FORK:
+            idle = float(self._worker_extra[1]) if self._worker_extra else 0.0
+            return _core.fork_worker(
+                threading.current_thread() is threading.main_thread(), idle)
         with self._zlock:
             for attempt in (1, 2):
                 if self._zygote is None:
@@ -681,7 +694,16 @@ def _atexit_shutdown():
 def _after_fork_in_child():
     global _default_ctx, _owner_pid
     # The parent's workers are not ours: forget them without touching them
-    # (a Worker only kills and reaps in the process that spawned it).
+    # (a Worker only kills and reaps in the process that spawned it), but
+    # close our copies of their pipes: a worker must see end of file when
+    # the parent closes its end, whatever children the parent forked (a
+    # FORK worker among them).  No lock is taken: one may have been held
+    # by another thread at the fork.
+    for ctx in list(_live_contexts):
+        for w in [w for w, _ in list(ctx._idle)] + list(ctx._busy) + list(ctx._dying):
+            w.close()
+        if ctx._zygote is not None:
+            ctx._zygote.stop()  # in a child: closes the socket, kills nothing
     _owner_pid = os.getpid()
     _default_ctx = None
     _live_contexts.clear()

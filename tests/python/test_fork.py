@@ -1,0 +1,55 @@
+"""WorkerType.FORK: workers forked from this very process."""
+
+import os
+import signal
+
+import pytest
+import trio
+
+import _jobs
+import tpar as trio_parallel
+from test_run_sync import counts, gone
+
+FORK = trio_parallel.WorkerType.FORK
+
+
+async def test_fork_runs_jobs_from_trio():
+    async with trio_parallel.open_worker_context(worker_type=FORK) as ctx:
+        pid = await ctx.run_sync(_jobs.pid)
+        assert pid != os.getpid()
+        assert await ctx.run_sync(_jobs.pid) == pid
+        local = 5
+        assert await ctx.run_sync(lambda: local + 1) == 6
+        with pytest.raises(ValueError):
+            await ctx.run_sync(int, "x")
+    assert gone(pid)
+
+
+async def test_fork_segfault_and_cancel():
+    async with trio_parallel.open_worker_context(worker_type=FORK) as ctx:
+        with pytest.raises(trio_parallel.BrokenWorkerError, match="SIGSEGV"):
+            await ctx.run_sync(_jobs.kill_self, signal.SIGSEGV)
+        with trio.move_on_after(0.2) as scope:
+            await ctx.run_sync(_jobs.sleep_pid, 30, kill_on_cancel=True)
+        assert scope.cancelled_caught and counts(ctx) == (0, 0)
+        assert await ctx.run_sync(_jobs.add, 2, 3) == 5
+
+
+async def test_fork_single_use_workers():
+    async with trio_parallel.open_worker_context(worker_type=FORK,
+                                                 retire=_jobs.always_retire) as ctx:
+        pids = [await ctx.run_sync(_jobs.pid) for _ in range(4)]
+    assert len(set(pids)) == 4 and all(gone(p) for p in pids)
+
+
+async def test_fork_children_do_not_hold_other_workers_pipes():
+    # A forked worker inherits this process's fds; if it kept the pipe of a
+    # worker made earlier, that worker would never see end of file when
+    # its context closes, and would be killed after the grace period
+    # (BrokenWorkerError) instead of exiting cleanly.
+    async with trio_parallel.open_worker_context(worker_type=FORK) as fork_ctx:
+        async with trio_parallel.open_worker_context(grace_period=5) as spawn_ctx:
+            spawned = await spawn_ctx.run_sync(_jobs.pid)
+            forked = await fork_ctx.run_sync(_jobs.pid)
+        assert gone(spawned)
+        assert await fork_ctx.run_sync(_jobs.pid) == forked
