@@ -182,9 +182,14 @@ def _first_line(argv):
 
 
 def git_commit():
+    """Short HEAD, with "+dirty" when tracked files differ from it."""
     try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short",
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short",
                                "HEAD"], capture_output=True, timeout=10
-                              ).stdout.decode().strip() or None
+                              ).stdout.decode().strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status",
+                                "--porcelain", "--untracked-files=no"],
+                               capture_output=True, timeout=10).stdout.strip()
+        return (head + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
