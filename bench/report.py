@@ -30,7 +30,7 @@ TARGETS = [
 ]
 
 
-def evaluate_targets(cases, nproc):
+def evaluate_targets(cases, nproc, mode="full"):
     by_key = {c["key"]: c for c in cases}
     out = []
     for label, key, subj, op, limit, unit, anchor in TARGETS:
@@ -58,6 +58,9 @@ def evaluate_targets(cases, nproc):
             if key == "cli.rss" and "1,000,000" not in case["title"]:
                 t["met"] = None
                 t["why"] = f"measured on a shorter stream ({case['title']})"
+            if mode == "smoke":
+                t["met"] = None
+                t["why"] = "smoke run: sizes too small to judge"
         out.append(t)
     return out
 
