@@ -112,6 +112,8 @@ def markdown(report):
     ]
     for t in report["targets"]:
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        if t["met"] is None and t["value"] is not None:
+            met = "not judged"
         val = fmt(t["value"]) if t["value"] is not None else \
             f"– ({t.get('why', '')[:90]})"
         if t["met"] is None and t["value"] is not None:
