@@ -79,7 +79,11 @@ static int spawn_actions(posix_spawn_file_actions_t *fa, int in_fd, int out_fd)
     int rc = posix_spawn_file_actions_init(fa);
     if (rc)
         return -rc;
-    if ((rc = posix_spawn_file_actions_adddup2(fa, in_fd, TPAR_WORKER_FD_IN)) ||
+    /* stdin is /dev/null, as multiprocessing does: a job that reads it
+     * must not steal the parent's input (tpar's job stream, a terminal). */
+    if ((rc = posix_spawn_file_actions_addopen(fa, STDIN_FILENO, "/dev/null",
+                                               O_RDONLY, 0)) ||
+        (rc = posix_spawn_file_actions_adddup2(fa, in_fd, TPAR_WORKER_FD_IN)) ||
         (rc = posix_spawn_file_actions_adddup2(fa, out_fd, TPAR_WORKER_FD_OUT)) ||
         (rc = posix_spawn_file_actions_addclosefrom_np(fa, TPAR_WORKER_FD_OUT + 1))) {
         posix_spawn_file_actions_destroy(fa);

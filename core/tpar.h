@@ -152,8 +152,8 @@ typedef struct tpar_proc {
 
 /* Starts `argv[0]` (a path, not searched on PATH) with envp (NULL: the
  * caller's environ) as a new process-group leader with default signal
- * dispositions and an empty mask, its fds 0-2 inherited, fd 3/4 the job
- * pipes, and every other fd closed.  On failure *p is untouched, no process
+ * dispositions and an empty mask, stdin /dev/null, stdout and stderr
+ * inherited, fd 3/4 the job pipes, and every other fd closed.  On failure *p is untouched, no process
  * is left behind and -errno is returned (-ENOENT/-EACCES for a bad exe). */
 int tpar_proc_spawn(tpar_proc *p, char *const argv[], char *const envp[]);
 

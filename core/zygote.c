@@ -34,6 +34,8 @@ int tpar_zygote_start(tpar_zygote *z, char *const argv[], char *const envp[])
     }
     /* sv[1] > 3 (0-2 are open and sv[0] < sv[1]), so dup2 clears CLOEXEC. */
     if (sv[1] <= TPAR_WORKER_FD_IN ||
+        (rc = -posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null",
+                                                O_RDONLY, 0)) < 0 ||
         (rc = -posix_spawn_file_actions_adddup2(&fa, sv[1], TPAR_WORKER_FD_IN)) < 0 ||
         (rc = -posix_spawn_file_actions_addclosefrom_np(&fa, TPAR_WORKER_FD_IN + 1)) < 0) {
         rc = rc ? rc : -EBADF;

@@ -48,6 +48,13 @@ static int fake(const char *mode)
         fake_send(msg);
         return 0;
     }
+    if (strcmp(mode, "stdin") == 0) { /* what fd 0 is */
+        char path[256] = "";
+        ssize_t n = readlink("/proc/self/fd/0", path, sizeof(path) - 1);
+        path[n > 0 ? n : 0] = 0;
+        fake_send(path);
+        return 0;
+    }
     if (strcmp(mode, "state") == 0) { /* pgid, SIGINT disposition, mask */
         struct sigaction sa;
         sigset_t mask;
@@ -168,6 +175,17 @@ static void test_only_protocol_fds_inherited(void)
     CHECK_EQ(tpar_proc_reap(&p, 1), 0);
 }
 
+static void test_stdin_is_dev_null(void)
+{
+    tpar_proc p;
+    char out[256];
+    CHECK_EQ(spawn(&p, "stdin"), 0);
+    CHECK_EQ(recv_frame(p.from_fd, out, sizeof(out) - 1), 0);
+    CHECK(strcmp(out, "/dev/null") == 0);
+    tpar_proc_close(&p);
+    CHECK_EQ(tpar_proc_reap(&p, 1), 0);
+}
+
 static void test_group_leader_default_signals(void)
 {
     tpar_proc p;
@@ -242,6 +260,7 @@ int main(int argc, char **argv)
         return 2;
     RUN(test_round_trip_and_clean_exit);
     RUN(test_only_protocol_fds_inherited);
+    RUN(test_stdin_is_dev_null);
     RUN(test_group_leader_default_signals);
     RUN(test_kill_takes_the_group);
     RUN(test_exit_code);
