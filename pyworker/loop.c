@@ -44,6 +44,27 @@ void tpar__worker_die(int code, const char *what)
 
 #define die tpar__worker_die
 
+/* PR_SET_PDEATHSIG delivers this; its handler kills the whole group
+ * (kill is async-signal-safe).  A real-time signal: Python never uses
+ * one, and a job is unlikely to. */
+#define PARENT_DIED (SIGRTMIN + 3)
+
+static void on_parent_death(int sig)
+{
+    kill(0, SIGKILL);
+    _exit(128 + sig);
+}
+
+void tpar__worker_die_with_parent(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_parent_death;
+    sigfillset(&sa.sa_mask);
+    sigaction(PARENT_DIED, &sa, NULL);
+    prctl(PR_SET_PDEATHSIG, PARENT_DIED);
+}
+
 int tpar__worker_in_fd(void)
 {
     return W.in_fd;
@@ -662,7 +683,7 @@ static _Noreturn void forked_child(int in_fd, int out_fd,
     sigprocmask(SIG_SETMASK, &none, NULL);
     setpgid(0, 0);
     if (o->pdeathsig)
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        tpar__worker_die_with_parent();
     tpar__worker_take_fds(in_fd, out_fd);
     dup2(STDERR_FILENO, STDOUT_FILENO);
     W.out.len = 0;

@@ -33,6 +33,11 @@ _Noreturn void tpar__worker_die(int code, const char *what);
  * input non-blocking; out_fd < 0: only in_fd (a zygote's socket). */
 void tpar__worker_take_fds(int in_fd, int out_fd);
 
+/* Dies when the parent (thread) dies, taking its process group along: the
+ * processes a job started die too, even when the parent was SIGKILLed.
+ * Call after becoming a group leader. */
+void tpar__worker_die_with_parent(void);
+
 /* The input fd after tpar__worker_take_fds. */
 int tpar__worker_in_fd(void);
 

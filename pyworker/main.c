@@ -88,7 +88,7 @@ static void setup_signals(int pdeathsig)
         /* A parent that died before prctl leaves our input at EOF, and we
          * exit on that; pid 1 may be a legitimate parent in a container. */
         pid_t parent = getppid();
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        tpar__worker_die_with_parent();
         if (getppid() != parent)
             _exit(EXIT_PROTOCOL);
     }
@@ -198,7 +198,7 @@ static void become_worker(const struct tpar_worker_opts *o, int fds[2], pid_t zy
     PyOS_AfterFork_Child();
     sigprocmask(SIG_SETMASK, &none, NULL);
     setpgid(0, 0); /* a timeout kills the job's own children too */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    tpar__worker_die_with_parent();
     if (getppid() != zygote)
         _exit(EXIT_PROTOCOL);
     take_fds(fds[0], fds[1]);
