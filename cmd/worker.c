@@ -19,10 +19,6 @@
 #define TARGET_QUEUE 0.0015   /* seconds of queued work per worker */
 #define JOB_OVERHEAD 2e-6     /* per-job cost in a worker beyond the call */
 #define READ_CHUNK (256 * 1024)
-#ifndef TPAR_JOB_FLUSH_FIRST /* until core/tpar.h defines them */
-#define TPAR_JOB_FLUSH_FIRST 0x01
-#define TPAR_READY_FLUSH_FIRST 0x01
-#endif
 #define SHORT_TIMEOUT 0.01    /* seconds: shorter timeouts run alone */
 #define ALONE_GAP 0.0002      /* seconds: see head_was_alone */
 

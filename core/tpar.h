@@ -64,6 +64,11 @@ enum tpar_result_status {
 /* Flag or'ed into the status byte: the worker retires after this result
  * (its retire() returned true, or its task limit was reached). */
 #define TPAR_RESULT_RETIRING 0x80
+/* Status byte of a JOB_JSON / JOB_PICKLE frame: write the results you hold
+ * before starting this job (the CLI uses it to know which job killed a
+ * worker).  A worker that honours it sets this bit in READY's status. */
+#define TPAR_JOB_FLUSH_FIRST 0x01
+#define TPAR_READY_FLUSH_FIRST 0x01
 
 typedef struct tpar_frame {
     uint8_t kind;

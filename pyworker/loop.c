@@ -533,8 +533,16 @@ static void run_config(const tpar_frame *f)
 static int handle(const tpar_frame *f)
 {
     switch (f->kind) {
-    case TPAR_FRAME_JOB_JSON: run_json_job(f); break;
-    case TPAR_FRAME_JOB_PICKLE: run_pickle_job(f); break;
+    case TPAR_FRAME_JOB_JSON:
+        if (f->status & TPAR_JOB_FLUSH_FIRST)
+            flush_out();
+        run_json_job(f);
+        break;
+    case TPAR_FRAME_JOB_PICKLE:
+        if (f->status & TPAR_JOB_FLUSH_FIRST)
+            flush_out();
+        run_pickle_job(f);
+        break;
     case TPAR_FRAME_CONFIG: run_config(f); break;
     case TPAR_FRAME_SHUTDOWN: return 0;
     default: die(EXIT_PROTOCOL, "unexpected frame kind");
@@ -628,7 +636,7 @@ static void send_ready(void)
     uint32_t pid = (uint32_t)getpid();
     uint8_t le[4] = {(uint8_t)pid, (uint8_t)(pid >> 8), (uint8_t)(pid >> 16),
                      (uint8_t)(pid >> 24)};
-    if (tpar_buf_frame(&W.out, TPAR_FRAME_READY, 0, le, 4) < 0)
+    if (tpar_buf_frame(&W.out, TPAR_FRAME_READY, TPAR_READY_FLUSH_FIRST, le, 4) < 0)
         oom();
     write_all(W.out.data, W.out.len);
     W.out.len = 0;
