@@ -181,6 +181,19 @@ static void test_bad_jobs(void)
     CHECK(job("{\"fn\":\"m:f\", \"args\":[1,,2]}", &j, &err) == TPAR_EBADJSON &&
               err.pos == 23,
           "error position %zu", err.pos);
+    /* Syntax errors and valid JSON of the wrong shape are told apart. */
+    CHECK(job("{\"fn\":", &j, &err) == TPAR_EBADJSON && err.syntax == 1, "syntax error");
+    CHECK(job("{\"args\":[]}", &j, &err) == TPAR_EBADJSON && err.syntax == 0, "missing fn");
+    CHECK(job("[]", &j, &err) == TPAR_EBADJSON && err.syntax == 0, "not an object");
+    CHECK(job("{\"fn\":\"m:f\",\"args\":{}}", &j, &err) == TPAR_EBADJSON && err.syntax == 0,
+          "wrong type");
+    /* Every scalar is a valid id; a UTF-8 id span is kept raw. */
+    const char *ids[] = {"1", "-2.5e3", "true", "false", "null", "\"\xc3\xa9\\u0041\""};
+    for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) {
+        char line[64];
+        snprintf(line, sizeof line, "{\"id\":%s,\"fn\":\"m:f\"}", ids[i]);
+        CHECK(job(line, &j, &err) == 0 && span_is(line, j.id, ids[i]), "id %s", ids[i]);
+    }
     /* Duplicates of keys we do not use are valid JSON and accepted. */
     CHECK(job("{\"fn\":\"m:f\",\"x\":1,\"x\":2}", &j, &err) == 0, "other duplicates ok");
 }
