@@ -6,6 +6,10 @@
 
 load test_helper
 
+setup() {
+    command -v groff >/dev/null || skip "groff is not installed (apt-get install groff-base)"
+}
+
 MAN="$REPO_ROOT/man/tpar.1"
 
 # rendered: the page as plain text, as wide as its longest line needs.
@@ -20,12 +24,13 @@ examples() {
 }
 
 @test "man: renders without warnings" {
-    command -v groff >/dev/null || skip "groff is not installed"
     run -0 --separate-stderr groff -man -Tutf8 -ww "$MAN"
     assert_equal "$stderr" ""
     [ "${#lines[@]}" -gt 100 ] || fail "the page is only ${#lines[@]} lines"
-    run -0 --separate-stderr man --warnings -l "$MAN"
-    assert_equal "$stderr" ""
+    if command -v man >/dev/null; then
+        run -0 --separate-stderr man --warnings -l "$MAN"
+        assert_equal "$stderr" ""
+    fi
 }
 
 @test "man: has every section" {
