@@ -335,6 +335,15 @@ usage_error() {
     assert_output --partial 'tpar'
     assert_output --regexp 'man tpar|tpar\(1\)'
     [ "${#lines[@]}" -le 40 ] || fail "--help has ${#lines[@]} lines"
+    run -0 tpar -h
+    assert_output --regexp 'man tpar|tpar\(1\)'
+}
+
+@test "help: --version and -V print the version" {
+    run -0 tpar --version
+    assert_output --regexp '^tpar [0-9]+\.[0-9]+'
+    run -0 tpar -V
+    assert_output --regexp '^tpar [0-9]+\.[0-9]+'
 }
 
 # -- map ----------------------------------------------------------------------------
