@@ -140,15 +140,33 @@ int tpar_buf_reserve(tpar_buf *b, size_t extra)
 {
     if (b->cap - b->len >= extra)
         return 0;
+    size_t front = (size_t)(b->data - b->base);
+    /* Move the bytes back only when that copies no more than was consumed
+     * since: each byte is then moved at most once per byte consumed. */
+    if (front >= b->len && b->cap + front - b->len >= extra) {
+        memmove(b->base, b->data, b->len);
+        b->data = b->base;
+        b->cap += front;
+        return 0;
+    }
     if (extra > SIZE_MAX / 2 - b->len)
         return -ENOMEM;
-    size_t cap = b->cap ? b->cap : 256;
+    size_t cap = b->cap + front ? b->cap + front : 256;
     while (cap < b->len + extra)
         cap *= 2;
-    uint8_t *nd = realloc(b->data, cap);
-    if (!nd)
-        return -ENOMEM;
-    b->data = nd;
+    if (!front) {
+        uint8_t *nd = realloc(b->base, cap);
+        if (!nd)
+            return -ENOMEM;
+        b->base = b->data = nd;
+    } else { /* a fresh allocation: copy only the live bytes */
+        uint8_t *nd = malloc(cap);
+        if (!nd)
+            return -ENOMEM;
+        memcpy(nd, b->data, b->len);
+        free(b->base);
+        b->base = b->data = nd;
+    }
     b->cap = cap;
     return 0;
 }
@@ -179,17 +197,20 @@ int tpar_buf_frame(tpar_buf *b, uint8_t kind, uint8_t status, const void *p,
 
 void tpar_buf_consume(tpar_buf *b, size_t n)
 {
-    if (n >= b->len) {
+    if (n >= b->len) { /* empty: the whole allocation is room again */
+        b->cap += (size_t)(b->data - b->base);
+        b->data = b->base;
         b->len = 0;
         return;
     }
-    memmove(b->data, b->data + n, b->len - n);
+    b->data += n;
     b->len -= n;
+    b->cap -= n;
 }
 
 void tpar_buf_free(tpar_buf *b)
 {
-    free(b->data);
-    b->data = NULL;
+    free(b->base);
+    b->data = b->base = NULL;
     b->len = b->cap = 0;
 }

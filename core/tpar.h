@@ -121,11 +121,15 @@ int tpar_decoder_partial(const tpar_decoder *d);
 
 /* ------------------------------------------------------------------ buffers */
 
-/* A growable byte buffer; zero-initialised is empty. */
+/* A growable byte buffer; zero-initialised is empty.  Consuming from the
+ * front is O(1): data moves forward inside the allocation, and the bytes
+ * are moved back only when an append needs the room, so writing a large
+ * frame out in pipe-sized steps never copies the rest again and again. */
 typedef struct tpar_buf {
-    uint8_t *data;
-    size_t len;
-    size_t cap;
+    uint8_t *data; /* the first byte held */
+    size_t len;    /* bytes held */
+    size_t cap;    /* bytes available from data on */
+    uint8_t *base; /* the allocation */
 } tpar_buf;
 
 int tpar_buf_reserve(tpar_buf *b, size_t extra); /* 0 or -ENOMEM */
@@ -133,7 +137,7 @@ int tpar_buf_append(tpar_buf *b, const void *p, size_t n);
 /* Appends a header and payload as one frame. */
 int tpar_buf_frame(tpar_buf *b, uint8_t kind, uint8_t status, const void *p,
                    size_t n);
-void tpar_buf_consume(tpar_buf *b, size_t n); /* drops the first n bytes */
+void tpar_buf_consume(tpar_buf *b, size_t n); /* drops the first n bytes, O(1) */
 void tpar_buf_free(tpar_buf *b);
 
 /* ---------------------------------------------------------------- processes */

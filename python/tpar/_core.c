@@ -266,6 +266,21 @@ static ssize_t read_some(WorkerObject *w)
     }
 }
 
+/* The rest of a large frame goes from the pipe straight into the decoder's
+ * buffer (no copy through w->in): bytes read, 0 at EOF, -EAGAIN, -errno. */
+static ssize_t read_direct(WorkerObject *w, uint8_t *dst, size_t room)
+{
+    for (;;) {
+        ssize_t r = read(w->proc.from_fd, dst, room);
+        if (r == 0)
+            w->eof = 1;
+        if (r >= 0)
+            return r;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
 PyDoc_STRVAR(recv_doc,
 "recv(spin_us) -> (status, duration, body) | None | False\n\n"
 "Reads and decodes without blocking, retrying for up to spin_us\n"
@@ -287,7 +302,20 @@ static PyObject *Worker_recv(WorkerObject *self, PyObject *arg)
             return rc > 0 ? res : NULL;
         if (self->eof)
             Py_RETURN_FALSE;
-        ssize_t r = read_some(self);
+        uint8_t *dst;
+        size_t room = self->in.len ? 0 : tpar_decoder_room(&self->dec, &dst);
+        ssize_t r;
+        if (room >= READ_CHUNK) {
+            r = read_direct(self, dst, room);
+            tpar_frame f;
+            if (r > 0 && tpar_decoder_commit(&self->dec, (size_t)r, &f)) {
+                rc = on_frame(self, &f, &res);
+                if (rc)
+                    return rc > 0 ? res : NULL;
+            }
+        } else {
+            r = read_some(self);
+        }
         if (r >= 0)
             continue;
         if (r != -EAGAIN)

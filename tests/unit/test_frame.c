@@ -225,6 +225,43 @@ static void test_buf(void)
     CHECK(b.data == NULL);
 }
 
+static void test_buf_consume_is_cheap(void)
+{
+    /* Writing a big frame out in pipe-sized steps: consuming moves the
+     * front, it does not move the rest; appends reuse the room. */
+    enum { BIG = 1 << 20, STEP = 4096 };
+    tpar_buf b = {0};
+    uint8_t *big = malloc(BIG);
+    for (size_t i = 0; i < BIG; i++)
+        big[i] = (uint8_t)(i * 31);
+    CHECK_EQ(tpar_buf_append(&b, big, BIG), 0);
+    uint8_t *base = b.base;
+    for (size_t off = 0; off + STEP < BIG; off += STEP) {
+        CHECK(memcmp(b.data, big + off, STEP) == 0);
+        tpar_buf_consume(&b, STEP);
+        CHECK(b.data == base + off + STEP); /* nothing was moved */
+        if (b.data != base + off + STEP)
+            break;
+    }
+    size_t left = b.len, cap_before = b.cap + (size_t)(b.data - b.base);
+    CHECK_EQ(tpar_buf_append(&b, "tail", 4), 0); /* compacts: front >= len */
+    CHECK(b.data == b.base);
+    CHECK_EQ(b.len, left + 4);
+    CHECK(memcmp(b.data, big + BIG - left, left) == 0);
+    CHECK(memcmp(b.data + left, "tail", 4) == 0);
+    CHECK_EQ(b.cap, cap_before);
+    /* growth keeps the live bytes only */
+    tpar_buf_consume(&b, 10);
+    CHECK_EQ(tpar_buf_append(&b, big, BIG), 0);
+    CHECK_EQ(b.len, left + 4 - 10 + BIG);
+    CHECK(memcmp(b.data + left - 6, big, BIG) == 0);
+    tpar_buf_consume(&b, b.len);
+    CHECK_EQ(b.len, 0);
+    CHECK(b.data == b.base);
+    tpar_buf_free(&b);
+    free(big);
+}
+
 static void test_strerror(void)
 {
     CHECK(strcmp(tpar_strerror(TPAR_ETOOBIG), "frame longer than the limit") == 0);
@@ -242,6 +279,7 @@ int main(void)
     RUN(test_truncated);
     RUN(test_direct_read_into_decoder);
     RUN(test_buf);
+    RUN(test_buf_consume_is_cheap);
     RUN(test_strerror);
     tpar_buf_free(&sample);
     return CHECK_DONE();
