@@ -47,7 +47,8 @@ examples() {
     for o in -j --jobs -k --keep-order --timeout --retries --retry-on --halt \
              --max-tasks-per-worker --max-worker-rss --idle-timeout --init \
              -I --path --joblog --resume --progress --total -o --output \
-             -q --quiet --summary --max-line --star --args --kwargs --help; do
+             -q --quiet --summary --max-line --star --args --kwargs --help \
+             --worker-type --preload --prestart --no-progress -V --version; do
         grep -qE -- "^ {7}(.*, )?$o( |,|\$)" <<<"$text" ||
             fail "option $o has no entry of its own"
     done

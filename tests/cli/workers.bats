@@ -377,3 +377,83 @@ all_pids() {
     run -2 tpar -I "$FIXTURES" -j1 -k --halt now,fail=90% -o "$D/out" "$D/in"
     assert_equal "$(count_status "$D/out" ok)" 2
 }
+
+# -- worker types, --preload, --prestart (issue 5) ------------------------------------------
+
+# zygote_of PID: the forkserver among PID's children (its argv has --zygote).
+zygote_of() {
+    local c
+    for c in $(tpar_children "$1"); do
+        tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null | grep -q -- '--zygote' && echo "$c"
+    done
+    return 0
+}
+
+@test "--worker-type forkserver: jobs run in forked workers; a segfault is broken, named" {
+    {
+        jobs_n 3 jobs:ident "[.]"
+        job jobs:segv "[\"$D/p1\"]" '' '"segv"'
+        jobs_n 3 jobs:ident "[. + 3]"
+    } >"$D/in"
+    run -1 tpar -I "$FIXTURES" -j2 --worker-type forkserver --preload json,math -o "$D/out" "$D/in"
+    assert_one_record_per_line "$D/in" "$D/out"
+    assert_equal "$(count_status "$D/out" ok)" 6
+    run -0 jq -r 'select(.id == "segv") | .status, .error.message' "$D/out"
+    assert_line --index 0 broken
+    assert_line --index 1 --regexp '(SIGSEGV|signal 11)'
+    assert_line --index 1 --partial "$(cat "$D/p1")"
+    assert_pids_gone $(all_pids) "$(cat "$D/p1")"
+}
+
+@test "--worker-type forkserver: the forkserver killed, the next job still runs; none is left" {
+    mkfifo "$D/fifo"
+    start_tpar "$D/fifo" "$D/out" "$D/err" -I "$FIXTURES" -j1 --max-tasks-per-worker 1 \
+        --worker-type forkserver
+    exec 5>"$D/fifo"
+    job jobs:pidlog "[\"$D\"]" >&5
+    wait_files "$D" pid. 1
+    local zygote
+    zygote=$(zygote_of "$TPAR_PID")
+    [ -n "$zygote" ] || fail "no forkserver among tpar's children: $(tpar_children "$TPAR_PID")"
+    kill -KILL "$zygote"
+    job jobs:pidlog "[\"$D\"]" >&5
+    job jobs:pidlog "[\"$D\"]" >&5
+    exec 5>&-
+    wait_tpar
+    assert_equal "$TPAR_STATUS" 0
+    assert_equal "$(count_status "$D/out" ok)" 3
+    assert_pids_gone "$zygote" $(worker_pids "$D/out")
+}
+
+@test "--worker-type spawn is the default; bad worker options are usage errors" {
+    job jobs:pid '[]' >"$D/in"
+    run -0 tpar -I "$FIXTURES" --worker-type spawn "$D/in"
+    run -255 --separate-stderr tpar --worker-type thread "$D/in"
+    [ "${#stderr_lines[@]}" -eq 1 ] || fail "one line expected: $stderr"
+    run -255 --separate-stderr tpar --preload json "$D/in"
+    [ "${#stderr_lines[@]}" -eq 1 ] || fail "one line expected: $stderr"
+    run -255 --separate-stderr tpar --prestart many "$D/in"
+    [ "${#stderr_lines[@]}" -eq 1 ] || fail "one line expected: $stderr"
+}
+
+@test "--prestart N: N workers start before the first job" {
+    mkfifo "$D/fifo"
+    start_tpar "$D/fifo" "$D/out" "$D/err" -I "$FIXTURES" -j2 --prestart 2
+    exec 5>"$D/fifo"
+    local deadline=$((SECONDS + 20)) kids
+    until [ "$(tpar_children "$TPAR_PID" | wc -l)" -ge 2 ]; do
+        [ $SECONDS -lt $deadline ] || fail "fewer than 2 workers before any job"
+        sleep 0.02
+    done
+    kids=$(tpar_children "$TPAR_PID")
+    jobs_n 2 jobs:pid '[]' >&5
+    exec 5>&-
+    wait_tpar
+    assert_equal "$TPAR_STATUS" 0
+    # The jobs ran in the prestarted workers.
+    local w
+    for w in $(worker_pids "$D/out"); do
+        grep -qx "$w" <<<"$kids" || fail "worker $w was not prestarted ($kids)"
+    done
+    assert_pids_gone $kids
+}
