@@ -65,6 +65,14 @@ void tpar__worker_die_with_parent(void)
     prctl(PR_SET_PDEATHSIG, PARENT_DIED);
 }
 
+void tpar__worker_warm_for_fork(void)
+{
+    PyObject *r = PyObject_CallMethod(W.helper, "warm_for_fork", NULL);
+    if (!r)
+        PyErr_Print();
+    Py_XDECREF(r);
+}
+
 int tpar__worker_in_fd(void)
 {
     return W.in_fd;

@@ -38,6 +38,10 @@ void tpar__worker_take_fds(int in_fd, int out_fd);
  * Call after becoming a group leader. */
 void tpar__worker_die_with_parent(void);
 
+/* In a zygote: imports what forked workers would each import on their
+ * first pickle job.  Failures are printed and ignored. */
+void tpar__worker_warm_for_fork(void);
+
 /* The input fd after tpar__worker_take_fds. */
 int tpar__worker_in_fd(void);
 

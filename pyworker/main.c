@@ -229,6 +229,7 @@ static void zygote(const struct tpar_worker_opts *o)
         die(EXIT_PROTOCOL, "signalfd failed");
     if (o->preload)
         preload(o->preload);
+    tpar__worker_warm_for_fork();
     for (;;) {
         struct pollfd p[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
         if (poll(p, 2, -1) < 0)
