@@ -412,16 +412,6 @@ static void protocol_error(struct worker *w, const char *what)
     kill_worker(w, 0);
 }
 
-static double get_f64(const uint8_t *p)
-{
-    uint64_t u = 0;
-    for (int i = 7; i >= 0; i--)
-        u = u << 8 | p[i];
-    double d;
-    memcpy(&d, &u, sizeof d);
-    return d;
-}
-
 static void on_result(struct worker *w, const tpar_frame *f, double now)
 {
     if (!w->rn || f->len < 8) {
@@ -432,7 +422,7 @@ static void on_result(struct worker *w, const tpar_frame *f, double now)
     w->rhead = (w->rhead + 1) % MAX_DEPTH;
     w->rn--;
     E.inflight--;
-    double dur = get_f64(f->payload);
+    double dur = tpar_get_f64le(f->payload);
     if (dur >= 0 && dur < 1e9)
         E.cost = E.cost > 0 ? 0.9 * E.cost + 0.1 * dur : dur;
     int ok = (f->status & 0x7f) == TPAR_RESULT_OK;

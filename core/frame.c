@@ -12,6 +12,16 @@ static uint32_t get_u32le(const uint8_t *p)
            (uint32_t)p[3] << 24;
 }
 
+double tpar_get_f64le(const uint8_t *p)
+{
+    uint64_t u = 0;
+    for (int i = 7; i >= 0; i--)
+        u = u << 8 | p[i];
+    double d;
+    memcpy(&d, &u, sizeof d);
+    return d;
+}
+
 void tpar_frame_header(uint8_t out[TPAR_FRAME_HEADER], uint8_t kind,
                        uint8_t status, uint32_t len)
 {

@@ -77,6 +77,9 @@ typedef struct tpar_frame {
     const uint8_t *payload; /* valid until the next call on its decoder */
 } tpar_frame;
 
+/* The f64 (little endian) at p: a RESULT's duration. */
+double tpar_get_f64le(const uint8_t *p);
+
 /* Writes the 8-byte header of a frame into out. */
 void tpar_frame_header(uint8_t out[TPAR_FRAME_HEADER], uint8_t kind,
                        uint8_t status, uint32_t len);

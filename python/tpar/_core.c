@@ -198,16 +198,6 @@ static PyObject *Worker_flush(WorkerObject *self, PyObject *unused)
 
 /* ------------------------------------------------------------------- read */
 
-static double get_f64le(const uint8_t *p)
-{
-    uint64_t u = 0;
-    for (int i = 7; i >= 0; i--)
-        u = u << 8 | p[i];
-    double d;
-    memcpy(&d, &u, sizeof d);
-    return d;
-}
-
 /* A frame became complete: 1 with *out set for a RESULT, 0 for a frame
  * that is consumed here (READY), -1 with an exception set. */
 static int on_frame(WorkerObject *w, const tpar_frame *f, PyObject **out)
@@ -222,7 +212,7 @@ static int on_frame(WorkerObject *w, const tpar_frame *f, PyObject **out)
                      (int)w->proc.pid, f->kind, (unsigned)f->len);
         return -1;
     }
-    *out = Py_BuildValue("(idy#)", f->status, get_f64le(f->payload),
+    *out = Py_BuildValue("(idy#)", f->status, tpar_get_f64le(f->payload),
                          (const char *)f->payload + 8, (Py_ssize_t)(f->len - 8));
     return *out ? 1 : -1;
 }
