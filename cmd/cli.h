@@ -2,6 +2,7 @@
 #ifndef TPAR_CLI_H
 #define TPAR_CLI_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -56,6 +57,7 @@ struct opts {
 /* options.c */
 int opts_parse(struct opts *o, int argc, char **argv);   /* 0, or exits */
 void cli_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+void cli_vwarn(const char *fmt, va_list ap);
 void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* resume.c: a set of raw JSON id texts */

@@ -27,13 +27,18 @@ static const char help_text[] =
     "See the manual for every option, the record formats and exit statuses:\n"
     "  man tpar\n";
 
+void cli_vwarn(const char *fmt, va_list ap)
+{
+    fputs("tpar: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 void cli_die(int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("tpar: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    cli_vwarn(fmt, ap);
     va_end(ap);
     exit(code);
 }
@@ -42,9 +47,7 @@ void cli_warn(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("tpar: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    cli_vwarn(fmt, ap);
     va_end(ap);
 }
 

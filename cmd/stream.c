@@ -152,6 +152,20 @@ static void run_record(int status, const char *body, size_t n)
     OUT_LIT(&E.out, "}\n");
 }
 
+
+/* The end every record shares: duration, worker pid (null if none). */
+static void put_tail(tpar_buf *b, double dur, pid_t pid)
+{
+    OUT_LIT(b, ",\"duration\":");
+    out_secs(b, dur);
+    OUT_LIT(b, ",\"worker\":");
+    if (pid)
+        out_u64(b, (uint64_t)pid);
+    else
+        OUT_LIT(b, "null");
+    OUT_LIT(b, "}\n");
+}
+
 static void stream_record(const struct job *j, int status, const char *body, size_t n,
                           double dur, pid_t pid)
 {
@@ -170,14 +184,7 @@ static void stream_record(const struct job *j, int status, const char *body, siz
     out_lit(b, body, n);
     OUT_LIT(b, ",\"attempts\":");
     out_u64(b, (uint64_t)j->attempts);
-    OUT_LIT(b, ",\"duration\":");
-    out_secs(b, dur);
-    OUT_LIT(b, ",\"worker\":");
-    if (pid)
-        out_u64(b, (uint64_t)pid);
-    else
-        OUT_LIT(b, "null");
-    OUT_LIT(b, "}\n");
+    put_tail(b, dur, pid);
 }
 
 static void joblog_attempt(const struct job *j, int status, double dur, pid_t pid)
@@ -193,14 +200,7 @@ static void joblog_attempt(const struct job *j, int status, double dur, pid_t pi
     out_lit(b, status_names[status], strlen(status_names[status]));
     OUT_LIT(b, "\",\"start\":");
     out_secs(b, j->start > 0 ? E.wall0 + (j->start - E.t0) : 0);
-    OUT_LIT(b, ",\"duration\":");
-    out_secs(b, dur);
-    OUT_LIT(b, ",\"worker\":");
-    if (pid)
-        out_u64(b, (uint64_t)pid);
-    else
-        OUT_LIT(b, "null");
-    OUT_LIT(b, "}\n");
+    put_tail(b, dur, pid);
 }
 
 void job_attempt_done(struct job *j, int status, const char *body, size_t n,
@@ -283,9 +283,7 @@ void engine_fatal(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("tpar: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    cli_vwarn(fmt, ap);
     va_end(ap);
     E.fatal = 1;
     engine_stop(STOP_NOW);
