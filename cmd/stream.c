@@ -152,7 +152,6 @@ static void run_record(int status, const char *body, size_t n)
     OUT_LIT(&E.out, "}\n");
 }
 
-
 /* The end every record shares: duration, worker pid (null if none). */
 static void put_tail(tpar_buf *b, double dur, pid_t pid)
 {
