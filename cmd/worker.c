@@ -261,13 +261,27 @@ static void send_job(struct worker *w, struct job *j, double now)
 {
     uint8_t hdr[TPAR_FRAME_HEADER];
     j->flush_first = wants_flush_first(w, j);
-    tpar_frame_header(hdr, TPAR_FRAME_JOB_JSON, j->flush_first ? TPAR_JOB_FLUSH_FIRST : 0,
-                      j->payload_len);
-    if (tpar_buf_reserve(&w->out, sizeof hdr + j->payload_len) < 0)
+    /* A large job goes through the worker's down lane when it is free
+     * (one at a time): the pipe carries only its header. */
+    size_t inline_len = j->payload_len;
+    uint8_t *dst;
+    if (j->payload_len >= TPAR_LANE_MIN && tpar_lane_claim(&w->proc.down) == 1) {
+        if (tpar_lane_reserve(&w->proc.down, j->payload_len, &dst) == 0) {
+            memcpy(dst, j->data + j->id_len, j->payload_len);
+            tpar_lane_publish(&w->proc.down);
+            inline_len = 0;
+        } else {
+            tpar_lane_abort(&w->proc.down);
+        }
+    }
+    tpar_frame_header_flags(hdr, TPAR_FRAME_JOB_JSON,
+                            j->flush_first ? TPAR_JOB_FLUSH_FIRST : 0,
+                            inline_len ? 0 : TPAR_FRAME_IN_LANE, j->payload_len);
+    if (tpar_buf_reserve(&w->out, sizeof hdr + inline_len) < 0)
         engine_fatal("out of memory");
     memcpy(w->out.data + w->out.len, hdr, sizeof hdr);
-    memcpy(w->out.data + w->out.len + sizeof hdr, j->data + j->id_len, j->payload_len);
-    w->out.len += sizeof hdr + j->payload_len;
+    memcpy(w->out.data + w->out.len + sizeof hdr, j->data + j->id_len, inline_len);
+    w->out.len += sizeof hdr + inline_len;
     j->sent = now;
     j->sent_alone = w->rn == 0;
     w->ring[(w->rhead + w->rn) % MAX_DEPTH] = j;
@@ -455,6 +469,16 @@ static void on_frame(struct worker *w, const tpar_frame *f, double now)
         }
         break;
     case TPAR_FRAME_RESULT:
+        if (f->flags & TPAR_FRAME_IN_LANE) { /* the body is in the up lane */
+            tpar_frame g = *f;
+            if (tpar_lane_view(&w->proc.up, f->len, &g.payload) < 0) {
+                protocol_error(w, "a lane frame with no payload in the lane");
+                break;
+            }
+            on_result(w, &g, now); /* copies the body out */
+            tpar_lane_done(&w->proc.up);
+            break;
+        }
         on_result(w, f, now);
         break;
     default:

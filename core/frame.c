@@ -22,8 +22,8 @@ double tpar_get_f64le(const uint8_t *p)
     return d;
 }
 
-void tpar_frame_header(uint8_t out[TPAR_FRAME_HEADER], uint8_t kind,
-                       uint8_t status, uint32_t len)
+void tpar_frame_header_flags(uint8_t out[TPAR_FRAME_HEADER], uint8_t kind,
+                             uint8_t status, uint8_t flags, uint32_t len)
 {
     out[0] = (uint8_t)len;
     out[1] = (uint8_t)(len >> 8);
@@ -31,8 +31,14 @@ void tpar_frame_header(uint8_t out[TPAR_FRAME_HEADER], uint8_t kind,
     out[3] = (uint8_t)(len >> 24);
     out[4] = kind;
     out[5] = status;
-    out[6] = 0;
+    out[6] = flags;
     out[7] = 0;
+}
+
+void tpar_frame_header(uint8_t out[TPAR_FRAME_HEADER], uint8_t kind,
+                       uint8_t status, uint32_t len)
+{
+    tpar_frame_header_flags(out, kind, status, 0, len);
 }
 
 void tpar_decoder_init(tpar_decoder *d, size_t max_len)
@@ -48,6 +54,15 @@ void tpar_decoder_free(tpar_decoder *d)
     tpar_decoder_init(d, max_len);
 }
 
+void tpar_decoder_shrink(tpar_decoder *d)
+{
+    if (d->in_payload)
+        return;
+    free(d->buf);
+    d->buf = NULL;
+    d->buf_cap = 0;
+}
+
 int tpar_decoder_partial(const tpar_decoder *d)
 {
     return d->hdr_have > 0 || d->in_payload;
@@ -57,7 +72,7 @@ int tpar_decoder_partial(const tpar_decoder *d)
 static int header_done(tpar_decoder *d)
 {
     uint32_t len = get_u32le(d->hdr);
-    if (d->hdr[6] != 0 || d->hdr[7] != 0 || d->hdr[4] == 0)
+    if ((d->hdr[6] & ~TPAR_FRAME_IN_LANE) || d->hdr[7] != 0 || d->hdr[4] == 0)
         return TPAR_EBADFRAME;
     if (len > d->max_len)
         return TPAR_ETOOBIG; /* checked before anything is allocated */
@@ -72,6 +87,7 @@ static void emit(tpar_decoder *d, tpar_frame *f, const uint8_t *payload)
     f->len = d->want;
     f->kind = d->hdr[4];
     f->status = d->hdr[5];
+    f->flags = d->hdr[6];
     f->payload = payload;
     d->hdr_have = 0;
     d->in_payload = 0;
@@ -85,6 +101,8 @@ ptrdiff_t tpar_decoder_feed(tpar_decoder *d, const uint8_t *data, size_t len,
     int rc;
 
     *got = 0;
+    if (d->buf_cap > TPAR_LANE_MIN) /* the caller is done with that frame */
+        tpar_decoder_shrink(d);
     if (!d->in_payload) {
         if (d->hdr_have == 0 && len >= TPAR_FRAME_HEADER) {
             memcpy(d->hdr, data, TPAR_FRAME_HEADER); /* the common, fast path */
@@ -102,6 +120,11 @@ ptrdiff_t tpar_decoder_feed(tpar_decoder *d, const uint8_t *data, size_t len,
         d->hdr_have = TPAR_FRAME_HEADER;
         if ((rc = header_done(d)) < 0)
             return rc;
+        if (d->hdr[6] & TPAR_FRAME_IN_LANE) { /* no payload on the pipe */
+            emit(d, frame, NULL);
+            *got = 1;
+            return (ptrdiff_t)used;
+        }
         if (len - used >= d->want) { /* whole payload in data: no copy */
             emit(d, frame, data + used);
             *got = 1;

@@ -12,11 +12,15 @@ int tpar__set_nonblock(int fd);
 int tpar__pipe(int fds[2]);
 /* Default dispositions for every signal, an empty mask, a new group. */
 int tpar__spawn_attrs(posix_spawnattr_t *attr);
+/* Two fresh lanes in lanes->down / ->up, or none (TPAR_LANE_NONE) where
+ * memfds cannot be had; always 0. */
+int tpar__lanes(tpar_proc *lanes);
 /* tpar_proc_reap for a worker forked by a zygote. */
 int tpar__zygote_reap(tpar_proc *p, int block);
 
 /* Messages on a zygote's control socket: one SOCK_SEQPACKET datagram each.
- *   FORK  p->z  a = request tag; the two job-pipe ends as SCM_RIGHTS
+ *   FORK  p->z  a = request tag; the two job-pipe ends, then the down
+ *               and up lanes when b is 4, as SCM_RIGHTS
  *   PID   z->p  a = request tag, b = the worker's pid or -errno
  *   EXIT  z->p  a = pid, b = wait status */
 enum { TPAR__Z_FORK = 'F', TPAR__Z_PID = 'P', TPAR__Z_EXIT = 'X' };

@@ -24,13 +24,13 @@ static void close_pair(int fds[2])
     fds[0] = fds[1] = -1;
 }
 
-/* Moves fd above the fds the child's file actions dup onto (3 and 4), so a
+/* Moves fd above the fds the child's file actions dup onto (3 to 6), so a
  * dup2 onto itself, which would keep O_CLOEXEC, cannot happen. */
 static int lift(int *fd)
 {
-    if (*fd > TPAR_WORKER_FD_OUT)
+    if (*fd < 0 || *fd > TPAR_WORKER_FD_UP)
         return 0;
-    int nfd = fcntl(*fd, F_DUPFD_CLOEXEC, TPAR_WORKER_FD_OUT + 1);
+    int nfd = fcntl(*fd, F_DUPFD_CLOEXEC, TPAR_WORKER_FD_UP + 1);
     if (nfd < 0)
         return -errno;
     close(*fd);
@@ -74,7 +74,8 @@ int tpar__spawn_attrs(posix_spawnattr_t *attr)
     return 0;
 }
 
-static int spawn_actions(posix_spawn_file_actions_t *fa, int in_fd, int out_fd)
+static int spawn_actions(posix_spawn_file_actions_t *fa, int in_fd, int out_fd,
+                         const tpar_proc *lanes)
 {
     int rc = posix_spawn_file_actions_init(fa);
     if (rc)
@@ -85,28 +86,47 @@ static int spawn_actions(posix_spawn_file_actions_t *fa, int in_fd, int out_fd)
                                                O_RDONLY, 0)) ||
         (rc = posix_spawn_file_actions_adddup2(fa, in_fd, TPAR_WORKER_FD_IN)) ||
         (rc = posix_spawn_file_actions_adddup2(fa, out_fd, TPAR_WORKER_FD_OUT)) ||
-        (rc = posix_spawn_file_actions_addclosefrom_np(fa, TPAR_WORKER_FD_OUT + 1))) {
+        (lanes->down.fd >= 0 &&
+         (rc = posix_spawn_file_actions_adddup2(fa, lanes->down.fd, TPAR_WORKER_FD_DOWN))) ||
+        (lanes->up.fd >= 0 &&
+         (rc = posix_spawn_file_actions_adddup2(fa, lanes->up.fd, TPAR_WORKER_FD_UP))) ||
+        (rc = posix_spawn_file_actions_addclosefrom_np(
+             fa, lanes->down.fd >= 0 ? TPAR_WORKER_FD_UP + 1 : TPAR_WORKER_FD_OUT + 1))) {
         posix_spawn_file_actions_destroy(fa);
         return -rc;
     }
     return 0;
 }
 
+int tpar__lanes(tpar_proc *lanes)
+{
+    lanes->down = lanes->up = (tpar_lane)TPAR_LANE_NONE;
+    /* Without them (no memfd here) every payload goes inline. */
+    if (tpar_lane_create(&lanes->down) < 0)
+        return 0;
+    if (tpar_lane_create(&lanes->up) < 0)
+        tpar_lane_close(&lanes->down);
+    return 0;
+}
+
 int tpar_proc_spawn(tpar_proc *p, char *const argv[], char *const envp[])
 {
     int down[2] = {-1, -1}, up[2] = {-1, -1}; /* parent->worker, worker->parent */
+    tpar_proc lanes;
     posix_spawnattr_t attr;
     posix_spawn_file_actions_t fa;
     pid_t pid;
     int rc;
 
+    tpar__lanes(&lanes);
     if ((rc = tpar__pipe(down)) < 0 || (rc = tpar__pipe(up)) < 0)
         goto fail;
-    if ((rc = lift(&down[0])) < 0 || (rc = lift(&up[1])) < 0)
+    if ((rc = lift(&down[0])) < 0 || (rc = lift(&up[1])) < 0 ||
+        (rc = lift(&lanes.down.fd)) < 0 || (rc = lift(&lanes.up.fd)) < 0)
         goto fail;
     if ((rc = tpar__spawn_attrs(&attr)) < 0)
         goto fail;
-    if ((rc = spawn_actions(&fa, down[0], up[1])) < 0) {
+    if ((rc = spawn_actions(&fa, down[0], up[1], &lanes)) < 0) {
         posix_spawnattr_destroy(&attr);
         goto fail;
     }
@@ -126,10 +146,14 @@ int tpar_proc_spawn(tpar_proc *p, char *const argv[], char *const envp[])
     p->pid = pid;
     p->to_fd = down[1];
     p->from_fd = up[0];
+    p->down = lanes.down;
+    p->up = lanes.up;
     return 0;
 fail:
     close_pair(down);
     close_pair(up);
+    tpar_lane_close(&lanes.down);
+    tpar_lane_close(&lanes.up);
     return rc;
 }
 
@@ -173,6 +197,8 @@ void tpar_proc_close(tpar_proc *p)
     if (p->from_fd >= 0)
         close(p->from_fd);
     p->to_fd = p->from_fd = -1;
+    tpar_lane_close(&p->down);
+    tpar_lane_close(&p->up);
 }
 
 void tpar_describe_status(int status, char *buf, size_t n)

@@ -70,11 +70,17 @@ enum tpar_result_status {
 #define TPAR_JOB_FLUSH_FIRST 0x01
 #define TPAR_READY_FLUSH_FIRST 0x01
 
+/* Flag in a header's byte 6 (zero otherwise): the payload is not on the
+ * pipe but in the sender's lane (below); only the 8-byte header travels. */
+#define TPAR_FRAME_IN_LANE 0x01
+
 typedef struct tpar_frame {
     uint8_t kind;
     uint8_t status;
+    uint8_t flags;          /* TPAR_FRAME_IN_LANE or 0 */
     uint32_t len;
-    const uint8_t *payload; /* valid until the next call on its decoder */
+    const uint8_t *payload; /* valid until the next call on its decoder;
+                               NULL for an IN_LANE frame (see tpar_lane_view) */
 } tpar_frame;
 
 /* The f64 (little endian) at p: a RESULT's duration. */
@@ -83,6 +89,9 @@ double tpar_get_f64le(const uint8_t *p);
 /* Writes the 8-byte header of a frame into out. */
 void tpar_frame_header(uint8_t out[TPAR_FRAME_HEADER], uint8_t kind,
                        uint8_t status, uint32_t len);
+/* The same with flags (TPAR_FRAME_IN_LANE) in byte 6. */
+void tpar_frame_header_flags(uint8_t out[TPAR_FRAME_HEADER], uint8_t kind,
+                             uint8_t status, uint8_t flags, uint32_t len);
 
 /* Incremental frame decoder: accepts any split of the byte stream.  Every
  * length is checked against max_len before anything is allocated. */
@@ -119,6 +128,12 @@ ptrdiff_t tpar_decoder_feed(tpar_decoder *d, const uint8_t *data, size_t len,
 size_t tpar_decoder_room(tpar_decoder *d, uint8_t **dst);
 int tpar_decoder_commit(tpar_decoder *d, size_t n, tpar_frame *frame);
 
+/* Frees the payload buffer unless a payload is being read into it (the
+ * last frame's payload is then gone).  feed() does it itself after a
+ * frame larger than TPAR_LANE_MIN, so that one large inline frame does not
+ * pin its size for good. */
+void tpar_decoder_shrink(tpar_decoder *d);
+
 /* True when the decoder holds part of a frame (so EOF now is TRUNCATED). */
 int tpar_decoder_partial(const tpar_decoder *d);
 
@@ -143,12 +158,66 @@ int tpar_buf_frame(tpar_buf *b, uint8_t kind, uint8_t status, const void *p,
 void tpar_buf_consume(tpar_buf *b, size_t n); /* drops the first n bytes, O(1) */
 void tpar_buf_free(tpar_buf *b);
 
+/* ------------------------------------------------------------------- lanes */
+
+/* A lane carries large frame payloads past the pipe: a memfd that both
+ * processes map, one per direction per worker (the parent writes the
+ * "down" lane, the worker the "up" lane).  The writer fills it and sends
+ * only a header flagged TPAR_FRAME_IN_LANE; the reader uses the payload in
+ * place and hands the lane back.  One payload at a time: a writer that
+ * finds its lane still held sends inline, as always, so nothing waits.
+ * The pages stay between transfers (a warm copy costs a fraction of a
+ * fresh one) until the worker, idle, trims both lanes.
+ *
+ * Ownership is one word in the lane's first page, changed only by
+ * compare-and-swap: FREE -> WRITING (writer) -> FULL (writer) -> FREE
+ * (reader), and FREE -> TRIM -> FREE (whoever trims).  Nobody touches the
+ * data except its owner, so a lane shrunk under an old mapping is never
+ * read past its end. */
+#define TPAR_LANE_MIN ((size_t)256 * 1024) /* smaller payloads use the pipe */
+#define TPAR_LANE_HDR ((size_t)4096)      /* the state word's page */
+
+typedef struct tpar_lane {
+    int fd;          /* the memfd (O_CLOEXEC), or -1: no lane */
+    uint8_t *map;    /* our mapping of its first map_len bytes, or NULL */
+    size_t map_len;
+    size_t size;     /* writer: the file's size while we hold it */
+} tpar_lane;
+
+/* A lane with no memfd: every payload goes inline. */
+#define TPAR_LANE_NONE {-1, NULL, 0, 0}
+
+int tpar_lane_create(tpar_lane *l);       /* a fresh, empty lane; -errno */
+void tpar_lane_adopt(tpar_lane *l, int fd); /* takes fd (-1: none) */
+void tpar_lane_close(tpar_lane *l);       /* unmaps, closes; idempotent */
+
+/* Writer.  claim: 1 when the lane is ours to fill, 0 when it is held (or
+ * absent), -errno on failure.  reserve: makes room for len payload bytes
+ * and sets *data to where they go (it may move between calls).  Then
+ * publish (the payload is ready: send the IN_LANE header now) or abort. */
+int tpar_lane_claim(tpar_lane *l);
+int tpar_lane_reserve(tpar_lane *l, size_t len, uint8_t **data);
+void tpar_lane_publish(tpar_lane *l);
+void tpar_lane_abort(tpar_lane *l);
+
+/* Reader, on an IN_LANE frame: *data = its len payload bytes, valid until
+ * tpar_lane_done.  TPAR_EBADFRAME when the writer did not publish one. */
+int tpar_lane_view(tpar_lane *l, size_t len, const uint8_t **data);
+void tpar_lane_done(tpar_lane *l);
+
+/* Gives the lane's pages back when nobody holds it: 1 when trimmed, 0 when
+ * it was already small, -EBUSY when held, -errno on failure. */
+int tpar_lane_trim(tpar_lane *l);
+
 /* ---------------------------------------------------------------- processes */
 
 /* The worker reads frames on fd 3 and writes frames on fd 4; it moves both
- * to high fds before any Python code runs and points fd 1 at fd 2. */
+ * to high fds before any Python code runs and points fd 1 at fd 2.  Fds 5
+ * and 6, when open, are its down and up lanes. */
 #define TPAR_WORKER_FD_IN 3
 #define TPAR_WORKER_FD_OUT 4
+#define TPAR_WORKER_FD_DOWN 5
+#define TPAR_WORKER_FD_UP 6
 
 struct tpar_zygote;
 
@@ -160,6 +229,7 @@ typedef struct tpar_proc {
     int status;   /* wait status once reaped */
     struct tpar_zygote *zygote; /* the forkserver it came from, or NULL */
     unsigned zygote_gen;        /* which incarnation of that forkserver */
+    tpar_lane down, up;         /* large payloads to and from it */
 } tpar_proc;
 
 /* Starts `argv[0]` (a path, not searched on PATH) with envp (NULL: the
@@ -177,7 +247,7 @@ void tpar_proc_kill(tpar_proc *p, int sig);
  * it is still running.  Only ever waits for p->pid.  Closes neither fd. */
 int tpar_proc_reap(tpar_proc *p, int block);
 
-/* Closes both fds (idempotent). */
+/* Closes both fds and both lanes (idempotent). */
 void tpar_proc_close(tpar_proc *p);
 
 /* -------------------------------------------------------------- forkserver */

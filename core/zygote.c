@@ -130,23 +130,25 @@ static int recv_one(tpar_zygote *z, struct tpar__zmsg *m, int timeout_ms)
     return m->kind == TPAR__Z_PID ? 1 : 0;
 }
 
-static int send_fork(tpar_zygote *z, int in_fd, int out_fd, int32_t tag)
+static int send_fork(tpar_zygote *z, int in_fd, int out_fd, const tpar_proc *lanes,
+                     int32_t tag)
 {
-    struct tpar__zmsg m = {TPAR__Z_FORK, tag, 0};
+    int fds[4] = {in_fd, out_fd, lanes->down.fd, lanes->up.fd};
+    int nfds = lanes->down.fd >= 0 ? 4 : 2;
+    struct tpar__zmsg m = {TPAR__Z_FORK, tag, nfds};
     struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
     union {
-        char buf[CMSG_SPACE(2 * sizeof(int))];
+        char buf[CMSG_SPACE(4 * sizeof(int))];
         struct cmsghdr align;
     } u;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
-                         .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                         .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int))};
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    int fds[2] = {in_fd, out_fd};
     memset(u.buf, 0, sizeof(u.buf));
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(fds));
-    memcpy(CMSG_DATA(c), fds, sizeof(fds));
+    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
     while (sendmsg(z->fd, &msg, MSG_NOSIGNAL) < 0) {
         if (errno != EINTR) {
             zygote_gone(z);
@@ -160,15 +162,17 @@ int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p)
 {
     static int32_t next_tag;
     int down[2] = {-1, -1}, up[2] = {-1, -1};
+    tpar_proc lanes;
     struct tpar__zmsg m;
     int rc;
 
     if (z->pid <= 0)
         return -EPIPE;
+    tpar__lanes(&lanes);
     if ((rc = tpar__pipe(down)) < 0 || (rc = tpar__pipe(up)) < 0)
         goto out;
     int32_t tag = ++next_tag;
-    if ((rc = send_fork(z, down[0], up[1], tag)) < 0)
+    if ((rc = send_fork(z, down[0], up[1], &lanes, tag)) < 0)
         goto out;
     close(down[0]);
     close(up[1]);
@@ -192,8 +196,12 @@ int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p)
     p->from_fd = up[0];
     p->zygote = z;
     p->zygote_gen = z->gen;
+    p->down = lanes.down;
+    p->up = lanes.up;
     return 0;
 out:
+    tpar_lane_close(&lanes.down);
+    tpar_lane_close(&lanes.up);
     for (int i = 0; i < 2; i++) {
         if (down[i] >= 0)
             close(down[i]);

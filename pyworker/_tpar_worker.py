@@ -160,8 +160,10 @@ def config(payload):
         init()
 
 
-def run_pickle(payload):
-    """-> (ok, duration, body, retiring)"""
+def run_pickle(payload, sink):
+    """-> (ok, duration, body, retiring); body is None when the value was
+    pickled into sink (a file-like object: large values go straight into
+    shared memory), else the pickled error."""
     if _pickle is None:
         _load_picklers()
     try:
@@ -180,7 +182,8 @@ def run_pickle(payload):
         ok, body = False, _pickled_error(exc)
     else:
         try:
-            ok, body = True, _pickler.dumps(result, 5)
+            _pickler.dump(result, sink, 5)
+            ok, body = True, None
         except BaseException as exc:
             ok, body = False, _pickled_error(exc)
     dt = _now() - t0

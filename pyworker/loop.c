@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -19,6 +20,7 @@
 
 #include "internal.h"
 #include "jsonenc.h"
+#include "sink.h"
 #include "worker_py.h"
 
 #define HIGH_FD 100       /* the protocol fds live at or above this */
@@ -30,11 +32,14 @@ static struct {
     PyObject *fn_cache; /* bytes "mod:fn" -> callable */
     PyObject *scan;     /* json scanner: scan(str, idx) -> (obj, end) */
     tpar_buf out;       /* result frames not yet written */
+    tpar_lane down, up; /* large payloads from and to the parent */
+    PyTypeObject *sink_type;
+    int trim_due;       /* a job ran (or a lane was used) since the last trim */
     long tasks;         /* jobs done */
     long max_tasks;
     int idle_ms;        /* poll timeout while idle; -1: none */
     int retiring;
-} W;
+} W = {.down = TPAR_LANE_NONE, .up = TPAR_LANE_NONE};
 
 void tpar__worker_die(int code, const char *what)
 {
@@ -78,7 +83,16 @@ int tpar__worker_in_fd(void)
     return W.in_fd;
 }
 
-void tpar__worker_take_fds(int in_fd, int out_fd)
+static int lift_lane(int fd)
+{
+    if (fd < 0)
+        return -1;
+    int nfd = fcntl(fd, F_DUPFD_CLOEXEC, HIGH_FD);
+    close(fd);
+    return nfd; /* -1 (EMFILE): no lane, payloads come inline */
+}
+
+void tpar__worker_take_fds(int in_fd, int out_fd, int down, int up)
 { /* high fds: out of the way of user code that opens or dup2()s */
     W.in_fd = fcntl(in_fd, F_DUPFD_CLOEXEC, HIGH_FD);
     W.out_fd = out_fd < 0 ? -1 : fcntl(out_fd, F_DUPFD_CLOEXEC, HIGH_FD);
@@ -87,6 +101,10 @@ void tpar__worker_take_fds(int in_fd, int out_fd)
     close(in_fd);
     if (out_fd >= 0)
         close(out_fd);
+    tpar_lane_close(&W.down); /* a worker that forked (FORK) its own worker */
+    tpar_lane_close(&W.up);
+    tpar_lane_adopt(&W.down, lift_lane(down));
+    tpar_lane_adopt(&W.up, lift_lane(up));
     if (out_fd >= 0) /* a zygote's socket stays blocking */
         tpar__set_nonblock(W.in_fd); /* for the spin before blocking */
 }
@@ -320,6 +338,7 @@ static void job_end(void)
 {
     pthread_mutex_lock(&out_mu);
     J.running = 0;
+    W.trim_due = 1; /* the job may have freed memory the heap keeps */
 }
 
 /* Reserves the 8-byte header and the 8-byte duration of a RESULT frame;
@@ -353,6 +372,43 @@ static void result_end2(size_t at, int status, double duration, size_t extra)
 static void result_end(size_t at, int status, double duration)
 {
     result_end2(at, status, duration, 0);
+}
+
+/* Ends a result whose len payload bytes (duration first) are in the up
+ * lane, published: only its header goes into W.out. */
+static void result_end_lane(size_t at, int status, double duration, size_t len)
+{
+    W.out.len = at + TPAR_FRAME_HEADER; /* no duration here: it is in the lane */
+    result_end2(at, status, duration, len);
+    W.out.data[at + 6] = TPAR_FRAME_IN_LANE;
+    W.trim_due = 1;
+}
+
+/* Moves the payload of the result at `at` (the last frame in W.out) into
+ * the up lane when it is large and the lane is free. */
+static void result_to_lane(size_t at)
+{
+    size_t len = W.out.len - at - TPAR_FRAME_HEADER;
+    uint8_t *dst;
+    if (len < TPAR_LANE_MIN || tpar_lane_claim(&W.up) != 1)
+        return;
+    if (tpar_lane_reserve(&W.up, len, &dst) < 0) {
+        tpar_lane_abort(&W.up);
+        return;
+    }
+    memcpy(dst, W.out.data + at + TPAR_FRAME_HEADER, len);
+    tpar_lane_publish(&W.up);
+    W.out.len = at + TPAR_FRAME_HEADER;
+    W.out.data[at + 6] = TPAR_FRAME_IN_LANE;
+    W.trim_due = 1;
+}
+
+/* The job's payload was in the down lane and is no longer needed. */
+static void lane_release(int *held)
+{
+    if (*held)
+        tpar_lane_done(&W.down);
+    *held = 0;
 }
 
 /* ------------------------------------------------------------- JSON jobs */
@@ -442,7 +498,7 @@ static int split_job(const tpar_frame *f, const char *part[3], size_t len[3])
     return len[0] ? 0 : -1;
 }
 
-static void run_json_job(const tpar_frame *f)
+static void run_json_job(const tpar_frame *f, int *lane)
 {
     const char *part[3];
     size_t len[3];
@@ -462,17 +518,20 @@ static void run_json_job(const tpar_frame *f)
     targs = args ? PyList_AsTuple(args) : PyTuple_New(0);
     if (!targs)
         goto ended;
+    lane_release(lane); /* parsed: the parent may fill the lane again */
     t0 = tpar_now();
     res = PyObject_Call(fn, targs, kwargs);
     dt = tpar_now() - t0;
 ended:
     job_end();
+    lane_release(lane);
     size_t at = result_begin();
     if (res && tpar__json_encode(&W.out, res) == 0)
         ok = 1;
     else if (put_error_json(at) < 0)
         oom();
     result_end(at, ok ? TPAR_RESULT_OK : TPAR_RESULT_ERROR, dt);
+    result_to_lane(at);
     Py_XDECREF(fn);
     Py_XDECREF(args);
     Py_XDECREF(kwargs);
@@ -482,23 +541,26 @@ ended:
 
 /* ----------------------------------------------------------- pickle jobs */
 
-#define BIG_BODY (64 * 1024) /* written from the pickle itself, not copied */
+#define BIG_BODY (64 * 1024) /* written from where it is, not copied */
 
-static void run_pickle_job(const tpar_frame *f)
+static void run_pickle_job(const tpar_frame *f, int *lane)
 {
     /* A view, not a copy: pickle.loads copies what it keeps, and the view
-     * is released before the decoder's buffer is reused. */
+     * is released before the decoder's buffer (or the lane) is reused. */
     PyObject *view = PyMemoryView_FromMemory((char *)f->payload, (Py_ssize_t)f->len,
                                              PyBUF_READ);
+    /* The value is pickled straight into the up lane when it is large;
+     * the first 8 bytes are the duration, filled in below. */
+    PyObject *sink = view ? tpar_sink_new(W.sink_type, &W.up, 8) : NULL;
     job_begin();
-    PyObject *r = view ? PyObject_CallMethod(W.helper, "run_pickle", "O", view) : NULL;
+    PyObject *r = sink ? PyObject_CallMethod(W.helper, "run_pickle", "OO", view, sink)
+                       : NULL;
     job_end();
-    size_t at = result_begin();
     int ok = 0, retiring = 0;
     double dt = 0;
-    char *body;
-    Py_ssize_t n;
-    if (!r || !PyArg_ParseTuple(r, "pdy#p", &ok, &dt, &body, &n, &retiring)) {
+    PyObject *body;
+    if (!r || !PyArg_ParseTuple(r, "pdOp", &ok, &dt, &body, &retiring) ||
+        (body != Py_None && !PyBytes_Check(body))) {
         /* run_pickle catches everything; this is a worker bug: say so. */
         PyErr_Print();
         die(EXIT_PROTOCOL, "the pickle job runner failed");
@@ -508,17 +570,38 @@ static void run_pickle_job(const tpar_frame *f)
         die(EXIT_PROTOCOL, "a job kept a view of its own frame");
     Py_DECREF(rel);
     Py_DECREF(view);
+    lane_release(lane);
     if (retiring)
         W.retiring = 1;
     int status = ok ? TPAR_RESULT_OK : TPAR_RESULT_ERROR;
-    if ((size_t)n >= BIG_BODY) {
-        result_end2(at, status, dt, (size_t)n);
-        flush_out2((const uint8_t *)body, (size_t)n);
+    size_t at = result_begin();
+    const uint8_t *p;
+    size_t n;
+    if (body == Py_None) { /* the value is in the sink */
+        uint8_t *data;
+        if (tpar_sink_payload(sink, &data, &n)) {
+            memcpy(data, &dt, 8); /* LE hosts */
+            tpar_sink_finish(sink, 1);
+            result_end_lane(at, status, dt, n);
+            goto done;
+        }
+        p = data + 8;
+        n -= 8;
     } else {
-        if (tpar_buf_append(&W.out, body, (size_t)n) < 0)
+        p = (const uint8_t *)PyBytes_AS_STRING(body);
+        n = (size_t)PyBytes_GET_SIZE(body);
+    }
+    if (n >= BIG_BODY) {
+        result_end2(at, status, dt, n);
+        flush_out2(p, n);
+    } else {
+        if (tpar_buf_append(&W.out, p, n) < 0)
             oom();
         result_end(at, status, dt);
     }
+done:
+    tpar_sink_finish(sink, 0);
+    Py_DECREF(sink);
     Py_DECREF(r);
 }
 
@@ -538,30 +621,57 @@ static void run_config(const tpar_frame *f)
 /* ------------------------------------------------------------------ loop */
 
 /* Returns 1 to go on, 0 when the worker should exit. */
-static int handle(const tpar_frame *f)
+static int handle(const tpar_frame *in)
 {
-    switch (f->kind) {
+    tpar_frame f = *in;
+    int lane = 0;
+    if (f.flags & TPAR_FRAME_IN_LANE) {
+        if (tpar_lane_view(&W.down, f.len, &f.payload) < 0)
+            die(EXIT_PROTOCOL, "a lane frame with no payload in the lane");
+        lane = 1;
+        W.trim_due = 1;
+    }
+    switch (f.kind) {
     case TPAR_FRAME_JOB_JSON:
-        if (f->status & TPAR_JOB_FLUSH_FIRST)
+        if (f.status & TPAR_JOB_FLUSH_FIRST)
             flush_out();
-        run_json_job(f);
+        run_json_job(&f, &lane);
         break;
     case TPAR_FRAME_JOB_PICKLE:
-        if (f->status & TPAR_JOB_FLUSH_FIRST)
+        if (f.status & TPAR_JOB_FLUSH_FIRST)
             flush_out();
-        run_pickle_job(f);
+        run_pickle_job(&f, &lane);
         break;
-    case TPAR_FRAME_CONFIG: run_config(f); break;
+    case TPAR_FRAME_CONFIG: run_config(&f); break;
     case TPAR_FRAME_SHUTDOWN: return 0;
     default: die(EXIT_PROTOCOL, "unexpected frame kind");
     }
+    lane_release(&lane);
     return !W.retiring;
+}
+
+/* An idle worker gives back what large payloads left behind: the lanes'
+ * pages, large buffers, and the heap a job freed (kept while jobs come,
+ * see tpar__worker_work).  Waits for a lane the parent still reads. */
+#define TRIM_AFTER_MS 1000
+
+static void trim(tpar_decoder *dec)
+{
+    int held = tpar_lane_trim(&W.down) == -EBUSY;
+    held |= tpar_lane_trim(&W.up) == -EBUSY;
+    tpar_decoder_shrink(dec);
+    if (W.out.len == 0 && W.out.cap > TPAR_LANE_MIN)
+        tpar_buf_free(&W.out);
+    malloc_trim(0);
+    W.trim_due = held;
 }
 
 /* Reads what is there, spinning up to *spin µs before blocking.  A spin
  * that keeps failing halves itself: spinning while the parent is idle, or
- * while it shares our CPU, only burns time.  Returns bytes read, 0 at EOF. */
-static ssize_t read_input(uint8_t *buf, size_t cap, long *spin, long spin_max)
+ * while it shares our CPU, only burns time.  Returns bytes read, 0 at EOF
+ * or after --idle-timeout. */
+static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spin,
+                          long spin_max)
 {
     double t0 = tpar_now(), deadline = t0 + (double)*spin * 1e-6;
     for (;;) {
@@ -580,14 +690,25 @@ static ssize_t read_input(uint8_t *buf, size_t cap, long *spin, long spin_max)
         break;
     }
     *spin /= 2;
+    double idle_end = t0 + W.idle_ms * 1e-3;
     for (;;) {
         struct pollfd p = {.fd = W.in_fd, .events = POLLIN};
-        int r;
+        int timeout = -1, r;
+        if (W.idle_ms >= 0) {
+            double left = (idle_end - tpar_now()) * 1e3;
+            timeout = left > 0 ? (int)left + 1 : 0;
+        }
+        if (W.trim_due && (timeout < 0 || timeout > TRIM_AFTER_MS))
+            timeout = TRIM_AFTER_MS;
         Py_BEGIN_ALLOW_THREADS
-        r = poll(&p, 1, W.idle_ms);
+        r = poll(&p, 1, timeout);
         Py_END_ALLOW_THREADS
-        if (r == 0)
-            return 0; /* idle too long: leave as at EOF */
+        if (r == 0) {
+            if (W.idle_ms >= 0 && tpar_now() >= idle_end)
+                return 0; /* idle too long: leave as at EOF */
+            trim(dec);
+            continue;
+        }
         ssize_t n = read(W.in_fd, buf, cap);
         if (n >= 0)
             return n;
@@ -627,8 +748,8 @@ static int serve(long spin_max)
         /* The rest of a large frame goes straight into the decoder. */
         size_t room = tpar_decoder_room(&dec, &dst);
         int direct = room >= READ_CHUNK;
-        ssize_t n = direct ? read_input(dst, room, &spin, spin_max)
-                           : read_input(buf, READ_CHUNK, &spin, spin_max);
+        ssize_t n = direct ? read_input(&dec, dst, room, &spin, spin_max)
+                           : read_input(&dec, buf, READ_CHUNK, &spin, spin_max);
         if (n <= 0)
             return n < 0 || tpar_decoder_partial(&dec) ? EXIT_PROTOCOL : 0;
         int stop = direct ? tpar_decoder_commit(&dec, (size_t)n, &f) && !handle(&f)
@@ -655,6 +776,16 @@ static void send_ready(void)
  * atexit hooks must not keep the worker alive. */
 void tpar__worker_work(const struct tpar_worker_opts *o)
 {
+    /* Large blocks from the heap, and freed memory kept while jobs come
+     * (trim() gives it back when idle): a job that receives 100 MB then
+     * copies into warm pages, several times cheaper than fresh ones. */
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+    if (!W.sink_type &&
+        !(W.sink_type = (PyTypeObject *)PyType_FromSpec(&tpar_sink_spec))) {
+        PyErr_Print();
+        die(EXIT_NOPYTHON, "cannot set up Python");
+    }
     if (o->init)
         run_init(o->init);
     W.max_tasks = o->max_tasks;
@@ -687,7 +818,7 @@ static int load_python_half(void)
     return 0;
 }
 
-static _Noreturn void forked_child(int in_fd, int out_fd,
+static _Noreturn void forked_child(int in_fd, int out_fd, const tpar_proc *lanes,
                                    const struct tpar_worker_opts *o)
 {
     sigset_t none;
@@ -700,7 +831,7 @@ static _Noreturn void forked_child(int in_fd, int out_fd,
     setpgid(0, 0);
     if (o->pdeathsig)
         tpar__worker_die_with_parent();
-    tpar__worker_take_fds(in_fd, out_fd);
+    tpar__worker_take_fds(in_fd, out_fd, lanes->down.fd, lanes->up.fd);
     dup2(STDERR_FILENO, STDOUT_FILENO);
     W.out.len = 0;
     W.tasks = 0;
@@ -711,11 +842,15 @@ static _Noreturn void forked_child(int in_fd, int out_fd,
 int tpar_worker_fork(tpar_proc *p, const struct tpar_worker_opts *o)
 {
     int down[2] = {-1, -1}, up[2] = {-1, -1};
+    tpar_proc lanes;
     if (load_python_half() < 0)
         return -EINVAL; /* with a Python exception set */
     int perr;
+    tpar__lanes(&lanes);
     if ((perr = tpar__pipe(down)) < 0 || (perr = tpar__pipe(up)) < 0) {
         int err = perr;
+        tpar_lane_close(&lanes.down);
+        tpar_lane_close(&lanes.up);
         for (int i = 0; i < 2; i++) {
             if (down[i] >= 0)
                 close(down[i]);
@@ -729,7 +864,7 @@ int tpar_worker_fork(tpar_proc *p, const struct tpar_worker_opts *o)
     if (pid == 0) {
         close(down[1]);
         close(up[0]);
-        forked_child(down[0], up[1], o);
+        forked_child(down[0], up[1], &lanes, o);
     }
     int err = errno;
     PyOS_AfterFork_Parent();
@@ -738,6 +873,8 @@ int tpar_worker_fork(tpar_proc *p, const struct tpar_worker_opts *o)
     if (pid < 0) {
         close(down[1]);
         close(up[0]);
+        tpar_lane_close(&lanes.down);
+        tpar_lane_close(&lanes.up);
         return -err;
     }
     tpar__set_nonblock(down[1]);
@@ -746,5 +883,7 @@ int tpar_worker_fork(tpar_proc *p, const struct tpar_worker_opts *o)
     p->pid = pid;
     p->to_fd = down[1];
     p->from_fd = up[0];
+    p->down = lanes.down;
+    p->up = lanes.up;
     return 0;
 }

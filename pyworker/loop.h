@@ -30,8 +30,9 @@ struct tpar_worker_opts {
 _Noreturn void tpar__worker_die(int code, const char *what);
 
 /* Makes in_fd/out_fd (closed) the protocol fds, moved to high fds, the
- * input non-blocking; out_fd < 0: only in_fd (a zygote's socket). */
-void tpar__worker_take_fds(int in_fd, int out_fd);
+ * input non-blocking; out_fd < 0: only in_fd (a zygote's socket).  down
+ * and up are the lanes' memfds, or -1. */
+void tpar__worker_take_fds(int in_fd, int out_fd, int down, int up);
 
 /* Dies when the parent (thread) dies, taking its process group along: the
  * processes a job started die too, even when the parent was SIGKILLed.

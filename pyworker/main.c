@@ -75,9 +75,18 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
 
 /* The protocol fds go out of the way of user code, and anything written
  * to stdout goes to stderr instead: a print() never corrupts a frame. */
+static int lane_fd(int fd)
+{ /* a memfd says F_GET_SEALS; anything else there is not a lane of ours */
+    return fcntl(fd, F_GET_SEALS) >= 0 ? fd : -1;
+}
+
 static void setup_fds(int zygote)
 {
-    take_fds(TPAR_WORKER_FD_IN, zygote ? -1 : TPAR_WORKER_FD_OUT);
+    if (zygote)
+        take_fds(TPAR_WORKER_FD_IN, -1, -1, -1);
+    else
+        take_fds(TPAR_WORKER_FD_IN, TPAR_WORKER_FD_OUT, lane_fd(TPAR_WORKER_FD_DOWN),
+                 lane_fd(TPAR_WORKER_FD_UP));
     dup2(STDERR_FILENO, STDOUT_FILENO);
 }
 
@@ -165,14 +174,15 @@ static void zsend(int sock, int32_t kind, int32_t a, int32_t b)
             _exit(0); /* the parent is gone */
 }
 
-/* Receives a FORK request: its tag and the two job-pipe ends.  Returns 0,
- * or -1 at EOF (the parent is gone). */
-static int zrecv(int sock, int32_t *tag, int fds[2])
+/* Receives a FORK request: its tag, the two job-pipe ends and the two
+ * lanes (-1 when the parent sent none).  Returns 0, or -1 at EOF (the
+ * parent is gone). */
+static int zrecv(int sock, int32_t *tag, int fds[4])
 {
     struct tpar__zmsg m;
     struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
     union {
-        char buf[CMSG_SPACE(2 * sizeof(int))];
+        char buf[CMSG_SPACE(4 * sizeof(int))];
         struct cmsghdr align;
     } u;
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
@@ -183,15 +193,17 @@ static int zrecv(int sock, int32_t *tag, int fds[2])
     if (n <= 0)
         return -1;
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    if (n != sizeof(m) || m.kind != TPAR__Z_FORK || !c ||
-        c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(2 * sizeof(int)))
+    if (n != sizeof(m) || m.kind != TPAR__Z_FORK || !c || (m.b != 2 && m.b != 4) ||
+        (msg.msg_flags & MSG_CTRUNC) || c->cmsg_type != SCM_RIGHTS ||
+        c->cmsg_len != CMSG_LEN((size_t)m.b * sizeof(int)))
         die(EXIT_PROTOCOL, "bad forkserver request");
-    memcpy(fds, CMSG_DATA(c), 2 * sizeof(int));
+    fds[2] = fds[3] = -1;
+    memcpy(fds, CMSG_DATA(c), (size_t)m.b * sizeof(int));
     *tag = m.a;
     return 0;
 }
 
-static void become_worker(const struct tpar_worker_opts *o, int fds[2], pid_t zygote)
+static void become_worker(const struct tpar_worker_opts *o, int fds[4], pid_t zygote)
 {
     sigset_t none;
     sigemptyset(&none);
@@ -201,7 +213,7 @@ static void become_worker(const struct tpar_worker_opts *o, int fds[2], pid_t zy
     tpar__worker_die_with_parent();
     if (getppid() != zygote)
         _exit(EXIT_PROTOCOL);
-    take_fds(fds[0], fds[1]);
+    take_fds(fds[0], fds[1], fds[2], fds[3]);
     work(o);
 }
 
@@ -218,7 +230,7 @@ static void report_exits(int sock, int sfd)
 
 static void zygote(const struct tpar_worker_opts *o)
 {
-    int sock = tpar__worker_in_fd(), fds[2];
+    int sock = tpar__worker_in_fd(), fds[4];
     int32_t tag;
     sigset_t chld;
     sigemptyset(&chld);
@@ -250,8 +262,9 @@ static void zygote(const struct tpar_worker_opts *o)
         }
         int err = errno;
         PyOS_AfterFork_Parent();
-        close(fds[0]);
-        close(fds[1]);
+        for (int i = 0; i < 4; i++)
+            if (fds[i] >= 0)
+                close(fds[i]);
         zsend(sock, TPAR__Z_PID, tag, pid > 0 ? pid : -err);
     }
 }

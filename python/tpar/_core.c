@@ -12,6 +12,7 @@
 #include <Python.h>
 
 #include "loop.h" /* tpar_worker_fork: WorkerType.FORK */
+#include "sink.h" /* pickling straight into a lane */
 #include "tpar.h"
 
 #include <errno.h>
@@ -28,6 +29,7 @@
 typedef struct {
     PyTypeObject *worker_type;
     PyTypeObject *zygote_type;
+    PyTypeObject *sink_type;
 } core_state;
 
 /* A forkserver (core/zygote.c).  Its workers keep it alive; every use of
@@ -50,6 +52,7 @@ typedef struct {
     tpar_buf out;    /* frame bytes not yet written */
     int eof;         /* from_fd reached end of file */
     int ready;       /* the READY frame came */
+    int lane_held;   /* a result's body is in the up lane, not yet done */
     ZygoteObject *zygote; /* the forkserver it came from (owned), or NULL */
 } WorkerObject;
 
@@ -125,10 +128,14 @@ static int keep_rest(WorkerObject *w, const uint8_t *hdr, const uint8_t *p,
     return tpar_buf_append(&w->out, p + skip, n - skip);
 }
 
-static int send_frame(WorkerObject *w, int kind, const uint8_t *p, size_t n)
+/* Sends a header and n payload bytes at p; with TPAR_FRAME_IN_LANE in
+ * flags only the header (the payload, len bytes, is in the down lane). */
+static int send_raw(WorkerObject *w, int kind, int flags, const uint8_t *p,
+                    size_t len)
 {
     uint8_t hdr[TPAR_FRAME_HEADER];
-    tpar_frame_header(hdr, (uint8_t)kind, 0, (uint32_t)n);
+    tpar_frame_header_flags(hdr, (uint8_t)kind, 0, (uint8_t)flags, (uint32_t)len);
+    size_t n = flags & TPAR_FRAME_IN_LANE ? 0 : len;
     if (w->out.len) {
         if (tpar_buf_append(&w->out, hdr, sizeof hdr) < 0 ||
             tpar_buf_append(&w->out, p, n) < 0)
@@ -142,6 +149,21 @@ static int send_frame(WorkerObject *w, int kind, const uint8_t *p, size_t n)
     if ((size_t)r == sizeof hdr + n)
         return 0;
     return keep_rest(w, hdr, p, n, (size_t)r);
+}
+
+/* A large payload goes through the down lane when it is free. */
+static int send_frame(WorkerObject *w, int kind, const uint8_t *p, size_t n)
+{
+    uint8_t *dst;
+    if (n < TPAR_LANE_MIN || tpar_lane_claim(&w->proc.down) != 1)
+        return send_raw(w, kind, 0, p, n);
+    if (tpar_lane_reserve(&w->proc.down, n, &dst) < 0) {
+        tpar_lane_abort(&w->proc.down);
+        return send_raw(w, kind, 0, p, n);
+    }
+    memcpy(dst, p, n);
+    tpar_lane_publish(&w->proc.down);
+    return send_raw(w, kind, TPAR_FRAME_IN_LANE, NULL, n);
 }
 
 PyDoc_STRVAR(send_doc,
@@ -183,6 +205,65 @@ static PyObject *Worker_send(WorkerObject *self, PyObject *const *args,
     return PyLong_FromSize_t(self->out.len);
 }
 
+PyDoc_STRVAR(send_pickled_doc,
+"send_pickled(kind, dump, obj) -> int\n\n"
+"Calls dump(obj, file, 5) (pickle.dump or cloudpickle.dump) with a file that\n"
+"writes the frame's payload: a large one straight into the worker's down\n"
+"lane (shared memory), with no bytes object in between.  Then as send().");
+
+static PyObject *Worker_send_pickled(WorkerObject *self, PyObject *const *args,
+                                     Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_pickled(kind, dump, obj)");
+        return NULL;
+    }
+    int kind = as_int(args[0]);
+    if (kind == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_open(self) < 0)
+        return NULL;
+    core_state *st = PyType_GetModuleState(Py_TYPE(self));
+    if (!st)
+        return NULL;
+    PyObject *sink = tpar_sink_new(st->sink_type, &self->proc.down, 0);
+    if (!sink)
+        return NULL;
+    PyObject *five = PyLong_FromLong(5);
+    PyObject *r = five ? PyObject_CallFunctionObjArgs(args[1], args[2], sink, five, NULL)
+                       : NULL;
+    Py_XDECREF(five);
+    int rc = 0;
+    if (r) {
+        uint8_t *data;
+        size_t len;
+        int in_lane = tpar_sink_payload(sink, &data, &len);
+        tpar_sink_finish(sink, in_lane); /* published before its header goes */
+        rc = in_lane ? send_raw(self, kind, TPAR_FRAME_IN_LANE, NULL, len)
+                     : send_raw(self, kind, 0, data, len);
+        Py_DECREF(r);
+    }
+    tpar_sink_finish(sink, 0); /* a failed dump gives the lane back */
+    Py_DECREF(sink);
+    if (!r)
+        return NULL;
+    if (rc < 0)
+        return set_errno(rc);
+    return PyLong_FromSize_t(self->out.len);
+}
+
+PyDoc_STRVAR(lane_done_doc,
+"lane_done()\n\nThe last result's body (a memoryview of the up lane, already\n"
+"released) is no longer needed: the worker may fill the lane again.");
+
+static PyObject *Worker_lane_done(WorkerObject *self, PyObject *unused)
+{
+    if (self->lane_held)
+        tpar_lane_done(&self->proc.up);
+    self->lane_held = 0;
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(flush_doc,
 "flush() -> int\n\nWrites pending bytes; returns how many are still pending.");
 
@@ -211,6 +292,22 @@ static int on_frame(WorkerObject *w, const tpar_frame *f, PyObject **out)
                      "worker %d sent a malformed frame (kind %d, %u bytes)",
                      (int)w->proc.pid, f->kind, (unsigned)f->len);
         return -1;
+    }
+    if (f->flags & TPAR_FRAME_IN_LANE) {
+        /* The body stays where the worker pickled it: a view, which the
+         * caller releases before lane_done(). */
+        const uint8_t *p;
+        if (w->lane_held || tpar_lane_view(&w->proc.up, f->len, &p) < 0) {
+            PyErr_Format(PyExc_RuntimeError,
+                         "worker %d sent a lane frame with no payload in the lane",
+                         (int)w->proc.pid);
+            return -1;
+        }
+        w->lane_held = 1;
+        PyObject *view = PyMemoryView_FromMemory((char *)p + 8, (Py_ssize_t)(f->len - 8),
+                                                 PyBUF_READ);
+        *out = view ? Py_BuildValue("(idN)", f->status, tpar_get_f64le(p), view) : NULL;
+        return *out ? 1 : -1;
     }
     *out = Py_BuildValue("(idy#)", f->status, tpar_get_f64le(f->payload),
                          (const char *)f->payload + 8, (Py_ssize_t)(f->len - 8));
@@ -471,6 +568,9 @@ static int Worker_traverse(WorkerObject *self, visitproc visit, void *arg)
 
 static PyMethodDef Worker_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Worker_send, METH_FASTCALL, send_doc},
+    {"send_pickled", (PyCFunction)(void (*)(void))Worker_send_pickled, METH_FASTCALL,
+     send_pickled_doc},
+    {"lane_done", (PyCFunction)Worker_lane_done, METH_NOARGS, lane_done_doc},
     {"flush", (PyCFunction)Worker_flush, METH_NOARGS, flush_doc},
     {"recv", (PyCFunction)Worker_recv, METH_O, recv_doc},
     {"alive", (PyCFunction)Worker_alive, METH_NOARGS, alive_doc},
@@ -522,6 +622,7 @@ static WorkerObject *new_worker(core_state *st)
         return NULL;
     w->proc.pid = -1;
     w->proc.to_fd = w->proc.from_fd = -1;
+    w->proc.down = w->proc.up = (tpar_lane)TPAR_LANE_NONE;
     w->owner = getpid();
     tpar_decoder_init(&w->dec, 0);
     return w;
@@ -809,6 +910,9 @@ static int core_exec(PyObject *m)
         (PyTypeObject *)PyType_FromModuleAndSpec(m, &Zygote_spec, NULL);
     if (!st->zygote_type || PyModule_AddType(m, st->zygote_type) < 0)
         return -1;
+    st->sink_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &tpar_sink_spec, NULL);
+    if (!st->sink_type)
+        return -1;
     return add_constants(m);
 }
 
@@ -816,6 +920,7 @@ static int core_traverse(PyObject *m, visitproc visit, void *arg)
 {
     Py_VISIT(get_state(m)->worker_type);
     Py_VISIT(get_state(m)->zygote_type);
+    Py_VISIT(get_state(m)->sink_type);
     return 0;
 }
 
@@ -823,6 +928,7 @@ static int core_clear(PyObject *m)
 {
     Py_CLEAR(get_state(m)->worker_type);
     Py_CLEAR(get_state(m)->zygote_type);
+    Py_CLEAR(get_state(m)->sink_type);
     return 0;
 }
 

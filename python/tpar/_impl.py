@@ -43,7 +43,6 @@ except ImportError:  # pragma: no cover - cloudpickle is optional
 _JOB = _core.FRAME_JOB_PICKLE
 _RETIRING = _core.RESULT_RETIRING
 _OK = _core.RESULT_OK
-_FRAME_MAX = _core.FRAME_MAX
 _NO_KWARGS = {}
 SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
 YIELD_SPIN_S = float(os.environ.get("TPAR_YIELD_SPIN_US", 50)) * 1e-6
@@ -51,6 +50,7 @@ _monotonic = time.monotonic
 _perf = time.perf_counter
 _loads = pickle.loads
 _dumps = pickle.dumps
+_dump = pickle.dump
 
 
 class BrokenWorkerError(RuntimeError):
@@ -360,20 +360,18 @@ class WorkerContext:
             return await self._run(sync_fn, args, kill_on_cancel or cancellable)
 
     async def _run(self, fn, args, kill_on_cancel, spin=True):
-        job = (fn, args, _NO_KWARGS)
-        try:
-            payload = _dumps(job, 5) if self._by_ref else _pickle_job(job, False)
-        except Exception:
-            payload = _pickle_job(job, False)  # cloudpickle, or raise
-        if len(payload) > _FRAME_MAX:
-            raise OverflowError(f"the pickled job is {len(payload)} bytes, over the "
-                                f"{_FRAME_MAX}-byte frame limit")
         w = self._acquire()
         try:
-            try:
-                w.send(_JOB, payload)
-            except BrokenPipeError:  # it died: the read below sees the EOF
-                pass
+            # Pickled straight into the worker's frame (a large job into
+            # shared memory); a job that will not pickle leaves the worker
+            # untouched and usable.
+            self._send_job(w, (fn, args, _NO_KWARGS))
+        except BrokenPipeError:  # it died: the read below sees the EOF
+            pass
+        except BaseException:
+            self._release(w, True)
+            raise
+        try:
             # Spin only when no other job of ours could use the time.
             res = w.recv(SPIN_US) if spin and self._running == 1 else None
             if res is None:
@@ -395,9 +393,31 @@ class WorkerContext:
             raise
         if res is False:
             await self._broken(w)
-        status = res[0]
+        status, _, body = res
+        if type(body) is memoryview:
+            # A large value, still in the worker's up lane: decode it before
+            # the worker goes back to the cache and may need the lane.
+            try:
+                return _outcome(status, body)
+            finally:
+                body.release()
+                w.lane_done()
+                self._release(w, not status & _RETIRING)
         self._release(w, not status & _RETIRING)
-        return _outcome(status, res[2])
+        return _outcome(status, body)
+
+    def _send_job(self, w, job):
+        """pickle first when objects pickled by reference can be found in the
+        worker (it re-imports our __main__ script), cloudpickle otherwise or
+        when pickle refuses (lambdas, closures)."""
+        if self._by_ref or cloudpickle is None:
+            try:
+                w.send_pickled(_JOB, _dump, job)
+                return
+            except Exception:
+                if cloudpickle is None:
+                    raise
+        w.send_pickled(_JOB, cloudpickle.dump, job)
 
     async def _broken(self, w):
         """The worker's pipe ended mid-job: collect why, then raise."""

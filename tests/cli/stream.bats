@@ -545,3 +545,29 @@ usage_error() {
     TPAR_WORKER="$D/missing-worker" run -255 --separate-stderr tpar "$D/in"
     assert_regex "$stderr" 'missing-worker'
 }
+
+@test "stream: large values go out and come back whole, several in flight to one worker" {
+    # 3 MB and 5 MB strings in, 6 MB and 12 MB strings out: above the lane
+    # threshold, so they take the workers' lanes; with -j1 the second
+    # large job finds the lane held and goes through the pipe instead.
+    "$(real_python)" - "$D/in" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i, n in enumerate((3_000_000, 5_000_000, 10, 300_000)):
+        s = "".join(chr(97 + (k * 7 + i) % 26) for k in range(1000)) * (n // 1000 + 1)
+        f.write(json.dumps({"fn": "operator:mul", "args": [s[:n], 2]}) + "\n")
+PY
+    run -0 --separate-stderr tpar -j1 "$D/in"
+    printf '%s\n' "$output" >"$D/out"
+    run -0 "$(real_python)" - "$D/in" "$D/out" <<'PY'
+import json, sys
+jobs = [json.loads(l) for l in open(sys.argv[1])]
+recs = {r["id"]: r for r in map(json.loads, open(sys.argv[2]))}
+assert len(recs) == len(jobs), recs.keys()
+for i, j in enumerate(jobs, 1):
+    assert recs[i]["status"] == "ok", recs[i]
+    assert recs[i]["value"] == j["args"][0] * 2, i
+print("whole")
+PY
+    assert_output whole
+}

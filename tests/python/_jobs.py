@@ -77,3 +77,20 @@ class CustomError(Exception):
     def __init__(self, a, b):
         super().__init__(a, b)
         self.a, self.b = a, b
+
+
+def big_with_lock(n):
+    """A large value that will not pickle: the lock comes after the bytes."""
+    return (b"y" * n, threading.Lock())
+
+
+def raise_big(n):
+    raise ValueError(b"e" * n)
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0

@@ -144,6 +144,63 @@ static void test_bad_header(void)
     tpar_decoder_free(&d);
 }
 
+/* An IN_LANE frame is its header alone: the payload is in a lane. */
+static void test_lane_frame_is_header_only(void)
+{
+    tpar_decoder d;
+    tpar_frame f;
+    int got;
+    uint8_t two[2 * TPAR_FRAME_HEADER + 3];
+    tpar_frame_header_flags(two, TPAR_FRAME_RESULT, 1, TPAR_FRAME_IN_LANE, 1 << 20);
+    tpar_frame_header(two + TPAR_FRAME_HEADER, TPAR_FRAME_RESULT, 0, 3);
+    memcpy(two + 2 * TPAR_FRAME_HEADER, "abc", 3);
+    tpar_decoder_init(&d, 1024); /* the limit still applies to lane payloads */
+    CHECK_EQ(tpar_decoder_feed(&d, two, sizeof two, &f, &got), TPAR_ETOOBIG);
+    tpar_decoder_free(&d);
+    tpar_decoder_init(&d, 0);
+    CHECK_EQ(tpar_decoder_feed(&d, two, sizeof two, &f, &got), TPAR_FRAME_HEADER);
+    CHECK_EQ(got, 1);
+    CHECK_EQ(f.flags, TPAR_FRAME_IN_LANE);
+    CHECK_EQ(f.len, 1 << 20);
+    CHECK_EQ(f.status, 1);
+    CHECK(f.payload == NULL);
+    CHECK(!tpar_decoder_partial(&d));
+    CHECK_EQ(tpar_decoder_feed(&d, two + TPAR_FRAME_HEADER, TPAR_FRAME_HEADER + 3, &f, &got),
+             TPAR_FRAME_HEADER + 3);
+    CHECK_EQ(got, 1);
+    CHECK_EQ(f.flags, 0);
+    CHECK(f.len == 3 && memcmp(f.payload, "abc", 3) == 0);
+    tpar_decoder_free(&d);
+    two[6] = 0x02; /* an unknown flag */
+    tpar_decoder_init(&d, 0);
+    CHECK_EQ(tpar_decoder_feed(&d, two, sizeof two, &f, &got), TPAR_EBADFRAME);
+    tpar_decoder_free(&d);
+}
+
+/* After a large frame the decoder does not keep its buffer. */
+static void test_large_buffer_not_kept(void)
+{
+    size_t n = TPAR_LANE_MIN * 2;
+    uint8_t *fr = malloc(TPAR_FRAME_HEADER + n);
+    tpar_frame_header(fr, TPAR_FRAME_RESULT, 0, (uint32_t)n);
+    memset(fr + TPAR_FRAME_HEADER, 'z', n);
+    tpar_decoder d;
+    tpar_frame f;
+    int got;
+    tpar_decoder_init(&d, 0);
+    CHECK_EQ(tpar_decoder_feed(&d, fr, 100, &f, &got), 100); /* split: buffered */
+    CHECK(d.buf_cap >= n);
+    CHECK_EQ(tpar_decoder_feed(&d, fr + 100, TPAR_FRAME_HEADER + n - 100, &f, &got),
+             (ptrdiff_t)(TPAR_FRAME_HEADER + n - 100));
+    CHECK_EQ(got, 1);
+    CHECK(f.payload[n - 1] == 'z');
+    tpar_frame_header(fr, TPAR_FRAME_RESULT, 0, 1);
+    CHECK_EQ(tpar_decoder_feed(&d, fr, TPAR_FRAME_HEADER + 1, &f, &got), TPAR_FRAME_HEADER + 1);
+    CHECK_EQ(d.buf_cap, 0);
+    tpar_decoder_free(&d);
+    free(fr);
+}
+
 static void test_truncated(void)
 {
     /* Every proper prefix of a frame leaves the decoder partial: EOF there
@@ -277,6 +334,8 @@ int main(void)
     RUN(test_oversized_rejected_before_allocation);
     RUN(test_bad_header);
     RUN(test_truncated);
+    RUN(test_lane_frame_is_header_only);
+    RUN(test_large_buffer_not_kept);
     RUN(test_direct_read_into_decoder);
     RUN(test_buf);
     RUN(test_buf_consume_is_cheap);

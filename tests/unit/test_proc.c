@@ -43,7 +43,8 @@ static int fake(const char *mode)
         int dfd = dirfd(d);
         while ((e = readdir(d)))
             if (e->d_name[0] != '.' && atoi(e->d_name) != dfd)
-                snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%s ", e->d_name);
+                snprintf(msg + strlen(msg), sizeof(msg) - strlen(msg), "%s%s ", e->d_name,
+                         fcntl(atoi(e->d_name), F_GET_SEALS) >= 0 ? "m" : ""); /* memfd */
         closedir(d);
         fake_send(msg);
         return 0;
@@ -167,8 +168,9 @@ static void test_only_protocol_fds_inherited(void)
     int stray = open("/dev/null", O_RDONLY); /* not O_CLOEXEC on purpose */
     CHECK_EQ(spawn(&p, "fds"), 0);
     CHECK_EQ(recv_frame(p.from_fd, out, sizeof(out) - 1), 0);
-    CHECK(strcmp(out, "0 1 2 3 4 ") == 0);
-    if (strcmp(out, "0 1 2 3 4 ") != 0)
+    /* the job pipes, then the down and up lanes (memfds) */
+    CHECK(strcmp(out, "0 1 2 3 4 5m 6m ") == 0);
+    if (strcmp(out, "0 1 2 3 4 5m 6m ") != 0)
         fprintf(stderr, "child fds: %s\n", out);
     close(stray);
     tpar_proc_close(&p);

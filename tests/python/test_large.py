@@ -1,0 +1,81 @@
+"""Large arguments and results go through the workers' lanes (shared
+memory), not the pipe: they must come back whole, of the right type, with
+errors and fallbacks as for small ones, and leave no memory behind."""
+
+import os
+import threading
+
+import pytest
+import trio
+
+import _jobs
+import tpar as trio_parallel
+
+TYPES = [trio_parallel.WorkerType.SPAWN, trio_parallel.WorkerType.FORKSERVER,
+         trio_parallel.WorkerType.FORK]
+MB = 1_000_000
+
+
+def pattern(n):
+    """n bytes that are not all alike: a shifted or truncated copy would show."""
+    block = bytes(range(251))
+    return (block * (n // len(block) + 1))[:n]
+
+
+@pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
+async def test_100mb_round_trip_identical(wtype):
+    payload = pattern(100 * MB)
+    async with trio_parallel.open_worker_context(worker_type=wtype) as ctx:
+        for _ in range(2):  # the second time the lanes are warm
+            back = await ctx.run_sync(bytes, payload)
+            assert type(back) is bytes and back == payload
+            del back
+        arr = await ctx.run_sync(bytearray, 10 ** 8)
+        assert type(arr) is bytearray and len(arr) == 10 ** 8 and not any(arr[::4096])
+        del arr
+        assert await ctx.run_sync(len, payload) == 100 * MB
+        assert await ctx.run_sync(_jobs.add, 2, 3) == 5  # small jobs unaffected
+
+
+async def test_many_sizes_around_the_threshold():
+    async with trio_parallel.open_worker_context() as ctx:
+        for n in (1, 65535, 65536, 262143, 262144, 262145, 1 << 20, 3 * MB + 7):
+            data = pattern(n)
+            assert await ctx.run_sync(bytes, data) == data
+            assert await ctx.run_sync(_jobs.add, data, b"!") == data + b"!"
+
+
+async def test_unpicklable_large_values_leave_the_worker_usable():
+    async with trio_parallel.open_worker_context() as ctx:
+        pid = await ctx.run_sync(os.getpid)
+        # The argument: its first MB is already in the lane when pickling fails.
+        with pytest.raises(TypeError, match="lock"):
+            await ctx.run_sync(len, (b"x" * MB, threading.Lock()))
+        # The result: likewise in the worker.
+        with pytest.raises(TypeError, match="lock"):
+            await ctx.run_sync(_jobs.big_with_lock, 2 * MB)
+        data = pattern(5 * MB)
+        assert await ctx.run_sync(bytes, data) == data
+        assert await ctx.run_sync(os.getpid) == pid
+
+
+async def test_large_exception_comes_back():
+    async with trio_parallel.open_worker_context() as ctx:
+        with pytest.raises(ValueError) as info:
+            await ctx.run_sync(_jobs.raise_big, 3 * MB)
+        assert info.value.args == (b"e" * (3 * MB),)
+        assert await ctx.run_sync(_jobs.add, 1, 1) == 2
+
+
+async def test_idle_worker_gives_large_memory_back():
+    async with trio_parallel.open_worker_context() as ctx:
+        pid = await ctx.run_sync(os.getpid)
+        base = _jobs.rss_kb(pid)
+        back = await ctx.run_sync(bytes, pattern(100 * MB))
+        del back
+        assert _jobs.rss_kb(pid) > base + 50_000  # lanes and heap hold it now
+        with trio.move_on_after(10):
+            while _jobs.rss_kb(pid) > base + 20_000:
+                await trio.sleep(0.1)
+        assert _jobs.rss_kb(pid) <= base + 20_000
+        assert await ctx.run_sync(os.getpid) == pid
