@@ -6,6 +6,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -150,6 +153,16 @@ static void start_python(const struct tpar_worker_opts *o, const char *argv0)
     PyConfig_Clear(&cfg);
 }
 
+/* Gives the free memory that start-up left in malloc's heap back to the
+ * system (glibc keeps up to 128 kB at the top, and never returns free pages
+ * below it on its own): an idle worker holds only what it uses. */
+static void trim_heap(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 /* ------------------------------------------------------------- forkserver */
 
 static void preload(const char *list)
@@ -164,6 +177,24 @@ static void preload(const char *list)
         Py_XDECREF(mod);
     }
     free(copy);
+}
+
+/* Before the first fork: collects start-up's cyclic garbage, so its holes
+ * are not copied into every worker, and moves what is left to the
+ * permanent generation (gc.freeze), so a worker's collections never write
+ * to the zygote's objects' headers, which would unshare their pages (the
+ * recipe of the gc module's documentation). */
+static void settle_for_fork(void)
+{
+    PyObject *gc = PyImport_ImportModule("gc");
+    PyObject *r = gc ? PyObject_CallMethod(gc, "collect", NULL) : NULL;
+    Py_XDECREF(r);
+    r = gc ? PyObject_CallMethod(gc, "freeze", NULL) : NULL;
+    if (!r)
+        PyErr_Print();
+    Py_XDECREF(r);
+    Py_XDECREF(gc);
+    trim_heap();
 }
 
 static void zsend(int sock, int32_t kind, int32_t a, int32_t b)
@@ -242,6 +273,7 @@ static void zygote(const struct tpar_worker_opts *o)
     if (o->preload)
         preload(o->preload);
     tpar__worker_warm_for_fork();
+    settle_for_fork();
     for (;;) {
         struct pollfd p[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
         if (poll(p, 2, -1) < 0)
@@ -279,6 +311,7 @@ int main(int argc, char **argv)
     tpar__worker_setup(&o);
     if (o.zygote)
         zygote(&o);
+    trim_heap();
     work(&o);
 }
 
