@@ -113,19 +113,57 @@ from time import perf_counter as _now
 
 
 def _load_picklers():
-    global _pickle, _pickler
-    import pickle as _pickle
+    """pickle's C half only (pickle.loads and dump are _pickle's): pickle.py
+    imports re, and cloudpickle costs ~3 MB of RSS.  A payload that needs
+    cloudpickle imports it itself, and results go through _dump."""
+    global _pickle
+    import _pickle
 
+
+def _load_cloudpickle():
+    global _pickler
     try:
         import cloudpickle as _pickler
     except ImportError:  # cloudpickle is optional
-        _pickler = _pickle
+        import pickle as _pickler
+
+
+# Values of these exact types pickle to the same bytes with pickle and
+# cloudpickle (cloudpickle only changes how classes, functions and a few
+# library types are reduced): for them cloudpickle is not imported.
+_PLAIN = frozenset((type(None), bool, int, float, complex, str, bytes, bytearray))
+
+
+def _dump(obj, file):
+    if type(obj) in _PLAIN:
+        return _pickle.dump(obj, file, 5)
+    if _pickler is None:
+        _load_cloudpickle()
+    return _pickler.dump(obj, file, 5)
+
+
+def _dumps(obj):
+    if type(obj) in _PLAIN:
+        return _pickle.dumps(obj, 5)
+    if _pickler is None:
+        _load_cloudpickle()
+    return _pickler.dumps(obj, 5)
 
 
 _retire = None
+_FunctionType = type(_load_picklers)
+_BuiltinType = type(len)
+_CO_ASYNC = 0x80 | 0x200  # inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 def _is_coro_fn(fn):
+    # inspect costs ~2 MB of RSS.  For a plain function, a builtin or a
+    # class without markcoroutinefunction's mark (3.12), inspect's answer is
+    # this code flag test: there is no method or partial to unwrap.
+    t = type(fn)
+    if (t is _FunctionType or t is _BuiltinType or t is type) and not hasattr(
+            fn, "_is_coroutine_marker"):
+        return t is _FunctionType and bool(fn.__code__.co_flags & _CO_ASYNC)
     import inspect
 
     return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
@@ -134,7 +172,7 @@ def _is_coro_fn(fn):
 def _pickled_error(exc):
     info = error_info(exc)
     try:
-        body = _pickler.dumps((exc, info["type"], info["message"], info["traceback"]), 5)
+        body = _dumps((exc, info["type"], info["message"], info["traceback"]))
         _pickle.loads(body)  # an exception that pickles but will not unpickle
     except BaseException:
         body = _pickle.dumps((None, info["type"], info["message"], info["traceback"]), 5)
@@ -148,6 +186,8 @@ def warm_for_fork():
 
     if _pickle is None:
         _load_picklers()
+    if _pickler is None:
+        _load_cloudpickle()
 
 
 def config(payload):
@@ -182,7 +222,7 @@ def run_pickle(payload, sink):
         ok, body = False, _pickled_error(exc)
     else:
         try:
-            _pickler.dump(result, sink, 5)
+            _dump(result, sink)
             ok, body = True, None
         except BaseException as exc:
             ok, body = False, _pickled_error(exc)
