@@ -336,30 +336,33 @@ class WorkerContext:
 
     # -------------------------------------------------------------- run_sync
 
-    @enable_ki_protection
     async def run_sync(self, sync_fn, *args, cancellable=False, kill_on_cancel=False,
                        limiter=None):
         """Run ``sync_fn(*args)`` in a worker process of this context and
         return or raise its outcome.  See `tpar.run_sync` for the details."""
+        return await self._run_sync(sync_fn, args, kill_on_cancel or cancellable, limiter)
+
+    @enable_ki_protection
+    async def _run_sync(self, fn, args, kill_on_cancel, limiter):
         if limiter is None:
             limiter = current_default_worker_limiter()
-        if type(limiter) is trio.CapacityLimiter:
-            # What `async with limiter` does, two coroutine layers cheaper;
-            # its acquire is the entry checkpoint.
-            task = _current_task()
-            await limiter.acquire_on_behalf_of(task)
-            try:
-                # Spin for the answer only when no task queues behind us.
-                spin = (limiter.borrowed_tokens < limiter.total_tokens
-                        or not limiter.statistics().tasks_waiting)
-                return await self._run(sync_fn, args, kill_on_cancel or cancellable, spin)
-            finally:
-                limiter.release_on_behalf_of(task)
-        await checkpoint()  # entry is an unconditional checkpoint
-        async with limiter:
-            return await self._run(sync_fn, args, kill_on_cancel or cancellable)
+        if type(limiter) is not trio.CapacityLimiter:
+            await checkpoint()  # entry is an unconditional checkpoint
+            async with limiter:
+                return await self._run(fn, args, kill_on_cancel, False)
+        # What `async with limiter` does, two coroutine layers cheaper; its
+        # acquire is the entry checkpoint.
+        task = _current_task()
+        await limiter.acquire_on_behalf_of(task)
+        try:
+            # Spin for the answer only when no task queues behind us.
+            return await self._run(fn, args, kill_on_cancel,
+                                   limiter.borrowed_tokens < limiter.total_tokens
+                                   or not _tasks_waiting(limiter))
+        finally:
+            limiter.release_on_behalf_of(task)
 
-    async def _run(self, fn, args, kill_on_cancel, spin=True):
+    async def _run(self, fn, args, kill_on_cancel, spin):
         w = self._acquire()
         try:
             # Pickled straight into the worker's frame (a large job into
@@ -373,7 +376,7 @@ class WorkerContext:
             raise
         try:
             # Spin only when no other job of ours could use the time.
-            res = w.recv(SPIN_US) if spin and self._running == 1 else None
+            res = w.recv(SPIN_US) if spin and self._running == 1 else w.recv(0.0)
             if res is None:
                 try:
                     res = await _finish(w)
@@ -541,6 +544,15 @@ def _get_default_context():
     return ctx
 
 
+def _tasks_waiting(limiter):
+    """limiter.statistics().tasks_waiting, without building the statistics
+    (and the list of borrowers) on every call."""
+    lot = getattr(limiter, "_lot", None)
+    if lot is not None:
+        return len(lot)
+    return limiter.statistics().tasks_waiting
+
+
 def current_default_worker_limiter():
     """Get the default `~trio.CapacityLimiter` used by `tpar.run_sync`.
 
@@ -592,8 +604,7 @@ async def run_sync(sync_fn, *args, cancellable=False, kill_on_cancel=False, limi
       BrokenWorkerError: The worker died unexpectedly.
     """
     ctx = _scope.get() or _default_ctx or _get_default_context()
-    return await ctx.run_sync(sync_fn, *args, cancellable=cancellable,
-                              kill_on_cancel=kill_on_cancel, limiter=limiter)
+    return await ctx._run_sync(sync_fn, args, kill_on_cancel or cancellable, limiter)
 
 
 @asynccontextmanager
