@@ -564,8 +564,10 @@ class WorkerContext:
                 w.send(_JOB, payload)
             except BrokenPipeError:  # it died: the read below sees the EOF
                 pass
-            # Spin only when no other job of ours could use the time.
-            res = w.recv(SPIN_US) if spin and self._running == 1 else None
+            # Spin only when no other job of ours could use the time, and
+            # not for a worker still starting (no READY yet): it will not
+            # answer within a spin, and the CPU is better left to it.
+            res = w.recv(SPIN_US) if spin and self._running == 1 and w.ready else None
             if res is None:
                 try:
                     res = await _finish(w)
@@ -691,7 +693,8 @@ async def _finish(w):
         pass
     # While other tasks have work, yielding to them and polling again keeps
     # this process awake: cheaper than sleeping in epoll and being woken.
-    deadline = _perf() + YIELD_SPIN_S
+    # Not for a worker still starting up: it needs the CPU more than we do.
+    deadline = _perf() + YIELD_SPIN_S if w.ready else 0.0
     while True:
         res = w.recv(0.0)
         if res is not None:
