@@ -615,7 +615,8 @@ class WorkerContext:
             workers = [w for w, _ in self._idle]
             self._idle.clear()
             dying, self._dying = self._dying, []
-            self._unchecked.clear()
+            for w in workers:
+                self._unchecked.discard(w)
         for w in workers:
             w.close()
         return workers, dying
