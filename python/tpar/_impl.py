@@ -249,7 +249,7 @@ class WorkerContext:
                  "preload", "_config", "_lock", "_idle", "_busy", "_running",
                  "_closed", "_by_ref", "_dying", "_worker_extra", "_zygote", "_zlock",
                  "_preload_job", "_unchecked", "_fork_preload", "_prestarter",
-                 "_idle_cv", "_prestarting",
+                 "_idle_cv", "_prestarting", "_zkey",
                  "__weakref__")
 
     def __init__(self, *args, **kwargs):
@@ -294,6 +294,7 @@ class WorkerContext:
         self._idle_cv = threading.Condition(self._lock)  # a prestarted worker came
         self._prestarting = 0  # prestarted workers not yet in the cache
         self._zygote = None  # FORKSERVER: the forkserver, started on demand
+        self._zkey = None  # the argv it was started with
         self._zlock = threading.Lock()
         self._idle = []  # (worker, idle since), most recent last: LIFO
         self._busy = set()
@@ -399,7 +400,8 @@ class WorkerContext:
                 if self._closed:
                     raise RuntimeError("this worker context is closed")
                 if self._zygote is None:
-                    self._zygote = _core.zygote_start(self._zygote_argv())
+                    self._zkey = tuple(self._zygote_argv())
+                    self._zygote = _start_zygote(self._zkey)
                 try:
                     return self._zygote.fork()
                 except BrokenPipeError:  # it died: the next one takes over
@@ -425,7 +427,8 @@ class WorkerContext:
             if self.worker_type is WorkerType.FORKSERVER:
                 with self._zlock:
                     if self._zygote is None and not self._closed:
-                        self._zygote = _core.zygote_start(self._zygote_argv())
+                        self._zkey = tuple(self._zygote_argv())
+                        self._zygote = _start_zygote(self._zkey)
                 t = threading.Thread(target=self._prestart_some, args=(n,),
                                      name="tpar-prestart", daemon=True)
                 self._prestarter = t
@@ -456,11 +459,16 @@ class WorkerContext:
                 self._prestarting = 0
                 self._idle_cv.notify_all()
 
-    def _stop_zygote(self):
+    def _stop_zygote(self, park=False):
+        """Stops the forkserver, or with park=True keeps it for the next
+        context of the same configuration (_park_zygote)."""
         with self._zlock:
             z, self._zygote = self._zygote, None
         if z is not None:
-            z.stop()
+            if park:
+                _park_zygote(z, self._zkey)
+            else:
+                z.stop()
 
     def _release(self, w, keep):
         with self._lock:
@@ -636,7 +644,7 @@ class WorkerContext:
             deadline = _monotonic() + self.grace_period
             while not _collect(workers + dying, deadline):
                 await trio.sleep(0.001)
-            self._stop_zygote()
+            self._stop_zygote(park=True)  # every worker of ours is gone
             _raise_if_unclean(workers)
 
     def _shutdown_sync(self, grace_period, kill_busy):
@@ -659,6 +667,51 @@ class WorkerContext:
             time.sleep(0.001)
         self._stop_zygote()
         return workers
+
+
+# ------------------------------------------------------------ forkservers
+# A FORKSERVER context that closes leaves its zygote here (all its workers
+# are gone by then), and the next context that would start a zygote with
+# the same command line (sys.path, __main__, preload, idle timeout) takes
+# it instead: opening and closing contexts does not pay for a zygote's
+# start-up (~60 ms) each time, as multiprocessing's forkserver, which lives
+# as long as the process, does not either.  One is kept, the most recently
+# parked; the rest stop.  Stopped at exit; a forked child forgets them.
+
+_parked_lock = threading.Lock()
+_parked = {}  # zygote argv (tuple) -> Zygote
+
+
+def _start_zygote(argv):
+    """A parked zygote started with this argv, else a new one."""
+    with _parked_lock:
+        z = _parked.pop(tuple(argv), None)
+    if z is not None:
+        if z.pid > 0:
+            return z
+        z.stop()
+    return _core.zygote_start(argv)
+
+
+def _park_zygote(z, key):
+    if z.pid <= 0:
+        z.stop()
+        return
+    with _parked_lock:
+        old = [o for k, o in _parked.items() if k != key] + (
+            [_parked[key]] if key in _parked else [])
+        _parked.clear()
+        _parked[key] = z
+    for o in old:
+        o.stop()
+
+
+def _stop_parked():
+    with _parked_lock:
+        zs = list(_parked.values())
+        _parked.clear()
+    for z in zs:
+        z.stop()
 
 
 def _collect(workers, deadline):
@@ -924,6 +977,7 @@ def _atexit_shutdown():
     deadline = _monotonic() + (default.grace_period if default else 30)
     while not _collect(rest, deadline):
         time.sleep(0.001)
+    _stop_parked()
     if default is not None:
         workers = default._shutdown_sync(default.grace_period, kill_busy=True)
         _raise_if_unclean(workers)
@@ -942,6 +996,9 @@ def _after_fork_in_child():
             w.close()
         if ctx._zygote is not None:
             ctx._zygote.stop()  # in a child: closes the socket, kills nothing
+    for z in list(_parked.values()):
+        z.stop()
+    _parked.clear()
     _owner_pid = os.getpid()
     _default_ctx = None
     _live_contexts.clear()
