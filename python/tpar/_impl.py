@@ -86,7 +86,9 @@ class WorkerType(enum.Enum):
     Python (and imports our ``__main__``) once, then forks a ready worker
     per request: a new worker costs about a fork.  If the zygote dies, the
     next request starts another.  ``preload`` modules are imported once, in
-    the zygote, so its workers start with them.
+    the zygote, so its workers start with them.  A closed context's zygote
+    is kept for the next context of the same configuration (one is kept,
+    until exit).
 
     ``FORK``: fork this process; the child runs the worker's job loop.  The
     cheapest start, and the worker sees everything this process has
