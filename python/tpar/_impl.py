@@ -251,7 +251,7 @@ class WorkerContext:
                  "preload", "_config", "_lock", "_idle", "_busy", "_running",
                  "_closed", "_by_ref", "_dying", "_worker_extra", "_zygote", "_zlock",
                  "_preload_job", "_unchecked", "_fork_preload", "_prestarter",
-                 "_idle_cv", "_prestarting", "_zkey",
+                 "_idle_cv", "_prestarting", "_zkey", "_forks",
                  "__weakref__")
 
     def __init__(self, *args, **kwargs):
@@ -287,6 +287,7 @@ class WorkerContext:
                 (all, (map(importlib.import_module, preload),), _NO_KWARGS), 5)
         self._unchecked = set()  # workers whose preload answer is not read yet
         self._prestarter = None  # FORKSERVER prestart: the thread asking for forks
+        self._forks = worker_type is WorkerType.FORK  # its workers start at once
         self._config = None
         if init is not bool or retire is not bool:
             self._config = _pickle_job(
@@ -508,7 +509,7 @@ class WorkerContext:
         try:
             res = w.recv(0.0)
             if res is None:
-                res = await _finish(w)
+                res = await _finish(w, False)
         except trio.Cancelled:
             self._release(w, True)  # still unchecked: read on its next use
             raise
@@ -575,12 +576,14 @@ class WorkerContext:
             except BrokenPipeError:  # it died: the read below sees the EOF
                 pass
             # Spin only when no other job of ours could use the time, and
-            # not for a worker still starting (no READY yet): it will not
-            # answer within a spin, and the CPU is better left to it.
-            res = w.recv(SPIN_US) if spin and self._running == 1 and w.ready else None
+            # not for a worker still starting (no READY yet; a FORK child
+            # starts at once): it will not answer within a spin, and the
+            # CPU is better left to it.
+            warm = w.ready or self._forks
+            res = w.recv(SPIN_US) if spin and warm and self._running == 1 else None
             if res is None:
                 try:
-                    res = await _finish(w)
+                    res = await _finish(w, warm)
                 except trio.Cancelled:
                     if kill_on_cancel:
                         raise
@@ -589,7 +592,7 @@ class WorkerContext:
                     # next checkpoint.  (Cheaper than a shielded scope on
                     # every call.)
                     with trio.CancelScope(shield=True):
-                        res = await _finish(w)
+                        res = await _finish(w, warm)
         except BaseException:
             # Cancelled (kill_on_cancel), KeyboardInterrupt, a protocol error:
             # the worker is in an unknown state, so it goes.
@@ -739,8 +742,9 @@ def _raise_if_unclean(workers):
             + ", ".join(f"{w.pid} {_core.describe_status(w.status)}" for w in bad) + ")")
 
 
-async def _finish(w):
-    """Writes what is left of the job, then waits for its result."""
+async def _finish(w, warm=True):
+    """Writes what is left of the job, then waits for its result (yielding
+    to other tasks and polling for a while first when the worker is warm)."""
     try:
         while w.pending:
             await wait_writable(w.to_fd)
@@ -750,7 +754,7 @@ async def _finish(w):
     # While other tasks have work, yielding to them and polling again keeps
     # this process awake: cheaper than sleeping in epoll and being woken.
     # Not for a worker still starting up: it needs the CPU more than we do.
-    deadline = _perf() + YIELD_SPIN_S if w.ready else 0.0
+    deadline = _perf() + YIELD_SPIN_S if warm else 0.0
     while True:
         res = w.recv(0.0)
         if res is not None:
