@@ -234,7 +234,9 @@ static int zrecv(int sock, int32_t *tag, int fds[4])
     return 0;
 }
 
-static void become_worker(const struct tpar_worker_opts *o, int fds[4], pid_t zygote)
+/* In a freshly forked child of the zygote: Python's after-fork work, our
+ * own process group, death with the zygote. */
+static void child_setup(pid_t zygote)
 {
     sigset_t none;
     sigemptyset(&none);
@@ -244,8 +246,104 @@ static void become_worker(const struct tpar_worker_opts *o, int fds[4], pid_t zy
     tpar__worker_die_with_parent();
     if (getppid() != zygote)
         _exit(EXIT_PROTOCOL);
+}
+
+static _Noreturn void become_worker(const struct tpar_worker_opts *o, int fds[4])
+{
     take_fds(fds[0], fds[1], fds[2], fds[3]);
     work(o);
+}
+
+/* ----------------------------------------------------------------- spare
+ *
+ * The zygote keeps one worker forked ahead of the next request: a spare,
+ * already through child_setup (Python's after-fork work, its own process
+ * group, PDEATHSIG), that waits on a socketpair of its own.  A request is
+ * forwarded to it as it came (the same message, the same fds), so the
+ * reply does not wait for a fork, and the next spare is forked after the
+ * reply, while the worker runs its job.  A spare is never reported to the
+ * parent unless it was handed out; if it is gone, the zygote forks the
+ * worker itself, as before. */
+
+static pid_t spare_pid = -1;
+static int spare_sock = -1;
+
+static _Noreturn void spare_main(const struct tpar_worker_opts *o, int s, pid_t zygote)
+{
+    int32_t tag;
+    int fds[4];
+    child_setup(zygote);
+    if (zrecv(s, &tag, fds) < 0)
+        _exit(0); /* the zygote is gone, or let us go */
+    close(s);
+    become_worker(o, fds);
+}
+
+static void make_spare(const struct tpar_worker_opts *o, int sock, int sfd)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return; /* no spare: requests fork */
+    pid_t me = getpid();
+    PyOS_BeforeFork();
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(sock);
+        close(sfd);
+        close(sv[0]);
+        spare_main(o, sv[1], me);
+    }
+    PyOS_AfterFork_Parent();
+    close(sv[1]);
+    if (pid < 0) {
+        close(sv[0]);
+        return;
+    }
+    spare_pid = pid;
+    spare_sock = sv[0];
+}
+
+static void spare_gone(void)
+{
+    if (spare_sock >= 0)
+        close(spare_sock);
+    spare_sock = -1;
+    spare_pid = -1;
+}
+
+/* Hands a request to the spare: its pid, or -1 when there is none. */
+static pid_t hand_to_spare(int32_t tag, int fds[4])
+{
+    if (spare_pid <= 0)
+        return -1;
+    int nfds = fds[2] >= 0 ? 4 : 2; /* the pipes, and the lanes if sent */
+    struct tpar__zmsg m = {TPAR__Z_FORK, tag, nfds};
+    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
+    union {
+        char buf[CMSG_SPACE(4 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                         .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int))};
+    memset(u.buf, 0, sizeof(u.buf));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
+    pid_t pid = spare_pid;
+    ssize_t n;
+    while ((n = sendmsg(spare_sock, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+        ;
+    if (n < 0) { /* it died: collect it here, unreported */
+        int st;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+            ;
+        pid = -1;
+    }
+    spare_gone();
+    return pid;
 }
 
 static void report_exits(int sock, int sfd)
@@ -255,8 +353,12 @@ static void report_exits(int sock, int sfd)
     pid_t pid;
     while (read(sfd, &si, sizeof(si)) > 0)
         ;
-    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) /* all our children are workers */
-        zsend(sock, TPAR__Z_EXIT, pid, st);
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) { /* all our children are workers */
+        if (pid == spare_pid) /* never handed out: nobody asks about it */
+            spare_gone();
+        else
+            zsend(sock, TPAR__Z_EXIT, pid, st);
+    }
 }
 
 static void zygote(const struct tpar_worker_opts *o)
@@ -274,6 +376,7 @@ static void zygote(const struct tpar_worker_opts *o)
         preload(o->preload);
     tpar__worker_warm_for_fork();
     settle_for_fork();
+    make_spare(o, sock, sfd);
     for (;;) {
         struct pollfd p[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
         if (poll(p, 2, -1) < 0)
@@ -284,20 +387,26 @@ static void zygote(const struct tpar_worker_opts *o)
             continue;
         if (zrecv(sock, &tag, fds) < 0)
             _exit(0); /* the parent is gone; our workers die with us */
-        pid_t me = getpid();
-        PyOS_BeforeFork();
-        pid_t pid = fork();
-        if (pid == 0) {
-            close(sock);
-            close(sfd);
-            become_worker(o, fds, me);
+        pid_t pid = hand_to_spare(tag, fds);
+        int err = 0;
+        if (pid < 0) {
+            pid_t me = getpid();
+            PyOS_BeforeFork();
+            pid = fork();
+            if (pid == 0) {
+                close(sock);
+                close(sfd);
+                child_setup(me);
+                become_worker(o, fds);
+            }
+            err = errno;
+            PyOS_AfterFork_Parent();
         }
-        int err = errno;
-        PyOS_AfterFork_Parent();
         for (int i = 0; i < 4; i++)
             if (fds[i] >= 0)
                 close(fds[i]);
         zsend(sock, TPAR__Z_PID, tag, pid > 0 ? pid : -err);
+        make_spare(o, sock, sfd);
     }
 }
 

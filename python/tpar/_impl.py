@@ -11,6 +11,7 @@ trio.lowlevel.wait_readable / wait_writable, so no thread is involved.
 import atexit
 import contextvars
 import enum
+import importlib
 import math
 import os
 import pickle
@@ -79,11 +80,15 @@ class WorkerType(enum.Enum):
 
     ``SPAWN``: a fresh ``tpar-worker`` process (CPython embedded in a C
     program) per worker, with this process's ``sys.path`` and ``__main__``.
+    ``preload`` modules are imported in each worker before its first job.
 
     ``FORKSERVER``: one ``tpar-worker --zygote`` per context initialises
     Python (and imports our ``__main__``) once, then forks a ready worker
     per request: a new worker costs about a fork.  If the zygote dies, the
-    next request starts another.
+    next request starts another.  ``preload`` modules are imported once, in
+    the zygote, so its workers start with them.  A closed context's zygote
+    is kept for the next context of the same configuration (one is kept,
+    until exit).
 
     ``FORK``: fork this process; the child runs the worker's job loop.  The
     cheapest start, and the worker sees everything this process has
@@ -91,7 +96,9 @@ class WorkerType(enum.Enum):
     Caveats, as with ``os.fork``: the child has only the forking thread, so
     a lock another thread held at the fork stays held in it (logging,
     imports, a C library's); the child inherits this process's memory and
-    open files; Trio's state in the child is never used.  POSIX only."""
+    open files; Trio's state in the child is never used.  POSIX only.
+    ``preload`` modules are imported in this process, once, before the
+    context's first fork."""
 
     SPAWN = "spawn"
     FORKSERVER = "forkserver"
@@ -175,6 +182,54 @@ def _refuse_while_bootstrapping():
             "point with `if __name__ == \"__main__\":`.")
 
 
+def _check_preload(preload):
+    """preload= -> a tuple of distinct module names, in order."""
+    if isinstance(preload, str):
+        names = (preload,)
+    elif isinstance(preload, (bytes, bytearray, memoryview)):
+        raise TypeError(f"preload must be a module name (str) or an iterable of "
+                        f"module names, got {preload!r}")
+    else:
+        try:
+            names = tuple(preload)
+        except TypeError:
+            raise TypeError(f"preload must be a module name (str) or an iterable of "
+                            f"module names, got {preload!r}") from None
+    out = []
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"preload: module names must be str, got {name!r}")
+        if not name or not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"preload: {name!r} is not an absolute module name "
+                             f"(such as 'numpy' or 'package.module')")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def _check_prestart(prestart):
+    if not isinstance(prestart, int) or isinstance(prestart, bool):
+        raise TypeError(f"prestart must be a number of workers (int), got {prestart!r}")
+    if prestart < 0:
+        raise ValueError(f"prestart must be non-negative, got {prestart!r}")
+    return prestart
+
+
+def _import_all(names):
+    """Imports the preload modules here (FORK: in the parent, once)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            _note(exc, f"tpar: preload={names!r}: importing {name!r} failed")
+            raise
+
+
+def _note(exc, text):
+    if hasattr(exc, "add_note"):  # 3.11+
+        exc.add_note(text)
+
+
 def _check_params(idle_timeout, init, retire, grace_period, worker_type):
     for name, value in (("idle_timeout", idle_timeout), ("grace_period", grace_period)):
         if not isinstance(value, Real) or isinstance(value, bool):
@@ -193,8 +248,10 @@ class WorkerContext:
     worker processes.  Made by `open_worker_context`, never directly."""
 
     __slots__ = ("idle_timeout", "init", "retire", "grace_period", "worker_type",
-                 "_config", "_lock", "_idle", "_busy", "_running", "_closed",
-                 "_by_ref", "_dying", "_worker_extra", "_zygote", "_zlock",
+                 "preload", "_config", "_lock", "_idle", "_busy", "_running",
+                 "_closed", "_by_ref", "_dying", "_worker_extra", "_zygote", "_zlock",
+                 "_preload_job", "_unchecked", "_fork_preload", "_prestarter",
+                 "_idle_cv", "_prestarting", "_zkey", "_forks",
                  "__weakref__")
 
     def __init__(self, *args, **kwargs):
@@ -202,27 +259,45 @@ class WorkerContext:
 
     @classmethod
     def _create(cls, idle_timeout=600, init=bool, retire=bool, grace_period=30,
-                worker_type=WorkerType.SPAWN):
+                worker_type=WorkerType.SPAWN, preload=()):
         _check_params(idle_timeout, init, retire, grace_period, worker_type)
+        preload = _check_preload(preload)
         self = object.__new__(cls)
         self.idle_timeout = idle_timeout
         self.init = init
         self.retire = retire
         self.grace_period = grace_period
         self.worker_type = worker_type
+        self.preload = preload
         self._by_ref = main_path() is not None
         # An idle worker exits by itself a little after we stop using it, so
         # a worker forgotten by an idle program still goes away.
         self._worker_extra = ()
         if math.isfinite(idle_timeout):
             self._worker_extra = ("--idle-timeout", repr(idle_timeout * 1.1 + 0.5))
+        # preload: FORK imports in this process before its first fork; SPAWN
+        # and FORKSERVER workers get a first job that imports the modules
+        # (a FORKSERVER zygote has imported them already, so there it only
+        # checks), answered before the worker's first real job is sent: an
+        # import error is raised in the caller, not left in a broken worker.
+        self._preload_job = None
+        self._fork_preload = bool(preload) and worker_type is WorkerType.FORK
+        if preload and worker_type is not WorkerType.FORK:
+            self._preload_job = _dumps(
+                (all, (map(importlib.import_module, preload),), _NO_KWARGS), 5)
+        self._unchecked = set()  # workers whose preload answer is not read yet
+        self._prestarter = None  # FORKSERVER prestart: the thread asking for forks
+        self._forks = worker_type is WorkerType.FORK  # its workers start at once
         self._config = None
         if init is not bool or retire is not bool:
             self._config = _pickle_job(
                 (None if init is bool else init, None if retire is bool else retire),
                 self._by_ref)
         self._lock = threading.Lock()
+        self._idle_cv = threading.Condition(self._lock)  # a prestarted worker came
+        self._prestarting = 0  # prestarted workers not yet in the cache
         self._zygote = None  # FORKSERVER: the forkserver, started on demand
+        self._zkey = None  # the argv it was started with
         self._zlock = threading.Lock()
         self._idle = []  # (worker, idle since), most recent last: LIFO
         self._busy = set()
@@ -234,7 +309,8 @@ class WorkerContext:
 
     def __repr__(self):
         return (f"<WorkerContext idle_timeout={self.idle_timeout} grace_period="
-                f"{self.grace_period} worker_type={self.worker_type.name}>")
+                f"{self.grace_period} worker_type={self.worker_type.name}"
+                + (f" preload={self.preload!r}" if self.preload else "") + ">")
 
     def statistics(self):
         """Return the number of idle and running workers in this context."""
@@ -269,9 +345,9 @@ class WorkerContext:
                     idle.clear()
         try:
             _refuse_while_bootstrapping()
-            w = self._new_worker()
-            if self._config is not None:
-                w.send(_core.FRAME_CONFIG, self._config)
+            w = self._wait_prestarted() if self._prestarting else None
+            if w is None:
+                w = self._start_worker()
         except BaseException:
             with self._lock:
                 self._running -= 1
@@ -280,18 +356,55 @@ class WorkerContext:
             self._busy.add(w)
         return w
 
+    def _wait_prestarted(self):
+        """A prestarted worker is on its way (FORKSERVER: the zygote is
+        still starting): take it rather than start one more."""
+        with self._idle_cv:
+            while self._prestarting and not self._idle and not self._closed:
+                self._idle_cv.wait(0.05)
+            while self._idle:
+                w, _ = self._idle.pop()
+                if w.alive():
+                    return w
+                self._bury(w, locked=True)
+        return None
+
+    def _start_worker(self):
+        """A new worker, its preload job and CONFIG sent (not awaited)."""
+        w = self._new_worker()
+        try:
+            if self._preload_job is not None:
+                self._unchecked.add(w)
+                w.send(_JOB, self._preload_job)
+            if self._config is not None:
+                w.send(_core.FRAME_CONFIG, self._config)
+        except BrokenPipeError:
+            pass  # it died already: its first job finds out why
+        return w
+
+    def _zygote_argv(self):
+        extra = self._worker_extra + ("--zygote",)
+        if self.preload:
+            extra += ("--preload", ",".join(self.preload))
+        return worker_argv(extra)
+
     def _new_worker(self):
         if self.worker_type is WorkerType.SPAWN:
             return _core.spawn(worker_argv(self._worker_extra))
         if self.worker_type is WorkerType.FORK:
+            if self._fork_preload:
+                _import_all(self.preload)
+                self._fork_preload = False
             idle = float(self._worker_extra[1]) if self._worker_extra else 0.0
             return _core.fork_worker(
                 threading.current_thread() is threading.main_thread(), idle)
         with self._zlock:
             for attempt in (1, 2):
+                if self._closed:
+                    raise RuntimeError("this worker context is closed")
                 if self._zygote is None:
-                    self._zygote = _core.zygote_start(
-                        worker_argv(self._worker_extra + ("--zygote",)))
+                    self._zkey = tuple(self._zygote_argv())
+                    self._zygote = _start_zygote(self._zkey)
                 try:
                     return self._zygote.fork()
                 except BrokenPipeError:  # it died: the next one takes over
@@ -300,11 +413,65 @@ class WorkerContext:
                     if attempt == 2:
                         raise
 
-    def _stop_zygote(self):
+    # ------------------------------------------------------------- prestart
+
+    def _prestart(self, n):
+        """Starts n workers without waiting for them to be ready, and puts
+        them in the idle cache.  SPAWN: n posix_spawns (their READY is read
+        when they are first used); FORK: n forks; FORKSERVER: the zygote is
+        spawned here and a thread asks it for the n workers, so the caller
+        never waits for the zygote's start-up.  Best effort: an error stops
+        the prestart, and the first call that needs a worker raises it."""
+        if n <= 0:
+            return
+        self._prestarting = n
+        try:
+            _refuse_while_bootstrapping()
+            if self.worker_type is WorkerType.FORKSERVER:
+                with self._zlock:
+                    if self._zygote is None and not self._closed:
+                        self._zkey = tuple(self._zygote_argv())
+                        self._zygote = _start_zygote(self._zkey)
+                t = threading.Thread(target=self._prestart_some, args=(n,),
+                                     name="tpar-prestart", daemon=True)
+                self._prestarter = t
+                t.start()
+            else:
+                self._prestart_some(n)
+        except Exception:
+            self._prestarting = 0
+
+    def _prestart_some(self, n):
+        try:
+            for _ in range(n):
+                if self._closed:
+                    return
+                try:
+                    w = self._start_worker()
+                except Exception:
+                    return
+                with self._lock:
+                    self._prestarting -= 1
+                    if not self._closed:
+                        self._idle.append((w, _monotonic()))
+                        self._idle_cv.notify_all()
+                        continue
+                self._bury(w)
+        finally:
+            with self._lock:
+                self._prestarting = 0
+                self._idle_cv.notify_all()
+
+    def _stop_zygote(self, park=False):
+        """Stops the forkserver, or with park=True keeps it for the next
+        context of the same configuration (_park_zygote)."""
         with self._zlock:
             z, self._zygote = self._zygote, None
         if z is not None:
-            z.stop()
+            if park:
+                _park_zygote(z, self._zkey)
+            else:
+                z.stop()
 
     def _release(self, w, keep):
         with self._lock:
@@ -318,6 +485,7 @@ class WorkerContext:
     def _bury(self, w, locked=False):
         """Lets w go: its pipes close (it exits at end of file) and its exit
         status is collected now or by a later _reap_dying / close."""
+        self._unchecked.discard(w)
         w.close()
         if w.reap(False) is None:
             if locked:
@@ -331,8 +499,39 @@ class WorkerContext:
             self._dying[:] = [w for w in self._dying if w.reap(False) is None]
 
     def _release_killed(self, w):
+        self._unchecked.discard(w)
         _kill(w)
         self._release(w, False)
+
+    async def _await_preload(self, w):
+        """Reads the answer to w's preload job; raises its import error (w
+        goes) or BrokenWorkerError, else w is ready for jobs."""
+        try:
+            res = w.recv(0.0)
+            if res is None:
+                res = await _finish(w, False)
+        except trio.Cancelled:
+            self._release(w, True)  # still unchecked: read on its next use
+            raise
+        except BaseException:
+            self._release_killed(w)
+            raise
+        if res is False:
+            try:
+                await self._broken(w)
+            except BrokenWorkerError as exc:
+                _note(exc, f"tpar: it died while importing preload={self.preload!r}")
+                raise
+        self._unchecked.discard(w)
+        status, _, body = res
+        if status & 0x7F != _OK:
+            self._release(w, False)
+            try:
+                _outcome(status, body)
+            except BaseException as exc:
+                _note(exc, f"tpar: worker process {w.pid} could not import "
+                           f"preload={self.preload!r}")
+                raise
 
     # -------------------------------------------------------------- run_sync
 
@@ -364,6 +563,8 @@ class WorkerContext:
 
     async def _run(self, fn, args, kill_on_cancel, spin):
         w = self._acquire()
+        if self._unchecked and w in self._unchecked:
+            await self._await_preload(w)
         try:
             # Pickled straight into the worker's frame (a large job into
             # shared memory); a job that will not pickle leaves the worker
@@ -375,11 +576,15 @@ class WorkerContext:
             self._release(w, True)
             raise
         try:
-            # Spin only when no other job of ours could use the time.
-            res = w.recv(SPIN_US) if spin and self._running == 1 else w.recv(0.0)
+            # Spin only when no other job of ours could use the time, and
+            # not for a worker still starting (no READY yet; a FORK child
+            # starts at once): it will not answer within a spin, and the
+            # CPU is better left to it.
+            warm = w.ready or self._forks
+            res = w.recv(SPIN_US) if spin and warm and self._running == 1 else w.recv(0.0)
             if res is None:
                 try:
-                    res = await _finish(w)
+                    res = await _finish(w, warm)
                 except trio.Cancelled:
                     if kill_on_cancel:
                         raise
@@ -388,7 +593,7 @@ class WorkerContext:
                     # next checkpoint.  (Cheaper than a shielded scope on
                     # every call.)
                     with trio.CancelScope(shield=True):
-                        res = await _finish(w)
+                        res = await _finish(w, warm)
         except BaseException:
             # Cancelled (kill_on_cancel), KeyboardInterrupt, a protocol error:
             # the worker is in an unknown state, so it goes.
@@ -446,6 +651,8 @@ class WorkerContext:
             workers = [w for w, _ in self._idle]
             self._idle.clear()
             dying, self._dying = self._dying, []
+            for w in workers:
+                self._unchecked.discard(w)
         for w in workers:
             w.close()
         return workers, dying
@@ -456,15 +663,27 @@ class WorkerContext:
             while self._running:  # "wait for running workers to become idle"
                 await trio.sleep(0.001)
             workers, dying = self._close_idle()
+            t = self._prestarter
+            while t is not None and t.is_alive():  # at most one fork in flight
+                await trio.sleep(0.001)
+            late, late_dying = self._close_idle()
+            workers += late
+            dying += late_dying
             deadline = _monotonic() + self.grace_period
             while not _collect(workers + dying, deadline):
                 await trio.sleep(0.001)
-            self._stop_zygote()
+            self._stop_zygote(park=True)  # every worker of ours is gone
             _raise_if_unclean(workers)
 
     def _shutdown_sync(self, grace_period, kill_busy):
         """Closes the context at exit; returns its idle workers, reaped."""
         workers, dying = self._close_idle()
+        t = self._prestarter
+        if t is not None:
+            t.join(1.0)
+            late, late_dying = self._close_idle()
+            workers += late
+            dying += late_dying
         if kill_busy:
             with self._lock:
                 busy = list(self._busy)
@@ -476,6 +695,51 @@ class WorkerContext:
             time.sleep(0.001)
         self._stop_zygote()
         return workers
+
+
+# ------------------------------------------------------------ forkservers
+# A FORKSERVER context that closes leaves its zygote here (all its workers
+# are gone by then), and the next context that would start a zygote with
+# the same command line (sys.path, __main__, preload, idle timeout) takes
+# it instead: opening and closing contexts does not pay for a zygote's
+# start-up (~60 ms) each time, as multiprocessing's forkserver, which lives
+# as long as the process, does not either.  One is kept, the most recently
+# parked; the rest stop.  Stopped at exit; a forked child forgets them.
+
+_parked_lock = threading.Lock()
+_parked = {}  # zygote argv (tuple) -> Zygote
+
+
+def _start_zygote(argv):
+    """A parked zygote started with this argv, else a new one."""
+    with _parked_lock:
+        z = _parked.pop(tuple(argv), None)
+    if z is not None:
+        if z.pid > 0:
+            return z
+        z.stop()
+    return _core.zygote_start(argv)
+
+
+def _park_zygote(z, key):
+    if z.pid <= 0:
+        z.stop()
+        return
+    with _parked_lock:
+        old = [o for k, o in _parked.items() if k != key] + (
+            [_parked[key]] if key in _parked else [])
+        _parked.clear()
+        _parked[key] = z
+    for o in old:
+        o.stop()
+
+
+def _stop_parked():
+    with _parked_lock:
+        zs = list(_parked.values())
+        _parked.clear()
+    for z in zs:
+        z.stop()
 
 
 def _collect(workers, deadline):
@@ -501,8 +765,9 @@ def _raise_if_unclean(workers):
             + ", ".join(f"{w.pid} {_core.describe_status(w.status)}" for w in bad) + ")")
 
 
-async def _finish(w):
-    """Writes what is left of the job, then waits for its result."""
+async def _finish(w, warm=True):
+    """Writes what is left of the job, then waits for its result (yielding
+    to other tasks and polling for a while first when the worker is warm)."""
     try:
         while w.pending:
             await wait_writable(w.to_fd)
@@ -511,7 +776,8 @@ async def _finish(w):
         pass
     # While other tasks have work, yielding to them and polling again keeps
     # this process awake: cheaper than sleeping in epoll and being woken.
-    deadline = _perf() + YIELD_SPIN_S
+    # Not for a worker still starting up: it needs the CPU more than we do.
+    deadline = _perf() + YIELD_SPIN_S if warm else 0.0
     while True:
         res = w.recv(0.0)
         if res is not None:
@@ -528,7 +794,8 @@ _live_contexts = weakref.WeakSet()
 _default_lock = threading.Lock()
 _default_ctx = None
 _default_params = {"idle_timeout": 600, "init": bool, "retire": bool,
-                   "grace_period": 30, "worker_type": WorkerType.SPAWN}
+                   "grace_period": 30, "worker_type": WorkerType.SPAWN, "preload": ()}
+_default_prestart = 0
 _scope = contextvars.ContextVar("tpar_cache_scope", default=None)
 _limiter_var = RunVar("tpar_default_worker_limiter")
 
@@ -540,6 +807,7 @@ def _get_default_context():
         with _default_lock:
             if _default_ctx is None:
                 _default_ctx = WorkerContext._create(**_default_params)
+                _default_ctx._prestart(_default_prestart)
             ctx = _default_ctx
     return ctx
 
@@ -609,7 +877,7 @@ async def run_sync(sync_fn, *args, cancellable=False, kill_on_cancel=False, limi
 
 @asynccontextmanager
 async def open_worker_context(idle_timeout=600, init=bool, retire=bool, grace_period=30,
-                              worker_type=WorkerType.SPAWN):
+                              worker_type=WorkerType.SPAWN, preload=(), prestart=0):
     """Create a new, customized worker context with isolated workers.
 
     The context waits for any running workers to become idle when exiting the
@@ -626,14 +894,31 @@ async def open_worker_context(idle_timeout=600, init=bool, retire=bool, grace_pe
       grace_period (float): Seconds to wait on exit for workers to exit
         cleanly before killing them.  Non-negative.
       worker_type (WorkerType): The kind of worker to create.
+      preload (str | Iterable[str]): Modules every worker has imported before
+        its first job (tpar's addition).  SPAWN: each worker imports them;
+        FORKSERVER: the zygote imports them once and its workers inherit
+        them; FORK: this process imports them once, before its first fork.
+        A module that fails to import makes each call that needs a new
+        worker raise the import's exception (``ModuleNotFoundError``, or
+        whatever the module raised, with the worker's traceback as
+        ``__cause__``).
+      prestart (int): Workers to start at once, in the background (tpar's
+        addition): the caller does not wait for them, and the first calls
+        find them in the cache.  SPAWN spawns them here without waiting for
+        their start-up; FORKSERVER spawns its zygote here and a thread asks
+        it for the workers; FORK forks them here.  If a start fails, the
+        first call that needs a worker raises the error.
 
     Raises:
       ValueError | TypeError: for an invalid argument, such as a negative
-        timeout or a non-callable init.
+        timeout, a non-callable init or a preload that is not module names.
       BrokenWorkerError: if a worker does not shut down cleanly on exit.
     """
-    ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type)
+    prestart = _check_prestart(prestart)
+    ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type,
+                                preload)
     try:
+        ctx._prestart(prestart)
         yield ctx
     finally:
         await ctx._aclose()
@@ -641,13 +926,17 @@ async def open_worker_context(idle_timeout=600, init=bool, retire=bool, grace_pe
 
 @asynccontextmanager
 async def cache_scope(idle_timeout=600, init=bool, retire=bool, grace_period=30,
-                      worker_type=WorkerType.SPAWN):
+                      worker_type=WorkerType.SPAWN, preload=(), prestart=0):
     """Override the configuration of `tpar.run_sync` in this task and all the
     tasks it starts: they use a fresh cache with these parameters (see
-    `open_worker_context`), closed when the scope exits."""
-    ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type)
+    `open_worker_context`, preload and prestart included), closed when the
+    scope exits."""
+    prestart = _check_prestart(prestart)
+    ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type,
+                                preload)
     token = _scope.set(ctx)
     try:
+        ctx._prestart(prestart)
         yield
     finally:
         _scope.reset(token)
@@ -655,21 +944,29 @@ async def cache_scope(idle_timeout=600, init=bool, retire=bool, grace_period=30,
 
 
 def configure_default_context(idle_timeout=600, init=bool, retire=bool, grace_period=30,
-                              worker_type=WorkerType.SPAWN):
+                              worker_type=WorkerType.SPAWN, preload=(), prestart=0):
     """Configure the default context used by `tpar.run_sync` (the arguments
     are those of `open_worker_context`).  Meant to be called once, before
     the first job: idle workers made with the old configuration are shut
-    down, running ones retire when their job ends."""
-    global _default_ctx
+    down, running ones retire when their job ends.  With ``prestart=N``
+    the new default cache is made now and N workers start in the
+    background (also outside `trio.run`); without it, on the first call."""
+    global _default_ctx, _default_prestart
     _check_params(idle_timeout, init, retire, grace_period, worker_type)
+    preload = _check_preload(preload)
+    prestart = _check_prestart(prestart)
     with _default_lock:
         _default_params.update(idle_timeout=idle_timeout, init=init, retire=retire,
-                               grace_period=grace_period, worker_type=worker_type)
+                               grace_period=grace_period, worker_type=worker_type,
+                               preload=preload)
+        _default_prestart = prestart
         old, _default_ctx = _default_ctx, None
     if old is not None:
         workers, dying = old._close_idle()
         for w in workers + dying:
-            _bury(w)
+            _bury(w)  # a prestart in flight sees the context closed and stops
+    if prestart:
+        _get_default_context()
 
 
 def atexit_shutdown_grace_period(grace_period=-1.0):
@@ -717,6 +1014,7 @@ def _atexit_shutdown():
     deadline = _monotonic() + (default.grace_period if default else 30)
     while not _collect(rest, deadline):
         time.sleep(0.001)
+    _stop_parked()
     if default is not None:
         workers = default._shutdown_sync(default.grace_period, kill_busy=True)
         _raise_if_unclean(workers)
@@ -735,6 +1033,9 @@ def _after_fork_in_child():
             w.close()
         if ctx._zygote is not None:
             ctx._zygote.stop()  # in a child: closes the socket, kills nothing
+    for z in list(_parked.values()):
+        z.stop()
+    _parked.clear()
     _owner_pid = os.getpid()
     _default_ctx = None
     _live_contexts.clear()

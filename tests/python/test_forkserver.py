@@ -19,8 +19,7 @@ async def test_forkserver_runs_jobs_and_reuses_workers():
         assert pid != os.getpid()
         assert await ctx.run_sync(_jobs.pid) == pid
         assert await ctx.run_sync(lambda: 6 * 7) == 42
-        zygote = ctx._zygote.pid
-    assert gone(pid) and gone(zygote)
+    assert gone(pid)  # the zygote is kept for the next context: test_zygote.py
 
 
 async def test_forkserver_segfault_is_broken_worker_error():

@@ -1,0 +1,2 @@
+"""A module for preload= tests that fails to import."""
+raise ValueError("_preload_bad refuses to be imported")

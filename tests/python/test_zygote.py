@@ -1,0 +1,124 @@
+"""The forkserver: the spare, one worker the zygote keeps forked ahead of
+the next request (pyworker/main.c); the zygote of a closed context, kept
+for the next context of the same configuration (python/tpar/_impl.py)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import trio
+
+import _jobs
+import tpar as trio_parallel
+from conftest import subprocess_env
+from test_run_sync import gone
+
+FORKSERVER = trio_parallel.WorkerType.FORKSERVER
+
+
+def children(pid):
+    kids = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.add(int(d))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return kids
+
+
+async def spare_of(zygote, workers):
+    with trio.fail_after(30):
+        while True:
+            spares = children(zygote) - set(workers)
+            if spares:
+                (spare,) = spares
+                return spare
+            await trio.sleep(0.005)
+
+
+async def test_the_next_worker_is_the_spare():
+    async with trio_parallel.open_worker_context(
+            worker_type=FORKSERVER, retire=_jobs.always_retire) as ctx:
+        first = await ctx.run_sync(_jobs.pid)
+        zygote = ctx._zygote.pid
+        spare = await spare_of(zygote, [first])
+        assert await ctx.run_sync(_jobs.pid) == spare
+        assert await spare_of(zygote, [first, spare]) not in (first, spare)
+    assert gone(first) and gone(spare)
+
+
+async def test_a_dead_spare_is_replaced_and_never_reported():
+    async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
+        first = await ctx.run_sync(_jobs.pid)
+        zygote = ctx._zygote.pid
+        spare = await spare_of(zygote, [first])
+        os.kill(spare, signal.SIGKILL)
+        while not gone(spare):  # the zygote reaps it
+            await trio.sleep(0.005)
+        async with trio.open_nursery() as n:  # needs a second worker
+            n.start_soon(ctx.run_sync, _jobs.sleep_pid, 0.5)
+            await trio.sleep(0.1)
+            second = await ctx.run_sync(_jobs.pid)
+        assert second not in (first, spare)
+        assert ctx._zygote.pid == zygote  # still the same zygote
+        assert await spare_of(zygote, [first, second]) != spare
+    assert gone(first) and gone(second)
+
+
+# --------------------------------------------------------- parked zygotes
+
+async def test_a_closed_contexts_zygote_serves_the_next_context():
+    async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
+        first = await ctx.run_sync(_jobs.pid)
+        zygote = ctx._zygote.pid
+    assert gone(first) and not gone(zygote)
+    async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
+        second = await ctx.run_sync(_jobs.pid)
+        assert ctx._zygote.pid == zygote
+        assert second != first
+    # Another configuration gets its own zygote; one zygote is kept.
+    async with trio_parallel.open_worker_context(worker_type=FORKSERVER,
+                                                 idle_timeout=100) as ctx:
+        await ctx.run_sync(_jobs.pid)
+        other = ctx._zygote.pid
+        assert other != zygote
+    with trio.fail_after(10):
+        while not gone(zygote):
+            await trio.sleep(0.005)
+    assert not gone(other)
+
+
+async def test_a_parked_zygote_that_died_is_replaced():
+    async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
+        await ctx.run_sync(_jobs.pid)
+        zygote = ctx._zygote.pid
+    os.kill(zygote, signal.SIGKILL)
+    async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
+        assert await ctx.run_sync(_jobs.add, 1, 2) == 3
+        assert ctx._zygote.pid != zygote
+
+
+def test_a_parked_zygote_stops_at_exit(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent("""
+        import trio
+        import tpar as trio_parallel
+
+        async def main():
+            async with trio_parallel.open_worker_context(
+                    worker_type=trio_parallel.WorkerType.FORKSERVER) as ctx:
+                await ctx.run_sync(bool)
+                print(ctx._zygote.pid, flush=True)
+
+        if __name__ == "__main__":
+            trio.run(main)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=60, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert gone(int(proc.stdout))
