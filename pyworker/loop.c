@@ -153,8 +153,7 @@ void tpar__worker_setup(const struct tpar_worker_opts *o)
     PyObject *r;
     W.helper = load_helper();
     W.fn_cache = PyDict_New();
-    W.scan = W.helper && W.fn_cache ? make_scanner() : NULL;
-    if (!W.scan)
+    if (!W.helper || !W.fn_cache)
         goto fail;
     PyObject *extra = list_of(o->paths, o->npaths);
     if (!extra)
@@ -459,6 +458,10 @@ static PyObject *lookup_fn(const char *spec, size_t n)
 /* JSON text -> Python object through the json module's C scanner. */
 static PyObject *parse_json(const char *p, size_t n, PyTypeObject *want)
 {
+    /* Made on the first JSON job: json.decoder imports re (~1 MB), which
+     * the Trio package's workers never need. */
+    if (!W.scan && !(W.scan = make_scanner()))
+        return NULL;
     PyObject *s = PyUnicode_DecodeUTF8(p, (Py_ssize_t)n, "strict");
     if (!s)
         return NULL;
@@ -809,8 +812,7 @@ static int load_python_half(void)
         return 0;
     W.helper = load_helper();
     W.fn_cache = W.helper ? PyDict_New() : NULL;
-    W.scan = W.fn_cache ? make_scanner() : NULL;
-    if (!W.scan) {
+    if (!W.fn_cache) {
         Py_CLEAR(W.helper);
         Py_CLEAR(W.fn_cache);
         return -1;
