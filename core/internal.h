@@ -30,4 +30,8 @@ struct tpar__zmsg {
     int32_t b;
 };
 
+/* Sends a FORK request: fds[0..1] the pipe ends, fds[2..3] the lanes or
+ * -1.  0 or -errno.  (The zygote forwards requests to its spare with it.) */
+int tpar__zsend_fork(int sock, int32_t tag, const int fds[4]);
+
 #endif

@@ -130,11 +130,9 @@ static int recv_one(tpar_zygote *z, struct tpar__zmsg *m, int timeout_ms)
     return m->kind == TPAR__Z_PID ? 1 : 0;
 }
 
-static int send_fork(tpar_zygote *z, int in_fd, int out_fd, const tpar_proc *lanes,
-                     int32_t tag)
+int tpar__zsend_fork(int sock, int32_t tag, const int fds[4])
 {
-    int fds[4] = {in_fd, out_fd, lanes->down.fd, lanes->up.fd};
-    int nfds = lanes->down.fd >= 0 ? 4 : 2;
+    int nfds = fds[2] >= 0 ? 4 : 2; /* the pipes, and the lanes if any */
     struct tpar__zmsg m = {TPAR__Z_FORK, tag, nfds};
     struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
     union {
@@ -149,11 +147,19 @@ static int send_fork(tpar_zygote *z, int in_fd, int out_fd, const tpar_proc *lan
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
     memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
-    while (sendmsg(z->fd, &msg, MSG_NOSIGNAL) < 0) {
-        if (errno != EINTR) {
-            zygote_gone(z);
-            return -EPIPE;
-        }
+    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0)
+        if (errno != EINTR)
+            return -errno;
+    return 0;
+}
+
+static int send_fork(tpar_zygote *z, int in_fd, int out_fd, const tpar_proc *lanes,
+                     int32_t tag)
+{
+    int fds[4] = {in_fd, out_fd, lanes->down.fd, lanes->up.fd};
+    if (tpar__zsend_fork(z->fd, tag, fds) < 0) {
+        zygote_gone(z);
+        return -EPIPE;
     }
     return 0;
 }

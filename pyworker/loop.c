@@ -10,6 +10,7 @@
 #include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -669,10 +670,25 @@ static void trim(tpar_decoder *dec)
     W.trim_due = held;
 }
 
-/* Reads what is there, spinning up to *spin µs before blocking.  A spin
- * that keeps failing halves itself: spinning while the parent is idle, or
- * while it shares our CPU, only burns time.  Returns bytes read, 0 at EOF
- * or after --idle-timeout. */
+/* Reads what is there, spinning up to *spin µs before blocking.  The spin
+ * adapts to how long the parent takes to send the next job: input that
+ * came within spin_max of the start (during the spin, or soon after it
+ * gave up) sets the spin to a little more than that gap; input that came
+ * later halves it (the parent is idle, or shares our CPU: spinning only
+ * burns time).  A spin that only grew when it caught input would, once
+ * shrunk below the parent's gap, never catch any again.  Returns bytes
+ * read, 0 at EOF or after --idle-timeout. */
+static void adapt_spin(double t0, long *spin, long spin_max)
+{
+    long gap = (long)((tpar_now() - t0) * 1e6);
+    if (gap <= spin_max) {
+        long want = gap + gap / 2 + 2;
+        *spin = want > spin_max ? spin_max : want > *spin ? want : *spin;
+    } else {
+        *spin /= 2;
+    }
+}
+
 static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spin,
                           long spin_max)
 {
@@ -680,19 +696,19 @@ static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spi
     for (;;) {
         ssize_t n = read(W.in_fd, buf, cap);
         if (n >= 0) {
-            if (*spin < spin_max)
-                *spin = *spin ? *spin * 2 > spin_max ? spin_max : *spin * 2 : 1;
+            adapt_spin(t0, spin, spin_max);
             return n;
         }
         if (errno == EINTR)
             continue;
         if (errno != EAGAIN)
             return -1;
-        if (tpar_now() < deadline)
-            continue;
-        break;
+        if (tpar_now() >= deadline)
+            break;
+        /* When the parent shares our CPU, this is what lets it run (and
+         * send the next job); on a CPU of our own it returns at once. */
+        sched_yield();
     }
-    *spin /= 2;
     double idle_end = t0 + W.idle_ms * 1e-3;
     for (;;) {
         struct pollfd p = {.fd = W.in_fd, .events = POLLIN};
@@ -713,8 +729,10 @@ static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spi
             continue;
         }
         ssize_t n = read(W.in_fd, buf, cap);
-        if (n >= 0)
+        if (n >= 0) {
+            adapt_spin(t0, spin, spin_max);
             return n;
+        }
         if (errno != EINTR && errno != EAGAIN)
             return -1;
     }

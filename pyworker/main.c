@@ -316,25 +316,8 @@ static pid_t hand_to_spare(int32_t tag, int fds[4])
 {
     if (spare_pid <= 0)
         return -1;
-    int nfds = fds[2] >= 0 ? 4 : 2; /* the pipes, and the lanes if sent */
-    struct tpar__zmsg m = {TPAR__Z_FORK, tag, nfds};
-    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
-    union {
-        char buf[CMSG_SPACE(4 * sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-                         .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int))};
-    memset(u.buf, 0, sizeof(u.buf));
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
     pid_t pid = spare_pid;
-    ssize_t n;
-    while ((n = sendmsg(spare_sock, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR)
-        ;
+    int n = tpar__zsend_fork(spare_sock, tag, fds);
     if (n < 0) { /* it died: collect it here, unreported */
         int st;
         kill(pid, SIGKILL);

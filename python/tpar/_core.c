@@ -173,17 +173,26 @@ PyDoc_STRVAR(send_doc,
 "BrokenPipeError when the worker is gone, OverflowError for a payload\n"
 "over the frame limit.");
 
+/* The arguments of send() and send_pickled(): their count, the kind, an
+ * open worker.  0, or -1 with an exception set. */
+static int send_args(WorkerObject *w, PyObject *const *args, Py_ssize_t nargs,
+                     Py_ssize_t want, const char *usage, int *kind)
+{
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    *kind = as_int(args[0]);
+    if (*kind == -1 && PyErr_Occurred())
+        return -1;
+    return check_open(w);
+}
+
 static PyObject *Worker_send(WorkerObject *self, PyObject *const *args,
                              Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "send(kind, payload)");
-        return NULL;
-    }
-    int kind = as_int(args[0]);
-    if (kind == -1 && PyErr_Occurred())
-        return NULL;
-    if (check_open(self) < 0)
+    int kind;
+    if (send_args(self, args, nargs, 2, "send(kind, payload)", &kind) < 0)
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
@@ -214,14 +223,8 @@ PyDoc_STRVAR(send_pickled_doc,
 static PyObject *Worker_send_pickled(WorkerObject *self, PyObject *const *args,
                                      Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "send_pickled(kind, dump, obj)");
-        return NULL;
-    }
-    int kind = as_int(args[0]);
-    if (kind == -1 && PyErr_Occurred())
-        return NULL;
-    if (check_open(self) < 0)
+    int kind;
+    if (send_args(self, args, nargs, 3, "send_pickled(kind, dump, obj)", &kind) < 0)
         return NULL;
     core_state *st = PyType_GetModuleState(Py_TYPE(self));
     if (!st)
