@@ -457,3 +457,11 @@ zygote_of() {
     done
     assert_pids_gone $kids
 }
+
+@test "workers of both types hold their two lanes, moved out of the job's way" {
+    for wt in spawn forkserver; do
+        run -0 --separate-stderr tpar run --worker-type "$wt" "$FIXTURES/jobs.py:lane_fds"
+        # two memfds, at the high fds where the worker keeps its protocol fds
+        run -0 jq -e '.value | length == 2 and min >= 100' <<<"$output"
+    done
+}

@@ -94,3 +94,20 @@ def rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def lane_fds():
+    """The worker's lanes: its open memfds named tpar-lane."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:tpar-lane"):
+                out.append(int(fd))
+        except OSError:
+            pass
+    return out
+
+
+def sleep_lanes(seconds):
+    time.sleep(seconds)
+    return os.getpid(), lane_fds()

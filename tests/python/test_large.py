@@ -23,6 +23,24 @@ def pattern(n):
 
 
 @pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
+async def test_every_worker_type_has_its_two_lanes(wtype):
+    """Two workers at once (for FORKSERVER the second is the zygote's spare):
+    each holds exactly its own two lanes, moved out of user code's way."""
+    found = []
+
+    async def one():
+        found.append(await ctx.run_sync(_jobs.sleep_lanes, 0.3))
+
+    async with trio_parallel.open_worker_context(worker_type=wtype) as ctx:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one)
+            nursery.start_soon(one)
+    assert len({pid for pid, _ in found}) == 2
+    for _, fds in found:
+        assert len(fds) == 2 and min(fds) >= 100, fds
+
+
+@pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
 async def test_100mb_round_trip_identical(wtype):
     payload = pattern(100 * MB)
     async with trio_parallel.open_worker_context(worker_type=wtype) as ctx:
