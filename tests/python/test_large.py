@@ -27,9 +27,10 @@ async def test_every_worker_type_has_its_two_lanes(wtype):
     """Two workers at once (for FORKSERVER the second is the zygote's spare):
     each holds exactly its own two lanes, moved out of user code's way."""
     found = []
+    two = trio.CapacityLimiter(2)  # two workers even on a one-CPU machine
 
     async def one():
-        found.append(await ctx.run_sync(_jobs.sleep_lanes, 0.3))
+        found.append(await ctx.run_sync(_jobs.sleep_lanes, 0.3, limiter=two))
 
     async with trio_parallel.open_worker_context(worker_type=wtype) as ctx:
         async with trio.open_nursery() as nursery:
