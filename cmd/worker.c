@@ -264,16 +264,9 @@ static void send_job(struct worker *w, struct job *j, double now)
     /* A large job goes through the worker's down lane when it is free
      * (one at a time): the pipe carries only its header. */
     size_t inline_len = j->payload_len;
-    uint8_t *dst;
-    if (j->payload_len >= TPAR_LANE_MIN && tpar_lane_claim(&w->proc.down) == 1) {
-        if (tpar_lane_reserve(&w->proc.down, j->payload_len, &dst) == 0) {
-            memcpy(dst, j->data + j->id_len, j->payload_len);
-            tpar_lane_publish(&w->proc.down);
-            inline_len = 0;
-        } else {
-            tpar_lane_abort(&w->proc.down);
-        }
-    }
+    if (j->payload_len >= TPAR_LANE_MIN &&
+        tpar_lane_put(&w->proc.down, j->data + j->id_len, j->payload_len))
+        inline_len = 0;
     tpar_frame_header_flags(hdr, TPAR_FRAME_JOB_JSON,
                             j->flush_first ? TPAR_JOB_FLUSH_FIRST : 0,
                             inline_len ? 0 : TPAR_FRAME_IN_LANE, j->payload_len);

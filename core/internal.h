@@ -12,9 +12,22 @@ int tpar__set_nonblock(int fd);
 int tpar__pipe(int fds[2]);
 /* Default dispositions for every signal, an empty mask, a new group. */
 int tpar__spawn_attrs(posix_spawnattr_t *attr);
-/* Two fresh lanes in lanes->down / ->up, or none (TPAR_LANE_NONE) where
- * memfds cannot be had; always 0. */
-int tpar__lanes(tpar_proc *lanes);
+/* A new worker's channels: two pipes and two lanes.  The child's ends are
+ * in[0] (its fd 3), out[1] (its fd 4) and the lanes' fds (5 and 6). */
+struct tpar__chan {
+    int in[2];               /* parent -> worker */
+    int out[2];              /* worker -> parent */
+    tpar_lane down, up;      /* TPAR_LANE_NONE where memfds cannot be had */
+};
+/* Opens them; -errno with nothing left open. */
+int tpar__chan_open(struct tpar__chan *c);
+/* Closes the child's ends of the pipes (once the child has its copies). */
+void tpar__chan_close_child_ends(struct tpar__chan *c);
+/* The child `pid` has its ends: closes them here, fills *p with the
+ * parent's ends (non-blocking) and the lanes. */
+void tpar__chan_hand_over(struct tpar__chan *c, tpar_proc *p, pid_t pid);
+/* Closes whatever is still open (after a failure). */
+void tpar__chan_close(struct tpar__chan *c);
 /* tpar_proc_reap for a worker forked by a zygote. */
 int tpar__zygote_reap(tpar_proc *p, int block);
 
@@ -30,8 +43,8 @@ struct tpar__zmsg {
     int32_t b;
 };
 
-/* Sends a FORK request: fds[0..1] the pipe ends, fds[2..3] the lanes or
- * -1.  0 or -errno.  (The zygote forwards requests to its spare with it.) */
+/* Sends a FORK request: fds[0..1] the child's pipe ends, fds[2..3] the
+ * lanes or -1.  0 or -errno.  (The zygote forwards requests to its spare with it.) */
 int tpar__zsend_fork(int sock, int32_t tag, const int fds[4]);
 
 #endif

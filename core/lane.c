@@ -137,6 +137,20 @@ void tpar_lane_abort(tpar_lane *l)
     atomic_store_explicit(state(l), FREE, memory_order_release);
 }
 
+int tpar_lane_put(tpar_lane *l, const void *p, size_t n)
+{
+    uint8_t *dst;
+    if (tpar_lane_claim(l) != 1)
+        return 0;
+    if (tpar_lane_reserve(l, n, &dst) < 0) {
+        tpar_lane_abort(l);
+        return 0;
+    }
+    memcpy(dst, p, n);
+    tpar_lane_publish(l);
+    return 1;
+}
+
 int tpar_lane_view(tpar_lane *l, size_t len, const uint8_t **data)
 {
     if (l->fd < 0)

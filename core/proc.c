@@ -74,8 +74,7 @@ int tpar__spawn_attrs(posix_spawnattr_t *attr)
     return 0;
 }
 
-static int spawn_actions(posix_spawn_file_actions_t *fa, int in_fd, int out_fd,
-                         const tpar_proc *lanes)
+static int spawn_actions(posix_spawn_file_actions_t *fa, const struct tpar__chan *c)
 {
     int rc = posix_spawn_file_actions_init(fa);
     if (rc)
@@ -84,49 +83,82 @@ static int spawn_actions(posix_spawn_file_actions_t *fa, int in_fd, int out_fd,
      * must not steal the parent's input (tpar's job stream, a terminal). */
     if ((rc = posix_spawn_file_actions_addopen(fa, STDIN_FILENO, "/dev/null",
                                                O_RDONLY, 0)) ||
-        (rc = posix_spawn_file_actions_adddup2(fa, in_fd, TPAR_WORKER_FD_IN)) ||
-        (rc = posix_spawn_file_actions_adddup2(fa, out_fd, TPAR_WORKER_FD_OUT)) ||
-        (lanes->down.fd >= 0 &&
-         (rc = posix_spawn_file_actions_adddup2(fa, lanes->down.fd, TPAR_WORKER_FD_DOWN))) ||
-        (lanes->up.fd >= 0 &&
-         (rc = posix_spawn_file_actions_adddup2(fa, lanes->up.fd, TPAR_WORKER_FD_UP))) ||
+        (rc = posix_spawn_file_actions_adddup2(fa, c->in[0], TPAR_WORKER_FD_IN)) ||
+        (rc = posix_spawn_file_actions_adddup2(fa, c->out[1], TPAR_WORKER_FD_OUT)) ||
+        (c->down.fd >= 0 &&
+         (rc = posix_spawn_file_actions_adddup2(fa, c->down.fd, TPAR_WORKER_FD_DOWN))) ||
+        (c->up.fd >= 0 &&
+         (rc = posix_spawn_file_actions_adddup2(fa, c->up.fd, TPAR_WORKER_FD_UP))) ||
         (rc = posix_spawn_file_actions_addclosefrom_np(
-             fa, lanes->down.fd >= 0 ? TPAR_WORKER_FD_UP + 1 : TPAR_WORKER_FD_OUT + 1))) {
+             fa, c->down.fd >= 0 ? TPAR_WORKER_FD_UP + 1 : TPAR_WORKER_FD_OUT + 1))) {
         posix_spawn_file_actions_destroy(fa);
         return -rc;
     }
     return 0;
 }
 
-int tpar__lanes(tpar_proc *lanes)
+int tpar__chan_open(struct tpar__chan *c)
 {
-    lanes->down = lanes->up = (tpar_lane)TPAR_LANE_NONE;
-    /* Without them (no memfd here) every payload goes inline. */
-    if (tpar_lane_create(&lanes->down) < 0)
-        return 0;
-    if (tpar_lane_create(&lanes->up) < 0)
-        tpar_lane_close(&lanes->down);
+    c->in[0] = c->in[1] = c->out[0] = c->out[1] = -1;
+    c->down = c->up = (tpar_lane)TPAR_LANE_NONE;
+    /* Without lanes (no memfd here) every payload goes inline. */
+    if (tpar_lane_create(&c->down) == 0 && tpar_lane_create(&c->up) < 0)
+        tpar_lane_close(&c->down);
+    int rc;
+    if ((rc = tpar__pipe(c->in)) < 0 || (rc = tpar__pipe(c->out)) < 0) {
+        tpar__chan_close(c);
+        return rc;
+    }
     return 0;
+}
+
+void tpar__chan_close_child_ends(struct tpar__chan *c)
+{
+    if (c->in[0] >= 0)
+        close(c->in[0]);
+    if (c->out[1] >= 0)
+        close(c->out[1]);
+    c->in[0] = c->out[1] = -1;
+}
+
+void tpar__chan_hand_over(struct tpar__chan *c, tpar_proc *p, pid_t pid)
+{
+    tpar__chan_close_child_ends(c);
+    /* Errors here are impossible for fresh pipes; the fds stay usable. */
+    (void)tpar__set_nonblock(c->in[1]);
+    (void)tpar__set_nonblock(c->out[0]);
+    memset(p, 0, sizeof(*p));
+    p->pid = pid;
+    p->to_fd = c->in[1];
+    p->from_fd = c->out[0];
+    p->down = c->down;
+    p->up = c->up;
+}
+
+void tpar__chan_close(struct tpar__chan *c)
+{
+    close_pair(c->in);
+    close_pair(c->out);
+    tpar_lane_close(&c->down);
+    tpar_lane_close(&c->up);
 }
 
 int tpar_proc_spawn(tpar_proc *p, char *const argv[], char *const envp[])
 {
-    int down[2] = {-1, -1}, up[2] = {-1, -1}; /* parent->worker, worker->parent */
-    tpar_proc lanes;
+    struct tpar__chan c;
     posix_spawnattr_t attr;
     posix_spawn_file_actions_t fa;
     pid_t pid;
     int rc;
 
-    tpar__lanes(&lanes);
-    if ((rc = tpar__pipe(down)) < 0 || (rc = tpar__pipe(up)) < 0)
-        goto fail;
-    if ((rc = lift(&down[0])) < 0 || (rc = lift(&up[1])) < 0 ||
-        (rc = lift(&lanes.down.fd)) < 0 || (rc = lift(&lanes.up.fd)) < 0)
+    if ((rc = tpar__chan_open(&c)) < 0)
+        return rc;
+    if ((rc = lift(&c.in[0])) < 0 || (rc = lift(&c.out[1])) < 0 ||
+        (rc = lift(&c.down.fd)) < 0 || (rc = lift(&c.up.fd)) < 0)
         goto fail;
     if ((rc = tpar__spawn_attrs(&attr)) < 0)
         goto fail;
-    if ((rc = spawn_actions(&fa, down[0], up[1], &lanes)) < 0) {
+    if ((rc = spawn_actions(&fa, &c)) < 0) {
         posix_spawnattr_destroy(&attr);
         goto fail;
     }
@@ -137,23 +169,10 @@ int tpar_proc_spawn(tpar_proc *p, char *const argv[], char *const envp[])
         rc = -rc;
         goto fail;
     }
-    close(down[0]);
-    close(up[1]);
-    /* Errors here are impossible for fresh pipes; the fds stay usable. */
-    (void)tpar__set_nonblock(down[1]);
-    (void)tpar__set_nonblock(up[0]);
-    memset(p, 0, sizeof(*p));
-    p->pid = pid;
-    p->to_fd = down[1];
-    p->from_fd = up[0];
-    p->down = lanes.down;
-    p->up = lanes.up;
+    tpar__chan_hand_over(&c, p, pid);
     return 0;
 fail:
-    close_pair(down);
-    close_pair(up);
-    tpar_lane_close(&lanes.down);
-    tpar_lane_close(&lanes.up);
+    tpar__chan_close(&c);
     return rc;
 }
 

@@ -200,6 +200,11 @@ int tpar_lane_reserve(tpar_lane *l, size_t len, uint8_t **data);
 void tpar_lane_publish(tpar_lane *l);
 void tpar_lane_abort(tpar_lane *l);
 
+/* claim, reserve, copy n bytes from p, publish: 1 when the payload is now
+ * in the lane (send the IN_LANE header), 0 when it must go inline (the
+ * lane is held, absent, or could not grow; it is left as it was). */
+int tpar_lane_put(tpar_lane *l, const void *p, size_t n);
+
 /* Reader, on an IN_LANE frame: *data = its len payload bytes, valid until
  * tpar_lane_done.  TPAR_EBADFRAME when the writer did not publish one. */
 int tpar_lane_view(tpar_lane *l, size_t len, const uint8_t **data);

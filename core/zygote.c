@@ -153,36 +153,25 @@ int tpar__zsend_fork(int sock, int32_t tag, const int fds[4])
     return 0;
 }
 
-static int send_fork(tpar_zygote *z, int in_fd, int out_fd, const tpar_proc *lanes,
-                     int32_t tag)
-{
-    int fds[4] = {in_fd, out_fd, lanes->down.fd, lanes->up.fd};
-    if (tpar__zsend_fork(z->fd, tag, fds) < 0) {
-        zygote_gone(z);
-        return -EPIPE;
-    }
-    return 0;
-}
-
 int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p)
 {
     static int32_t next_tag;
-    int down[2] = {-1, -1}, up[2] = {-1, -1};
-    tpar_proc lanes;
+    struct tpar__chan c;
     struct tpar__zmsg m;
     int rc;
 
     if (z->pid <= 0)
         return -EPIPE;
-    tpar__lanes(&lanes);
-    if ((rc = tpar__pipe(down)) < 0 || (rc = tpar__pipe(up)) < 0)
-        goto out;
+    if ((rc = tpar__chan_open(&c)) < 0)
+        return rc;
     int32_t tag = ++next_tag;
-    if ((rc = send_fork(z, down[0], up[1], &lanes, tag)) < 0)
+    int fds[4] = {c.in[0], c.out[1], c.down.fd, c.up.fd};
+    if (tpar__zsend_fork(z->fd, tag, fds) < 0) {
+        zygote_gone(z);
+        rc = -EPIPE;
         goto out;
-    close(down[0]);
-    close(up[1]);
-    down[0] = up[1] = -1;
+    }
+    tpar__chan_close_child_ends(&c); /* the zygote has its copies */
     for (;;) { /* the zygote answers requests in order */
         rc = recv_one(z, &m, 10000);
         if (rc < 0)
@@ -194,26 +183,12 @@ int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p)
         rc = m.b < 0 ? m.b : -EPROTO;
         goto out;
     }
-    (void)tpar__set_nonblock(down[1]);
-    (void)tpar__set_nonblock(up[0]);
-    memset(p, 0, sizeof(*p));
-    p->pid = m.b;
-    p->to_fd = down[1];
-    p->from_fd = up[0];
+    tpar__chan_hand_over(&c, p, m.b);
     p->zygote = z;
     p->zygote_gen = z->gen;
-    p->down = lanes.down;
-    p->up = lanes.up;
     return 0;
 out:
-    tpar_lane_close(&lanes.down);
-    tpar_lane_close(&lanes.up);
-    for (int i = 0; i < 2; i++) {
-        if (down[i] >= 0)
-            close(down[i]);
-        if (up[i] >= 0)
-            close(up[i]);
-    }
+    tpar__chan_close(&c);
     return rc;
 }
 

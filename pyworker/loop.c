@@ -389,15 +389,8 @@ static void result_end_lane(size_t at, int status, double duration, size_t len)
 static void result_to_lane(size_t at)
 {
     size_t len = W.out.len - at - TPAR_FRAME_HEADER;
-    uint8_t *dst;
-    if (len < TPAR_LANE_MIN || tpar_lane_claim(&W.up) != 1)
+    if (len < TPAR_LANE_MIN || !tpar_lane_put(&W.up, W.out.data + at + TPAR_FRAME_HEADER, len))
         return;
-    if (tpar_lane_reserve(&W.up, len, &dst) < 0) {
-        tpar_lane_abort(&W.up);
-        return;
-    }
-    memcpy(dst, W.out.data + at + TPAR_FRAME_HEADER, len);
-    tpar_lane_publish(&W.up);
     W.out.len = at + TPAR_FRAME_HEADER;
     W.out.data[at + 6] = TPAR_FRAME_IN_LANE;
     W.trim_due = 1;
@@ -838,7 +831,7 @@ static int load_python_half(void)
     return 0;
 }
 
-static _Noreturn void forked_child(int in_fd, int out_fd, const tpar_proc *lanes,
+static _Noreturn void forked_child(const struct tpar__chan *c,
                                    const struct tpar_worker_opts *o)
 {
     sigset_t none;
@@ -851,7 +844,9 @@ static _Noreturn void forked_child(int in_fd, int out_fd, const tpar_proc *lanes
     setpgid(0, 0);
     if (o->pdeathsig)
         tpar__worker_die_with_parent();
-    tpar__worker_take_fds(in_fd, out_fd, lanes->down.fd, lanes->up.fd);
+    close(c->in[1]); /* the parent's ends */
+    close(c->out[0]);
+    tpar__worker_take_fds(c->in[0], c->out[1], c->down.fd, c->up.fd);
     dup2(STDERR_FILENO, STDOUT_FILENO);
     W.out.len = 0;
     W.tasks = 0;
@@ -861,49 +856,22 @@ static _Noreturn void forked_child(int in_fd, int out_fd, const tpar_proc *lanes
 
 int tpar_worker_fork(tpar_proc *p, const struct tpar_worker_opts *o)
 {
-    int down[2] = {-1, -1}, up[2] = {-1, -1};
-    tpar_proc lanes;
+    struct tpar__chan c;
     if (load_python_half() < 0)
         return -EINVAL; /* with a Python exception set */
-    int perr;
-    tpar__lanes(&lanes);
-    if ((perr = tpar__pipe(down)) < 0 || (perr = tpar__pipe(up)) < 0) {
-        int err = perr;
-        tpar_lane_close(&lanes.down);
-        tpar_lane_close(&lanes.up);
-        for (int i = 0; i < 2; i++) {
-            if (down[i] >= 0)
-                close(down[i]);
-            if (up[i] >= 0)
-                close(up[i]);
-        }
-        return err;
-    }
+    int rc = tpar__chan_open(&c);
+    if (rc < 0)
+        return rc;
     PyOS_BeforeFork();
     pid_t pid = fork();
-    if (pid == 0) {
-        close(down[1]);
-        close(up[0]);
-        forked_child(down[0], up[1], &lanes, o);
-    }
+    if (pid == 0)
+        forked_child(&c, o);
     int err = errno;
     PyOS_AfterFork_Parent();
-    close(down[0]);
-    close(up[1]);
     if (pid < 0) {
-        close(down[1]);
-        close(up[0]);
-        tpar_lane_close(&lanes.down);
-        tpar_lane_close(&lanes.up);
+        tpar__chan_close(&c);
         return -err;
     }
-    tpar__set_nonblock(down[1]);
-    tpar__set_nonblock(up[0]);
-    memset(p, 0, sizeof(*p));
-    p->pid = pid;
-    p->to_fd = down[1];
-    p->from_fd = up[0];
-    p->down = lanes.down;
-    p->up = lanes.up;
+    tpar__chan_hand_over(&c, p, pid);
     return 0;
 }

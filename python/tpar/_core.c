@@ -154,16 +154,9 @@ static int send_raw(WorkerObject *w, int kind, int flags, const uint8_t *p,
 /* A large payload goes through the down lane when it is free. */
 static int send_frame(WorkerObject *w, int kind, const uint8_t *p, size_t n)
 {
-    uint8_t *dst;
-    if (n < TPAR_LANE_MIN || tpar_lane_claim(&w->proc.down) != 1)
-        return send_raw(w, kind, 0, p, n);
-    if (tpar_lane_reserve(&w->proc.down, n, &dst) < 0) {
-        tpar_lane_abort(&w->proc.down);
-        return send_raw(w, kind, 0, p, n);
-    }
-    memcpy(dst, p, n);
-    tpar_lane_publish(&w->proc.down);
-    return send_raw(w, kind, TPAR_FRAME_IN_LANE, NULL, n);
+    if (n >= TPAR_LANE_MIN && tpar_lane_put(&w->proc.down, p, n))
+        return send_raw(w, kind, TPAR_FRAME_IN_LANE, NULL, n);
+    return send_raw(w, kind, 0, p, n);
 }
 
 PyDoc_STRVAR(send_doc,

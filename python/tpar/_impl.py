@@ -581,7 +581,7 @@ class WorkerContext:
             # starts at once): it will not answer within a spin, and the
             # CPU is better left to it.
             warm = w.ready or self._forks
-            res = w.recv(SPIN_US) if spin and warm and self._running == 1 else w.recv(0.0)
+            res = w.recv(SPIN_US) if spin and warm and self._running == 1 else None
             if res is None:
                 try:
                     res = await _finish(w, warm)

@@ -60,6 +60,13 @@ static void test_write_then_read_in_place(void)
     tpar_lane_done(&r);
     CHECK_EQ(tpar_lane_claim(&w), 1); /* back to the writer */
     tpar_lane_abort(&w);
+    uint8_t small[64];
+    fill(small, sizeof small, 9);
+    CHECK_EQ(tpar_lane_put(&w, small, sizeof small), 1); /* claimed, copied, published */
+    CHECK_EQ(tpar_lane_put(&w, small, sizeof small), 0); /* held: goes inline */
+    CHECK_EQ(tpar_lane_view(&r, sizeof small, &src), 0);
+    CHECK(same(src, sizeof small, 9));
+    tpar_lane_done(&r);
     tpar_lane_close(&w);
     tpar_lane_close(&r);
     CHECK_EQ(w.fd, -1);
