@@ -82,6 +82,13 @@ def make_cases():
                          "(FORK workers share most of it with the parent)"),
         "idle_uss": Case(T, "trio.idle_uss", "Idle worker USS "
                          "(memory only it holds)", "MB"),
+        "idle_rss_clean": Case(T, "trio.idle_rss_clean",
+                               "Idle worker RSS, Python without .pth "
+                               "start-up code", "MB",
+                               note="bench/idle_rss.py --clean: a venv of "
+                               "the same python3 with empty site-packages "
+                               "(a .pth line that imports a module costs "
+                               "every interpreter, python3 -c included)"),
         "loops": Case(T, "trio.loops", "parallel_loops: loops/s per process",
                       "loops/s", better="higher",
                       baseline="trio.to_thread",
@@ -110,7 +117,8 @@ def run(mode, reps, log):
     runs = runs_for(mode)
     for name, c in cases.items():  # declare rows in a stable order
         for impl, wtype in runs:
-            if impl == "to_thread" and name not in ("loops", "balance"):
+            if impl == "to_thread" and name not in ("loops", "balance") \
+                    or name == "idle_rss_clean":  # its own subjects
                 continue
             peer = None if name in ("loops", "balance") else \
                 peer_for(impl, wtype)
@@ -124,7 +132,32 @@ def run(mode, reps, log):
                 if wtype == "SPAWN" else sz
             out = run_one(impl, wtype, want, rsz, env)
             record(cases, subj, out)
+        log(f"trio rep {rep + 1}/{reps}: idle RSS without .pth start-up code")
+        idle_rss_clean(cases["idle_rss_clean"], env)
     return list(cases.values())
+
+
+CLEAN_SUBJECTS = {"python3 -c": "python3 -c", "tpar SPAWN": "tpar SPAWN",
+                  "tpar CLI (spawn)": "tpar CLI (spawn worker)"}
+
+
+def idle_rss_clean(case, env):
+    """One repetition of bench/idle_rss.py --clean for the subjects above."""
+    for name in CLEAN_SUBJECTS.values():
+        case.subject(name)
+    argv = [PYTHON, str(BENCH_DIR / "idle_rss.py"), "--clean", "--json",
+            "--reps", "1", "--only", ",".join(CLEAN_SUBJECTS)]
+    try:
+        cp = subprocess.run(argv, capture_output=True, env=env, timeout=120,
+                            cwd=str(BENCH_DIR))
+        runs = json.loads(cp.stdout)
+    except (subprocess.TimeoutExpired, ValueError) as e:
+        for name in CLEAN_SUBJECTS.values():
+            case.skip(name, f"idle_rss.py --clean failed: {e}")
+        return
+    for key, name in CLEAN_SUBJECTS.items():
+        for m in runs.get(key, []):
+            case.add(name, m["rss"] * 1024 / 1e6)  # kB -> MB (10^6 bytes)
 
 
 def run_one(impl, wtype, want, sz, env):

@@ -4,7 +4,7 @@ with the RSS split by mapping (libpython's text and data, the malloc heap,
 anonymous mmaps: pymalloc's arenas and large blocks) and the number of
 modules loaded.
 
-    python3 bench/idle_rss.py [--reps N] [--calls N] [--detail] [--json]
+    python3 bench/idle_rss.py [--reps N] [--calls N] [--detail] [--json] [--clean]
 
 tpar comes from $TPAR_BUILD_DIR (default build/ of this checkout).  Each
 tpar worker is measured as the bench's idle_rss case does (trio_case.py):
@@ -12,6 +12,12 @@ after warm-up calls of run_sync(bool), one run_sync(os.getpid) and 0.2 s
 idle; a CLI worker after one os:getpid job and 0.2 s idle, its stdin left
 open.  Each Trio-package measurement runs in a fresh process.  MB = 10^6
 bytes, as in the bench; figures are medians of the repetitions.
+
+--clean measures under a Python whose start-up runs no .pth file: a fresh
+venv of this python3 (its site-packages empty), which sees this python3's
+packages through PYTHONPATH (plain path entries).  A .pth line that imports
+a module (this machine's sandbox has one that imports certifi at every
+start) costs every interpreter the same few MB, tpar's workers included.
 
 This file is imported in the workers as __mp_main__ (as multiprocessing's
 spawn does): keep its top level light, or it measures itself.
@@ -176,6 +182,22 @@ COLUMNS = [("rss", "RSS"), ("pss", "PSS"), ("uss", "USS"), ("anon", "anon"),
            ("modules", "modules")]
 
 
+def rerun_clean(argv):
+    """Runs this script with the same arguments under a fresh venv of this
+    interpreter (VIRTUAL_ENV points the CLI's workers at it too)."""
+    import site
+    import subprocess
+    import tempfile
+    import venv
+    with tempfile.TemporaryDirectory(prefix="tpar-idle-rss-") as d:
+        venv.EnvBuilder(with_pip=False, symlinks=True).create(d)
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env = dict(os.environ, VIRTUAL_ENV=d, TPAR_BUILD_DIR=build_dir(),
+                   PYTHONPATH=os.pathsep.join(paths + site.getsitepackages()))
+        return subprocess.run([os.path.join(d, "bin", "python"), os.path.abspath(__file__),
+                               *argv], env=env).returncode
+
+
 def main():
     import argparse
     import statistics
@@ -187,8 +209,12 @@ def main():
     ap.add_argument("--detail", action="store_true",
                     help="also the RSS of each mapping >= 64 kB (last repetition)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--clean", action="store_true",
+                    help="under a venv whose start-up runs no .pth file")
     ap.add_argument("--trio", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.clean:
+        sys.exit(rerun_clean([x for x in sys.argv[1:] if x != "--clean"]))
     if a.trio:  # one measurement, in this fresh process
         import json
         import trio

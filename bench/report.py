@@ -17,6 +17,8 @@ TARGETS = [
      "s", "0.64 s"),
     ("Idle worker RSS (SPAWN)", "trio.idle_rss", "tpar SPAWN", "<=", 10,
      "MB", "19 MB"),
+    ("Idle worker RSS (SPAWN), Python without .pth start-up code",
+     "trio.idle_rss_clean", "tpar SPAWN", "<=", 10, "MB", "-"),
     ("CLI tiny jobs per second", "cli.tiny", "tpar -j{n}", ">=", 250000,
      "jobs/s", "81,000/s (Pool script)"),
     ("CLI vs the hand-written Pool script", "cli.tiny:ratio", "tpar -j{n}",
