@@ -82,6 +82,13 @@ def make_cases():
                          "(FORK workers share most of it with the parent)"),
         "idle_uss": Case(T, "trio.idle_uss", "Idle worker USS "
                          "(memory only it holds)", "MB"),
+        "floor": Case(T, "trio.floor", "Trio alone, no worker: tasks "
+                      "through the limiter per second", "calls/s",
+                      better="higher",
+                      note="bench/trio_floor.py: the throughput case's "
+                      "tasks taking the default-sized CapacityLimiter and "
+                      "yielding once (run_sync's least) or not at all; a "
+                      "ceiling for any run_sync on this machine"),
         "idle_rss_clean": Case(T, "trio.idle_rss_clean",
                                "Idle worker RSS, Python without .pth "
                                "start-up code", "MB",
@@ -118,7 +125,7 @@ def run(mode, reps, log):
     for name, c in cases.items():  # declare rows in a stable order
         for impl, wtype in runs:
             if impl == "to_thread" and name not in ("loops", "balance") \
-                    or name == "idle_rss_clean":  # its own subjects
+                    or name in ("idle_rss_clean", "floor"):  # own subjects
                 continue
             peer = None if name in ("loops", "balance") else \
                 peer_for(impl, wtype)
@@ -132,9 +139,32 @@ def run(mode, reps, log):
                 if wtype == "SPAWN" else sz
             out = run_one(impl, wtype, want, rsz, env)
             record(cases, subj, out)
+        log(f"trio rep {rep + 1}/{reps}: Trio alone (the throughput floor)")
+        trio_floor(cases["floor"], sz, env)
         log(f"trio rep {rep + 1}/{reps}: idle RSS without .pth start-up code")
         idle_rss_clean(cases["idle_rss_clean"], env)
     return list(cases.values())
+
+
+FLOOR_SUBJECTS = ("one yield", "no yield")
+
+
+def trio_floor(case, sz, env):
+    """One repetition of bench/trio_floor.py, as many tasks as throughput."""
+    names = {k: f"Trio alone, limiter and {k}" for k in FLOOR_SUBJECTS}
+    for name in names.values():
+        case.subject(name)
+    try:
+        cp = subprocess.run([PYTHON, str(BENCH_DIR / "trio_floor.py"),
+                             str(sz["tput_n"])], capture_output=True, env=env,
+                            timeout=sz["timeout"], cwd=str(BENCH_DIR))
+        out = json.loads(cp.stdout)
+    except (subprocess.TimeoutExpired, ValueError) as e:
+        for name in names.values():
+            case.skip(name, f"trio_floor.py failed: {e}")
+        return
+    for k, name in names.items():
+        case.add(name, out[k])
 
 
 CLEAN_SUBJECTS = {"python3 -c": "python3 -c", "tpar SPAWN": "tpar SPAWN",
