@@ -76,6 +76,8 @@ static core_state *get_state(PyObject *module)
 
 static PyObject *set_errno(int err)
 {
+    if (err == -ENOMEM)
+        return PyErr_NoMemory();
     errno = -err;
     return PyErr_SetFromErrno(PyExc_OSError);
 }
@@ -117,15 +119,25 @@ static int flush_out(WorkerObject *w)
     return 0;
 }
 
-/* Queues what writev did not take, from offset `done` of header+payload. */
+/* Queues what writev did not take, from offset `done` of header+payload.
+ * The start of the frame is in the pipe already, so if the rest cannot be
+ * kept the stream is beyond repair: the worker is killed and reads as gone
+ * (recv() returns False, alive() False) rather than ever reading half a
+ * frame followed by the next one. */
 static int keep_rest(WorkerObject *w, const uint8_t *hdr, const uint8_t *p,
                      size_t n, size_t done)
 {
-    if (done < TPAR_FRAME_HEADER &&
-        tpar_buf_append(&w->out, hdr + done, TPAR_FRAME_HEADER - done) < 0)
+    if (tpar_buf_reserve(&w->out, TPAR_FRAME_HEADER + n - done) < 0) {
+        if (w->owner == getpid())
+            tpar_proc_kill(&w->proc, SIGKILL);
+        w->eof = 1;
         return -ENOMEM;
+    }
+    if (done < TPAR_FRAME_HEADER)
+        (void)tpar_buf_append(&w->out, hdr + done, TPAR_FRAME_HEADER - done);
     size_t skip = done > TPAR_FRAME_HEADER ? done - TPAR_FRAME_HEADER : 0;
-    return tpar_buf_append(&w->out, p + skip, n - skip);
+    (void)tpar_buf_append(&w->out, p + skip, n - skip); /* reserved: cannot fail */
+    return 0;
 }
 
 /* Sends a header and n payload bytes at p; with TPAR_FRAME_IN_LANE in
@@ -136,10 +148,11 @@ static int send_raw(WorkerObject *w, int kind, int flags, const uint8_t *p,
     uint8_t hdr[TPAR_FRAME_HEADER];
     tpar_frame_header_flags(hdr, (uint8_t)kind, 0, (uint8_t)flags, (uint32_t)len);
     size_t n = flags & TPAR_FRAME_IN_LANE ? 0 : len;
-    if (w->out.len) {
-        if (tpar_buf_append(&w->out, hdr, sizeof hdr) < 0 ||
-            tpar_buf_append(&w->out, p, n) < 0)
+    if (w->out.len) { /* queued whole or not at all */
+        if (tpar_buf_reserve(&w->out, sizeof hdr + n) < 0)
             return -ENOMEM;
+        (void)tpar_buf_append(&w->out, hdr, sizeof hdr);
+        (void)tpar_buf_append(&w->out, p, n);
         return flush_out(w);
     }
     struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)p, n}};

@@ -573,7 +573,9 @@ class WorkerContext:
         except BrokenPipeError:  # it died: the read below sees the EOF
             pass
         except BaseException:
-            self._release(w, True)
+            # An unpicklable job leaves it untouched; one that failed half
+            # sent (no memory for the rest) has had it killed.
+            self._release(w, w.alive())
             raise
         try:
             # Spin only when no other job of ours could use the time, and

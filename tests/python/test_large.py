@@ -98,3 +98,42 @@ async def test_idle_worker_gives_large_memory_back():
                 await trio.sleep(0.1)
         assert _jobs.rss_kb(pid) <= base + 20_000
         assert await ctx.run_sync(os.getpid) == pid
+
+
+HALF_SENT = r"""
+import os, resource, sys, time
+import tpar
+from tpar import _core, _impl
+
+w = _core.spawn(_impl.worker_argv(()))
+payload = b"\0" * (8 << 20)  # more than a pipe takes at once
+with open("/proc/self/status") as f:
+    vm = next(int(l.split()[1]) for l in f if l.startswith("VmSize:")) * 1024
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+# 4 MB of address space to spare: the 8 MB lane cannot be mapped, so the
+# payload goes to the pipe, which takes 64 kB; the rest cannot be kept.
+resource.setrlimit(resource.RLIMIT_AS, (vm + (4 << 20), hard))
+try:
+    w.send(_core.FRAME_JOB_PICKLE, payload)
+    print("sent")
+except MemoryError:
+    print("MemoryError")
+finally:
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+print(w.alive(), w.recv(0.0), _core.describe_status(w.reap(True)))
+"""
+
+
+def test_a_frame_half_sent_for_want_of_memory_kills_the_worker(tmp_path):
+    """Part of the frame is in the pipe and the rest cannot be queued: the
+    worker must never read the next job's bytes as the rest of this one."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    script = tmp_path / "half.py"
+    script.write_text(HALF_SENT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True,
+                          text=True, env=subprocess_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["MemoryError", "False False killed by signal 9 (SIGKILL)"]
