@@ -137,16 +137,7 @@ static PyObject *list_of(const char **items, int n)
 
 static PyObject *make_scanner(void)
 {
-    PyObject *json = PyImport_ImportModule("json.decoder");
-    if (!json)
-        return NULL;
-    PyObject *dec = PyObject_CallMethod(json, "JSONDecoder", NULL);
-    Py_DECREF(json);
-    if (!dec)
-        return NULL;
-    PyObject *scan = PyObject_GetAttrString(dec, "scan_once");
-    Py_DECREF(dec);
-    return scan;
+    return PyObject_CallMethod(W.helper, "json_scanner", NULL);
 }
 
 void tpar__worker_setup(const struct tpar_worker_opts *o)
@@ -449,11 +440,12 @@ static PyObject *lookup_fn(const char *spec, size_t n)
     return fn;
 }
 
-/* JSON text -> Python object through the json module's C scanner. */
+/* JSON text -> Python object through the json module's C scanner
+ * (_tpar_worker.json_scanner). */
 static PyObject *parse_json(const char *p, size_t n, PyTypeObject *want)
 {
-    /* Made on the first JSON job: json.decoder imports re (~1 MB), which
-     * the Trio package's workers never need. */
+    /* Made on the first JSON job: the Trio package's workers never need
+     * it. */
     if (!W.scan && !(W.scan = make_scanner()))
         return NULL;
     PyObject *s = PyUnicode_DecodeUTF8(p, (Py_ssize_t)n, "strict");

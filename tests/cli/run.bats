@@ -271,3 +271,17 @@ broken_record() {
     run -0 jq -r '.value' <<<"$output"
     assert_equal "$(realpath "$output")" "$(realpath "$venv")"
 }
+
+@test "run: JSON arguments are parsed without importing json.decoder and re" {
+    # In a venv, whose start-up (no .pth files) imports neither itself.
+    local py venv="$BATS_TEST_TMPDIR/venv"
+    py=$(real_python)
+    "$py" -m venv --without-pip "$venv"
+    export VIRTUAL_ENV="$venv"
+    run -0 tpar -j1 -I "$FIXTURES" <<'JOBS'
+{"fn":"builtins:repr","args":[{"a":[1,2.5,"\u00e9",null,true],"b":1e400}]}
+{"fn":"light:loaded","args":["re","json","json.decoder","_json"]}
+JOBS
+    run -0 jq -c -s 'sort_by(.id) | map(.value)' <<<"$output"
+    assert_output "[\"{'a': [1, 2.5, 'é', None, True], 'b': inf}\",[\"_json\"]]"
+}
