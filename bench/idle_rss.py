@@ -9,8 +9,9 @@ modules loaded.
 tpar comes from $TPAR_BUILD_DIR (default build/ of this checkout).  Each
 tpar worker is measured as the bench's idle_rss case does (trio_case.py):
 after warm-up calls of run_sync(bool), one run_sync(os.getpid) and 0.2 s
-idle; a CLI worker after one os:getpid job and 0.2 s idle, its stdin left
-open.  Each Trio-package measurement runs in a fresh process.  MB = 10^6
+idle; a CLI worker after one os:getpid job (with JSON arguments, [], so
+its JSON scanner is made, as for any job with arguments) and 0.2 s idle,
+its stdin left open.  Each Trio-package measurement runs in a fresh process.  MB = 10^6
 bytes, as in the bench; figures are medians of the repetitions.
 
 --clean measures under a Python whose start-up runs no .pth file: a fresh
@@ -151,7 +152,7 @@ def cli_idle(extra):
     p = subprocess.Popen([tpar, "-j1", *extra], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE)
     try:
-        p.stdin.write(b'{"fn":"os:getpid"}\n')
+        p.stdin.write(b'{"fn":"os:getpid","args":[]}\n')
         p.stdin.flush()
         pid = json.loads(p.stdout.readline())["value"]
         time.sleep(IDLE_S)
