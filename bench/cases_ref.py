@@ -2,8 +2,8 @@
 pipe, `python3 -I -S -c pass`) and the issue-2 figure (`tpar run`)."""
 import subprocess
 
-from common import (BENCH_DIR, PYTHON, Skip, bench_build_dir, run_timed,
-                    tpar_exe)
+from common import (BENCH_DIR, PYTHON, Skip, bench_build_dir, clean_python,
+                    run_timed, tpar_exe)
 from model import Case
 
 SIZES = {
@@ -86,7 +86,32 @@ def case_tpar_run(sz):
     return c
 
 
+def case_tpar_run_clean(sz):
+    """`tpar run` and `python -c` under common.clean_python()."""
+    python, env = clean_python()
+    tp = "tpar run operator:add --args '[1,2]'"
+    py = "python -c 'import operator; print(operator.add(1,2))'"
+    c = Case("reference", "ref.tpar_run_clean", "One call, Python without "
+             ".pth start-up code: `tpar run` vs `python -c`", "ms",
+             baseline=py, note="as above, with VIRTUAL_ENV a venv whose "
+             "site-packages runs no .pth file (common.clean_python)")
+    c.subject(tp)
+    c.subject(py)
+    for _ in range(sz["run_reps"]):
+        try:
+            dt, cp = run_timed([str(tpar_exe()), "run", "operator:add", "--args",
+                                "[1,2]"], stdout=subprocess.PIPE, env=env)
+            if b"3" not in cp.stdout:
+                raise Skip(f"tpar run printed {cp.stdout[:100]!r}")
+            c.add(tp, dt * 1e3)
+        except Skip as e:
+            c.skip(tp, e)
+        c.add(py, run_timed([python, "-c", PY_ADD], env=env)[0] * 1e3)
+    return c
+
+
 def run(mode, reps, log):
     sz = SIZES[mode]
     log("reference points")
-    return [case_pingpong(sz, reps), case_pystart(sz), case_tpar_run(sz)]
+    return [case_pingpong(sz, reps), case_pystart(sz), case_tpar_run(sz),
+            case_tpar_run_clean(sz)]

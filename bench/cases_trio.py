@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 
-from common import BENCH_DIR, PYTHON, build_dir, deps_dir
+from common import BENCH_DIR, PYTHON, build_dir, clean_python, deps_dir
 from model import Case
 
 TYPES = ("SPAWN", "FORKSERVER", "FORK")
@@ -62,6 +62,11 @@ def make_cases():
         "cold": Case(T, "trio.cold", "Cold first call", "ms",
                      note="fresh process, libraries imported; time of the "
                      "first run_sync(bool) including the worker's start"),
+        "cold_clean": Case(T, "trio.cold_clean", "Cold first call, Python "
+                           "without .pth start-up code", "ms",
+                           note="as the cold first call, in a venv whose "
+                           "site-packages runs no .pth file "
+                           "(common.clean_python)"),
         "warm": Case(T, "trio.warm", "Warm latency of run_sync(bool)", "µs",
                      note="mean over sequential calls to a warm worker"),
         "throughput": Case(T, "trio.throughput",
@@ -125,7 +130,7 @@ def run(mode, reps, log):
     for name, c in cases.items():  # declare rows in a stable order
         for impl, wtype in runs:
             if impl == "to_thread" and name not in ("loops", "balance") \
-                    or name in ("idle_rss_clean", "floor"):  # own subjects
+                    or name in ("idle_rss_clean", "floor", "cold_clean"):
                 continue
             peer = None if name in ("loops", "balance") else \
                 peer_for(impl, wtype)
@@ -139,6 +144,10 @@ def run(mode, reps, log):
                 if wtype == "SPAWN" else sz
             out = run_one(impl, wtype, want, rsz, env)
             record(cases, subj, out)
+        for impl in ("tpar", "trio_parallel"):
+            subj = subject_name(impl, "SPAWN")
+            log(f"trio rep {rep + 1}/{reps}: {subj}, cold, without .pth start-up code")
+            cold_clean(cases["cold_clean"], impl, subj, sz, env)
         log(f"trio rep {rep + 1}/{reps}: Trio alone (the throughput floor)")
         trio_floor(cases["floor"], sz, env)
         log(f"trio rep {rep + 1}/{reps}: idle RSS without .pth start-up code")
@@ -190,8 +199,22 @@ def idle_rss_clean(case, env):
             case.add(name, m["rss"] * 1024 / 1e6)  # kB -> MB (10^6 bytes)
 
 
-def run_one(impl, wtype, want, sz, env):
-    argv = [PYTHON, str(BENCH_DIR / "trio_case.py"), impl, wtype,
+def cold_clean(case, impl, subj, sz, env):
+    """The cold first call (SPAWN) under common.clean_python()."""
+    peer = None if impl == "trio_parallel" else subject_name("trio_parallel", "SPAWN")
+    python, clean_env = clean_python()
+    out = run_one(impl, "SPAWN", ["cold"], sz, dict(env, **{
+        k: clean_env[k] for k in ("VIRTUAL_ENV", "PYTHONPATH")}), python=python)
+    v = out.get("cold")
+    if isinstance(v, (int, float)):
+        case.add(subj, v * SCALE["cold"], ratio_to=peer)
+    else:
+        case.skip(subj, v.get("skip", "no result") if isinstance(v, dict)
+                  else "no result", ratio_to=peer)
+
+
+def run_one(impl, wtype, want, sz, env, python=PYTHON):
+    argv = [python, str(BENCH_DIR / "trio_case.py"), impl, wtype,
             ",".join(want), json.dumps(sz)]
     try:
         cp = subprocess.run(argv, capture_output=True, env=env,
