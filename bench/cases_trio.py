@@ -158,21 +158,28 @@ def run(mode, reps, log):
 FLOOR_SUBJECTS = ("one yield", "no yield")
 
 
+def helper_json(case, names, argv, env, timeout):
+    """Runs a bench helper script that prints JSON; declares the subjects
+    and returns the JSON, or None with every subject skipped."""
+    for name in names:
+        case.subject(name)
+    try:
+        cp = subprocess.run(argv, capture_output=True, env=env,
+                            timeout=timeout, cwd=str(BENCH_DIR))
+        return json.loads(cp.stdout)
+    except (subprocess.TimeoutExpired, ValueError) as e:
+        for name in names:
+            case.skip(name, f"{os.path.basename(argv[1])} failed: {e}")
+        return None
+
+
 def trio_floor(case, sz, env):
     """One repetition of bench/trio_floor.py, as many tasks as throughput."""
     names = {k: f"Trio alone, limiter and {k}" for k in FLOOR_SUBJECTS}
-    for name in names.values():
-        case.subject(name)
-    try:
-        cp = subprocess.run([PYTHON, str(BENCH_DIR / "trio_floor.py"),
-                             str(sz["tput_n"])], capture_output=True, env=env,
-                            timeout=sz["timeout"], cwd=str(BENCH_DIR))
-        out = json.loads(cp.stdout)
-    except (subprocess.TimeoutExpired, ValueError) as e:
-        for name in names.values():
-            case.skip(name, f"trio_floor.py failed: {e}")
-        return
-    for k, name in names.items():
+    out = helper_json(case, names.values(), [
+        PYTHON, str(BENCH_DIR / "trio_floor.py"), str(sz["tput_n"])], env,
+        sz["timeout"])
+    for k, name in names.items() if out else ():
         case.add(name, out[k])
 
 
@@ -182,19 +189,10 @@ CLEAN_SUBJECTS = {"python3 -c": "python3 -c", "tpar SPAWN": "tpar SPAWN",
 
 def idle_rss_clean(case, env):
     """One repetition of bench/idle_rss.py --clean for the subjects above."""
-    for name in CLEAN_SUBJECTS.values():
-        case.subject(name)
-    argv = [PYTHON, str(BENCH_DIR / "idle_rss.py"), "--clean", "--json",
-            "--reps", "1", "--only", ",".join(CLEAN_SUBJECTS)]
-    try:
-        cp = subprocess.run(argv, capture_output=True, env=env, timeout=120,
-                            cwd=str(BENCH_DIR))
-        runs = json.loads(cp.stdout)
-    except (subprocess.TimeoutExpired, ValueError) as e:
-        for name in CLEAN_SUBJECTS.values():
-            case.skip(name, f"idle_rss.py --clean failed: {e}")
-        return
-    for key, name in CLEAN_SUBJECTS.items():
+    runs = helper_json(case, CLEAN_SUBJECTS.values(), [
+        PYTHON, str(BENCH_DIR / "idle_rss.py"), "--clean", "--json", "--reps",
+        "1", "--only", ",".join(CLEAN_SUBJECTS)], env, 120)
+    for key, name in CLEAN_SUBJECTS.items() if runs else ():
         for m in runs.get(key, []):
             case.add(name, m["rss"] * 1024 / 1e6)  # kB -> MB (10^6 bytes)
 
