@@ -115,14 +115,17 @@ int tpar_lane_reserve(tpar_lane *l, size_t len, uint8_t **data)
         want = page_round(want);
         if (ftruncate(l->fd, (off_t)want) < 0)
             return -errno;
-        size_t old = l->size;
         l->size = want;
-        int rc = map_at_least(l, want);
-        if (rc < 0)
-            return rc;
-        /* Fault the new pages in with one call, not one trap per page. */
-        (void)madvise(l->map + old, want - old, MADV_POPULATE_WRITE);
     }
+    /* Mapped apart from the growth: a mapping that failed after the file
+     * grew (no address space, for one) leaves a file larger than the map,
+     * which the next claim must not take for room. */
+    size_t mapped = l->map_len;
+    int rc = map_at_least(l, l->size);
+    if (rc < 0)
+        return rc;
+    if (l->map_len > mapped) /* one call, not one fault per page */
+        (void)madvise(l->map + mapped, l->map_len - mapped, MADV_POPULATE_WRITE);
     *data = l->map + TPAR_LANE_HDR;
     return 0;
 }

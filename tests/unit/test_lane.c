@@ -132,6 +132,32 @@ static void test_trim(void)
     tpar_lane_close(&r);
 }
 
+/* A writer whose file grew but whose mapping did not (the mmap failed,
+ * for want of address space): its next claim finds the file large enough
+ * and must still map it before handing out the room. */
+static void test_file_larger_than_the_map(void)
+{
+    tpar_lane w, r;
+    uint8_t *dst;
+    const uint8_t *src;
+    size_t n = 1024 * 1024;
+    CHECK_EQ(tpar_lane_create(&w), 0);
+    reader_of(&r, &w);
+    CHECK_EQ(tpar_lane_claim(&w), 1); /* maps the header page only */
+    tpar_lane_abort(&w);
+    CHECK_EQ(ftruncate(w.fd, (off_t)(TPAR_LANE_HDR + 2 * n)), 0); /* the grown file */
+    CHECK_EQ(tpar_lane_claim(&w), 1);
+    CHECK_EQ(tpar_lane_reserve(&w, n, &dst), 0);
+    CHECK(w.map_len >= TPAR_LANE_HDR + n);
+    fill(dst, n, 5); /* faults (SIGSEGV) if the room is not mapped */
+    tpar_lane_publish(&w);
+    CHECK_EQ(tpar_lane_view(&r, n, &src), 0);
+    CHECK(same(src, n, 5));
+    tpar_lane_done(&r);
+    tpar_lane_close(&w);
+    tpar_lane_close(&r);
+}
+
 /* Across processes, repeatedly, with the payload growing: what a worker
  * and its parent do. */
 static void test_across_processes(void)
@@ -195,6 +221,7 @@ int main(void)
     RUN(test_write_then_read_in_place);
     RUN(test_view_past_the_end_refused);
     RUN(test_trim);
+    RUN(test_file_larger_than_the_map);
     RUN(test_across_processes);
     return CHECK_DONE();
 }
