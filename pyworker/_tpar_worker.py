@@ -121,14 +121,16 @@ def _load_picklers():
     cloudpickle imports it itself, and results go through _dump.
 
     _pickle's initialisation imports functools for one name, partial, and
-    functools brings collections, types and operator with it: 0.6 MB of an
+    functools brings collections, types and operator with it: 0.5 MB of an
     idle worker's RSS.  So unless functools is there already, a module
     holding just _functools.partial stands in for it during the import and
     goes right after.  That is the very object functools.partial is, so
-    nothing differs, and a job that imports functools gets the real one."""
+    nothing differs, and a job that imports functools gets the real one.
+    Not while other threads may run (threading imported: a preload or the
+    main script started some): one could import functools meanwhile."""
     global _pickle
     import sys
-    if "functools" in sys.modules or "_pickle" in sys.modules:
+    if any(m in sys.modules for m in ("functools", "_pickle", "threading")):
         import _pickle
         return
     import _functools
