@@ -101,7 +101,7 @@ async def test_idle_worker_gives_large_memory_back():
 
 
 HALF_SENT = r"""
-import os, resource, sys, time
+import resource
 import tpar
 from tpar import _core, _impl
 
