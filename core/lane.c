@@ -110,22 +110,24 @@ int tpar_lane_reserve(tpar_lane *l, size_t len, uint8_t **data)
     if (len > SIZE_MAX / 2 - TPAR_LANE_HDR)
         return -ENOMEM;
     size_t need = TPAR_LANE_HDR + len;
+    size_t fresh = l->map_len; /* from here on, pages are new to us */
     if (l->size < need) {
         size_t want = l->size * 2 > need ? l->size * 2 : need;
         want = page_round(want);
         if (ftruncate(l->fd, (off_t)want) < 0)
             return -errno;
+        if (l->size < fresh) /* a mapping kept from before a trim */
+            fresh = l->size;
         l->size = want;
     }
     /* Mapped apart from the growth: a mapping that failed after the file
      * grew (no address space, for one) leaves a file larger than the map,
      * which the next claim must not take for room. */
-    size_t mapped = l->map_len;
     int rc = map_at_least(l, l->size);
     if (rc < 0)
         return rc;
-    if (l->map_len > mapped) /* one call, not one fault per page */
-        (void)madvise(l->map + mapped, l->map_len - mapped, MADV_POPULATE_WRITE);
+    if (l->size > fresh) /* one call, not one fault per page */
+        (void)madvise(l->map + fresh, l->size - fresh, MADV_POPULATE_WRITE);
     *data = l->map + TPAR_LANE_HDR;
     return 0;
 }
