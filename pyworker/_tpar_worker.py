@@ -94,6 +94,19 @@ def type_name(tp):
     return qual if mod in ("builtins", "__main__", "__mp_main__") else f"{mod}.{qual}"
 
 
+# An error's message and traceback are cut to this many characters each:
+# the record must fit in a frame (FRAME_MAX, set by the C side), and a
+# megabyte says what went wrong.
+ERROR_TEXT_MAX = 1 << 20
+FRAME_MAX = 1 << 30  # TPAR_FRAME_MAX_DEFAULT: load_helper (loop.c) sets it
+
+
+def _cut(text):
+    if len(text) <= ERROR_TEXT_MAX:
+        return text
+    return f"{text[:ERROR_TEXT_MAX]}... ({len(text) - ERROR_TEXT_MAX} more characters)"
+
+
 def error_info(exc, with_tb=True):
     """The {"type", "message", "traceback"} record of an exception."""
     import traceback
@@ -105,7 +118,7 @@ def error_info(exc, with_tb=True):
         message = str(exc)
     except BaseException:
         message = f"<unprintable {type(exc).__name__}>"
-    return {"type": type_name(type(exc)), "message": message, "traceback": tb}
+    return {"type": type_name(type(exc)), "message": _cut(message), "traceback": _cut(tb)}
 
 
 # --------------------------------------------------------------- pickle jobs
@@ -194,9 +207,13 @@ def _is_coro_fn(fn):
 
 
 def _pickled_error(exc):
+    """The error's body: the exception itself when it pickles, unpickles
+    and fits in a frame (with the 8-byte duration), else its record."""
     info = error_info(exc)
     try:
         body = _dumps((exc, info["type"], info["message"], info["traceback"]))
+        if len(body) > FRAME_MAX - 8:
+            raise OverflowError("too large to send")
         _pickle.loads(body)  # an exception that pickles but will not unpickle
     except BaseException:
         body = _pickle.dumps((None, info["type"], info["message"], info["traceback"]), 5)

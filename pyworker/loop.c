@@ -118,6 +118,11 @@ static PyObject *load_helper(void)
         return NULL;
     PyObject *mod = PyImport_ExecCodeModule("_tpar_worker", code);
     Py_DECREF(code);
+    /* The frame limit its error bodies must keep under. */
+    PyObject *max = PyLong_FromSize_t(TPAR_FRAME_MAX_DEFAULT);
+    if (mod && (!max || PyObject_SetAttrString(mod, "FRAME_MAX", max) < 0))
+        Py_CLEAR(mod);
+    Py_XDECREF(max);
     return mod;
 }
 
@@ -348,8 +353,8 @@ static size_t result_begin(void)
 static void result_end2(size_t at, int status, double duration, size_t extra)
 {
     size_t len = W.out.len - at - TPAR_FRAME_HEADER + extra;
-    if (len > UINT32_MAX)
-        die(EXIT_PROTOCOL, "result too large");
+    if (len > TPAR_FRAME_MAX_DEFAULT) /* the callers keep under it */
+        die(EXIT_PROTOCOL, "result over the frame limit");
     W.tasks++;
     if (W.max_tasks > 0 && W.tasks >= W.max_tasks)
         W.retiring = 1;
@@ -455,8 +460,14 @@ static PyObject *parse_json(const char *p, size_t n, PyTypeObject *want)
     Py_DECREF(s);
     if (!r) {
         if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            /* p is not NUL-terminated (kwargs end the frame): n bytes. */
             PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "invalid JSON: %.200s", p);
+            PyObject *head = PyUnicode_DecodeUTF8(p, (Py_ssize_t)(n < 200 ? n : 200),
+                                                  "replace");
+            if (head) {
+                PyErr_Format(PyExc_ValueError, "invalid JSON: %U", head);
+                Py_DECREF(head);
+            }
         }
         return NULL;
     }
@@ -519,6 +530,18 @@ ended:
         ok = 1;
     else if (put_error_json(at) < 0)
         oom();
+    if (W.out.len - at - TPAR_FRAME_HEADER > TPAR_FRAME_MAX_DEFAULT) {
+        size_t n = W.out.len - at - TPAR_FRAME_HEADER - 8;
+        W.out.len = at + TPAR_FRAME_HEADER + 8;
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "{\"type\":\"OverflowError\",\"message\":\"the job's %s is %zu bytes "
+                 "of JSON, over the %zu-byte frame limit\",\"traceback\":\"\"}",
+                 ok ? "value" : "error record", n, (size_t)TPAR_FRAME_MAX_DEFAULT);
+        if (tpar_buf_append(&W.out, msg, strlen(msg)) < 0)
+            oom();
+        ok = 0;
+    }
     result_end(at, ok ? TPAR_RESULT_OK : TPAR_RESULT_ERROR, dt);
     result_to_lane(at);
     Py_XDECREF(fn);

@@ -164,11 +164,22 @@ static int send_raw(WorkerObject *w, int kind, int flags, const uint8_t *p,
     return keep_rest(w, hdr, p, n, (size_t)r);
 }
 
+/* The header of a payload published in the down lane.  When it cannot
+ * go (no memory to queue it, the worker gone), the lane is given back:
+ * left FULL, it would stay so, its pages never trimmed. */
+static int send_lane_header(WorkerObject *w, int kind, size_t n)
+{
+    int rc = send_raw(w, kind, TPAR_FRAME_IN_LANE, NULL, n);
+    if (rc < 0)
+        tpar_lane_abort(&w->proc.down);
+    return rc;
+}
+
 /* A large payload goes through the down lane when it is free. */
 static int send_frame(WorkerObject *w, int kind, const uint8_t *p, size_t n)
 {
     if (n >= TPAR_LANE_MIN && tpar_lane_put(&w->proc.down, p, n))
-        return send_raw(w, kind, TPAR_FRAME_IN_LANE, NULL, n);
+        return send_lane_header(w, kind, n);
     return send_raw(w, kind, 0, p, n);
 }
 
@@ -248,7 +259,7 @@ static PyObject *Worker_send_pickled(WorkerObject *self, PyObject *const *args,
         size_t len;
         int in_lane = tpar_sink_payload(sink, &data, &len);
         tpar_sink_finish(sink, in_lane); /* published before its header goes */
-        rc = in_lane ? send_raw(self, kind, TPAR_FRAME_IN_LANE, NULL, len)
+        rc = in_lane ? send_lane_header(self, kind, len)
                      : send_raw(self, kind, 0, data, len);
         Py_DECREF(r);
     }

@@ -131,7 +131,7 @@ def _outcome(status, body):
         return _loads(body)
     exc, type_name, message, tb = _loads(body)
     if exc is None:
-        exc = RuntimeError(f"{type_name}: {message} (the exception itself could not be pickled)")
+        exc = RuntimeError(f"{type_name}: {message} (the exception itself could not be sent back: it would not pickle, or was too large)")
     try:
         raise exc from RemoteTraceback(tb)
     finally:

@@ -285,3 +285,15 @@ JOBS
     run -0 jq -c -s 'sort_by(.id) | map(.value)' <<<"$output"
     assert_output "[\"{'a': [1, 2.5, 'é', None, True], 'b': inf}\",[\"_json\"]]"
 }
+
+@test "run error: a huge message and traceback are cut to 1 MiB characters each" {
+    run -1 tpar run jobs:fail_big -I "$FIXTURES" --args '[3000000]'
+    run -0 jq -c '.error | [.type, (.message | length), (.message | endswith("x... (1951424 more characters)")), (.traceback | length < 1048700)]' <<<"$output"
+    assert_output '["ValueError",1048605,true,true]'
+}
+
+@test "run error: a value over the 1 GiB frame limit is an error record, not a broken worker" {
+    run -1 tpar run operator:mul --args '["a", 1100000000]'
+    run -0 jq -c '[.status, .error.type, (.error.message | test("1100000002 bytes of JSON, over the 1073741824-byte frame limit"))]' <<<"$output"
+    assert_output '["error","OverflowError",true]'
+}
