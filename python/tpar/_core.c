@@ -119,6 +119,26 @@ static int flush_out(WorkerObject *w)
     return 0;
 }
 
+/* Signals w's process group (no-op in a forked child, or once reaped).  A
+ * forkserver worker's kill first reads the exits its zygote reported, on
+ * the zygote's socket: under the zygote's lock, as reap does, or it could
+ * take the reply that a fork in another thread waits for (which would then
+ * wait forever). */
+static void kill_worker(WorkerObject *w, int sig)
+{
+    if (w->owner != getpid())
+        return;
+    if (!w->zygote) {
+        tpar_proc_kill(&w->proc, sig);
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&w->zygote->lock);
+    tpar_proc_kill(&w->proc, sig);
+    pthread_mutex_unlock(&w->zygote->lock);
+    Py_END_ALLOW_THREADS
+}
+
 /* Queues what writev did not take, from offset `done` of header+payload.
  * The start of the frame is in the pipe already, so if the rest cannot be
  * kept the stream is beyond repair: the worker is killed and reads as gone
@@ -128,8 +148,7 @@ static int keep_rest(WorkerObject *w, const uint8_t *hdr, const uint8_t *p,
                      size_t n, size_t done)
 {
     if (tpar_buf_reserve(&w->out, TPAR_FRAME_HEADER + n - done) < 0) {
-        if (w->owner == getpid())
-            tpar_proc_kill(&w->proc, SIGKILL);
+        kill_worker(w, SIGKILL);
         w->eof = 1;
         return -ENOMEM;
     }
@@ -467,8 +486,7 @@ static PyObject *Worker_kill(WorkerObject *self, PyObject *const *args,
     }
     if (nargs == 1 && (sig = as_int(args[0])) == -1 && PyErr_Occurred())
         return NULL;
-    if (self->owner == getpid())
-        tpar_proc_kill(&self->proc, sig);
+    kill_worker(self, sig);
     Py_RETURN_NONE;
 }
 
@@ -561,10 +579,10 @@ static void Worker_dealloc(WorkerObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     if (self->owner == getpid() && self->proc.pid > 0 && !self->proc.reaped) {
-        tpar_proc_kill(&self->proc, SIGKILL);
         Py_BEGIN_ALLOW_THREADS
-        if (self->zygote)
+        if (self->zygote) /* see kill_worker */
             pthread_mutex_lock(&self->zygote->lock);
+        tpar_proc_kill(&self->proc, SIGKILL);
         (void)tpar_proc_reap(&self->proc, 1);
         if (self->zygote)
             pthread_mutex_unlock(&self->zygote->lock);

@@ -56,3 +56,67 @@ async def test_forkserver_init_retire_and_kill_on_cancel():
             await ctx.run_sync(_jobs.sleep_pid, 30, kill_on_cancel=True)
         assert scope.cancelled_caught
         assert counts(ctx) == (0, 0)
+
+
+ZYGOTE_RACE = r"""
+import sys, threading, time
+import trio
+import tpar
+
+def always():
+    return True
+
+def nap():
+    time.sleep(10)
+
+done = {"fork": 0, "kill": 0}
+stop = False
+
+def forking():  # a fresh fork of the zygote for every job
+    async def main():
+        while not stop:
+            await tpar.run_sync(int)
+            done["fork"] += 1
+    trio.run(main)
+
+def killing():  # kill_on_cancel: Worker.kill() reads the zygote's reports
+    async def main():
+        while not stop:
+            with trio.move_on_after(0.003):
+                await tpar.run_sync(nap, kill_on_cancel=True)
+            done["kill"] += 1
+    trio.run(main)
+
+if __name__ == "__main__":
+    tpar.configure_default_context(worker_type=tpar.WorkerType.FORKSERVER,
+                                   retire=always, grace_period=1)
+    for t in (forking, killing):
+        threading.Thread(target=t, daemon=True).start()
+    last, end = dict(done), time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end:
+        time.sleep(2)
+        if done == last or 0 in done.values():
+            print("stalled", done, flush=True)
+            sys.exit(3)
+        last = dict(done)
+    stop = True
+    print("ok", flush=True)
+"""
+
+
+def test_kills_and_forks_from_two_threads_never_stall(tmp_path):
+    """A kill reads the zygote's exit reports: done without the zygote's
+    lock, it could swallow the reply a fork in another thread waits for,
+    and that thread (and every later fork) would wait forever."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    script = tmp_path / "race.py"
+    script.write_text(ZYGOTE_RACE)
+    try:
+        proc = subprocess.run([sys.executable, str(script), "6"], capture_output=True,
+                              text=True, env=subprocess_env(), timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the program hung")
+    assert proc.stdout.strip().splitlines()[-1:] == ["ok"], proc.stdout + proc.stderr
