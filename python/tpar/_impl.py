@@ -251,8 +251,8 @@ class WorkerContext:
                  "preload", "_config", "_lock", "_idle", "_busy", "_running",
                  "_closed", "_by_ref", "_dying", "_worker_extra", "_zygote", "_zlock",
                  "_preload_job", "_unchecked", "_fork_preload", "_prestarter",
-                 "_idle_cv", "_prestarting", "_zkey", "_forks",
-                 "__weakref__")
+                 "_idle_cv", "_prestarting", "_zkey", "_forks", "_closing",
+                 "_replaced", "__weakref__")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("WorkerContext has no public constructor: use tpar.open_worker_context()")
@@ -303,7 +303,9 @@ class WorkerContext:
         self._busy = set()
         self._dying = []  # retired or replaced, exit status not yet collected
         self._running = 0
-        self._closed = False
+        self._closed = False  # no worker is taken or kept any more
+        self._closing = False  # no new call is taken (closing, or closed)
+        self._replaced = False  # a default context replaced by configure_default_context
         _live_contexts.add(self)
         return self
 
@@ -326,8 +328,8 @@ class WorkerContext:
         if self._dying:
             self._reap_dying()
         with self._lock:
-            if self._closed:
-                raise RuntimeError("this worker context is closed")
+            if self._closing or self._closed:
+                raise trio.ClosedResourceError("this worker context is closed")
             self._running += 1
             idle = self._idle
             # Stale idle workers are retired here; the workers' own idle
@@ -401,7 +403,7 @@ class WorkerContext:
         with self._zlock:
             for attempt in (1, 2):
                 if self._closed:
-                    raise RuntimeError("this worker context is closed")
+                    raise trio.ClosedResourceError("this worker context is closed")
                 if self._zygote is None:
                     self._zkey = tuple(self._zygote_argv())
                     self._zygote = _start_zygote(self._zkey)
@@ -538,7 +540,11 @@ class WorkerContext:
     async def run_sync(self, sync_fn, *args, cancellable=False, kill_on_cancel=False,
                        limiter=None):
         """Run ``sync_fn(*args)`` in a worker process of this context and
-        return or raise its outcome.  See `tpar.run_sync` for the details."""
+        return or raise its outcome.  See `tpar.run_sync` for the details.
+
+        Raises:
+          trio.ClosedResourceError: the context is closed, or closing (its
+            ``async with`` block has ended and it waits for running jobs)."""
         return await self._run_sync(sync_fn, args, kill_on_cancel or cancellable, limiter)
 
     @enable_ki_protection
@@ -562,7 +568,14 @@ class WorkerContext:
             limiter.release_on_behalf_of(task)
 
     async def _run(self, fn, args, kill_on_cancel, spin):
-        w = self._acquire()
+        try:
+            w = self._acquire()
+        except trio.ClosedResourceError:
+            if not self._replaced:
+                raise
+            # configure_default_context replaced this default while the
+            # call waited for its limiter: the new default runs it.
+            return await _get_default_context()._run(fn, args, kill_on_cancel, spin)
         if self._unchecked and w in self._unchecked:
             await self._await_preload(w)
         try:
@@ -631,15 +644,17 @@ class WorkerContext:
 
     async def _broken(self, w):
         """The worker's pipe ended mid-job: collect why, then raise."""
-        with trio.CancelScope(shield=True):
-            for i in range(200):  # EOF comes a moment before the exit status
-                if w.reap(False) is not None:
-                    break
-                await trio.sleep(0.0005 * min(i + 1, 20))
-            else:
-                w.kill()
-                w.reap(True)
-        self._release(w, False)
+        try:
+            with trio.CancelScope(shield=True):
+                for i in range(200):  # EOF comes a moment before the exit status
+                    if w.reap(False) is not None:
+                        break
+                    await trio.sleep(0.0005 * min(i + 1, 20))
+                else:
+                    w.kill()
+                    w.reap(True)
+        finally:  # a KeyboardInterrupt in the sleep too: the worker goes
+            self._release(w, False)
         raise BrokenWorkerError(
             f"worker process {w.pid} died unexpectedly: {_core.describe_status(w.status)}")
 
@@ -661,6 +676,7 @@ class WorkerContext:
 
     @enable_ki_protection
     async def _aclose(self):
+        self._closing = True  # calls from now on are refused
         with trio.CancelScope(shield=True):
             while self._running:  # "wait for running workers to become idle"
                 await trio.sleep(0.001)
@@ -802,15 +818,30 @@ _scope = contextvars.ContextVar("tpar_cache_scope", default=None)
 _limiter_var = RunVar("tpar_default_worker_limiter")
 
 
+def _scoped_context():
+    """The innermost cache_scope's context, or None.  A task started from
+    inside a scope into a nursery outside it can outlive the scope: once
+    the scope's context is closing, such a task gets the default context,
+    as with trio-parallel (whose scope is a tree variable)."""
+    ctx = _scope.get()
+    if ctx is None or ctx._closing:
+        return None
+    return ctx
+
+
 def _get_default_context():
     global _default_ctx
     ctx = _default_ctx
     if ctx is None:
+        prestart = 0
         with _default_lock:
             if _default_ctx is None:
                 _default_ctx = WorkerContext._create(**_default_params)
-                _default_ctx._prestart(_default_prestart)
+                prestart = _default_prestart
             ctx = _default_ctx
+        # Outside the lock: a FORK prestart forks, and its children must not
+        # inherit the lock held.
+        ctx._prestart(prestart)
     return ctx
 
 
@@ -873,7 +904,9 @@ async def run_sync(sync_fn, *args, cancellable=False, kill_on_cancel=False, limi
         traceback as its ``__cause__``.
       BrokenWorkerError: The worker died unexpectedly.
     """
-    ctx = _scope.get() or _default_ctx or _get_default_context()
+    ctx = _scope.get()
+    if ctx is None or ctx._closing:  # see _scoped_context
+        ctx = _default_ctx or _get_default_context()
     return await ctx._run_sync(sync_fn, args, kill_on_cancel or cancellable, limiter)
 
 
@@ -932,7 +965,8 @@ async def cache_scope(idle_timeout=600, init=bool, retire=bool, grace_period=30,
     """Override the configuration of `tpar.run_sync` in this task and all the
     tasks it starts: they use a fresh cache with these parameters (see
     `open_worker_context`, preload and prestart included), closed when the
-    scope exits."""
+    scope exits.  A task started from inside the scope into a nursery
+    outside it uses the default context once the scope has exited."""
     prestart = _check_prestart(prestart)
     ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type,
                                 preload)
@@ -964,6 +998,7 @@ def configure_default_context(idle_timeout=600, init=bool, retire=bool, grace_pe
         _default_prestart = prestart
         old, _default_ctx = _default_ctx, None
     if old is not None:
+        old._replaced = True  # calls waiting for their limiter go to the new one
         workers, dying = old._close_idle()
         for w in workers + dying:
             _bury(w)  # a prestart in flight sees the context closed and stops
@@ -989,7 +1024,7 @@ def atexit_shutdown_grace_period(grace_period=-1.0):
 def default_context_statistics():
     """Return the statistics of the default context: ``idle_workers`` and
     ``running_workers``."""
-    ctx = _default_ctx
+    ctx = _scoped_context() or _default_ctx
     if ctx is None:
         return WorkerContextStatistics(0, 0)
     return ctx.statistics()

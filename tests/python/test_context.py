@@ -87,7 +87,7 @@ async def test_exit_waits_for_running_jobs_and_stops_workers():
             n.start_soon(job)
     assert len(done) == 1
     assert gone(done[0])
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(trio.ClosedResourceError, match="closed"):
         await ctx.run_sync(bool)
 
 
