@@ -440,6 +440,14 @@ static void fresh_line(int fd)
         (void)!write(fd, "\n", 1);
 }
 
+/* An output that is also an input would be truncated before it is read. */
+static void refuse_input_as_output(const char *path, const char *opt)
+{
+    for (int i = 0; i < E.o->nfiles; i++)
+        if (strcmp(E.o->files[i], "-") != 0 && same_file(path, E.o->files[i]))
+            cli_die(EXIT_USAGE, "%s %s is also an input file", opt, path);
+}
+
 static int open_out(const char *path, int append)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC), 0666);
@@ -459,6 +467,10 @@ static void open_files(void)
         if (!E.resume)
             cli_die(EXIT_USAGE, "cannot read --resume %s: %s", o->resume, tpar_strerror(err));
     }
+    if (o->output)
+        refuse_input_as_output(o->output, "-o");
+    if (o->joblog)
+        refuse_input_as_output(o->joblog, "--joblog");
     E.out_fd = 1;
     if (o->output)
         E.out_fd = open_out(o->output, o->resume && same_file(o->output, o->resume));
@@ -488,7 +500,7 @@ static void summary(void)
 {
     tpar_buf *b = &E.out;
     OUT_LIT(b, "{\"type\":\"summary\",\"total\":");
-    out_u64(b, E.finished + E.skipped);
+    out_u64(b, E.finished); /* the result records; skipped jobs have none */
     for (int s = 0; s < ST_COUNT; s++) {
         OUT_LIT(b, ",\"");
         out_lit(b, status_names[s], strlen(status_names[s]));
