@@ -764,14 +764,32 @@ static int feed(tpar_decoder *dec, const uint8_t *buf, size_t n)
     return 0;
 }
 
+/* In a child a job forks (os.fork, multiprocessing's fork start method):
+ * the worker's pipes and lanes are not the child's.  Held open there, the
+ * result pipe would hide the worker's death from its parent (which learns
+ * of it at end of file) for as long as the child lives, and a child that
+ * returned from the job into this loop would answer jobs itself. */
+static void drop_fds_in_forked_child(void)
+{
+    int *fds[] = {&W.in_fd, &W.out_fd, &W.down.fd, &W.up.fd};
+    for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        if (*fds[i] >= 0)
+            close(*fds[i]);
+        *fds[i] = -1;
+    }
+}
+
 static int serve(long spin_max)
 {
     tpar_decoder dec;
     tpar_frame f;
     uint8_t *buf = malloc(READ_CHUNK), *dst;
     long spin = spin_max;
+    static int atfork_set;
     if (!buf)
         oom();
+    if (!atfork_set && pthread_atfork(NULL, NULL, drop_fds_in_forked_child) == 0)
+        atfork_set = 1;
     tpar_decoder_init(&dec, 0);
     for (;;) {
         /* The rest of a large frame goes straight into the decoder. */
