@@ -136,8 +136,10 @@ static uint64_t parse_size(const char *opt, const char *s)
     static const char units[] = "KMGT";
     double mult = 1;
     if (*end) {
-        const char *u = strchr(units, end[0] & ~0x20);
-        if (!u || !end[0])
+        /* Not strchr: it finds a unit char of 0, what ' ' & ~0x20 gives,
+         * in the terminating NUL. */
+        const char *u = memchr(units, end[0] & ~0x20, sizeof units - 1);
+        if (!u)
             cli_die(EXIT_USAGE, "%s: invalid size '%s' (use e.g. 512M, 2G)", opt, s);
         for (const char *q = units; q <= u; q++)
             mult *= 1024;

@@ -324,6 +324,17 @@ usage_error() {
     usage_error map nocolon
 }
 
+@test "exit: 255 for a size whose unit is not K, M, G or T right after the number" {
+    usage_error --max-worker-rss '100 B'
+    usage_error --max-worker-rss '100 '
+    usage_error --max-worker-rss '1 G'
+    usage_error --max-line '64 K'
+    usage_error --max-worker-rss 100X
+    run -0 tpar --max-worker-rss 100KiB </dev/null
+    run -0 tpar --max-worker-rss 2g </dev/null
+    run -0 tpar --max-line 64M </dev/null
+}
+
 @test "exit: 255 for an unreadable input file, naming it" {
     run -255 --separate-stderr tpar "$D/does-not-exist.jsonl"
     assert_regex "$stderr" 'does-not-exist\.jsonl'
