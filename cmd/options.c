@@ -254,7 +254,12 @@ static void option(struct opts *o, int c, const char *arg)
             cli_die(EXIT_USAGE, "--max-tasks-per-worker: must be at least 1");
         break;
     case O_MAX_RSS: o->max_rss = parse_size("--max-worker-rss", arg); break;
-    case O_IDLE: o->idle_timeout = parse_duration("--idle-timeout", arg); break;
+    case O_IDLE:
+        /* 0 would close each new worker before its first job, forever. */
+        o->idle_timeout = parse_duration("--idle-timeout", arg);
+        if (o->idle_timeout <= 0)
+            cli_die(EXIT_USAGE, "--idle-timeout: must be more than 0");
+        break;
     case O_INIT:
         if (!strchr(arg, ':'))
             cli_die(EXIT_USAGE, "--init: expected MOD:FN, got '%s'", arg);

@@ -335,6 +335,15 @@ usage_error() {
     run -0 tpar --max-line 64M </dev/null
 }
 
+@test "exit: 255 for --idle-timeout 0, which would close each worker before its first job" {
+    usage_error --idle-timeout 0
+    usage_error --idle-timeout 0ms
+    usage_error map math:sqrt --idle-timeout 0
+    run -0 --separate-stderr tpar map -j1 --idle-timeout 1ms math:sqrt <<<4
+    run -0 jq -r '.value' <<<"$output"
+    assert_output 2
+}
+
 @test "exit: 255 for an unreadable input file, naming it" {
     run -255 --separate-stderr tpar "$D/does-not-exist.jsonl"
     assert_regex "$stderr" 'does-not-exist\.jsonl'
