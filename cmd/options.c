@@ -136,8 +136,10 @@ static uint64_t parse_size(const char *opt, const char *s)
     static const char units[] = "KMGT";
     double mult = 1;
     if (*end) {
-        const char *u = strchr(units, end[0] & ~0x20);
-        if (!u || !end[0])
+        /* Not strchr: it finds a unit char of 0, what ' ' & ~0x20 gives,
+         * in the terminating NUL. */
+        const char *u = memchr(units, end[0] & ~0x20, sizeof units - 1);
+        if (!u)
             cli_die(EXIT_USAGE, "%s: invalid size '%s' (use e.g. 512M, 2G)", opt, s);
         for (const char *q = units; q <= u; q++)
             mult *= 1024;
@@ -252,7 +254,12 @@ static void option(struct opts *o, int c, const char *arg)
             cli_die(EXIT_USAGE, "--max-tasks-per-worker: must be at least 1");
         break;
     case O_MAX_RSS: o->max_rss = parse_size("--max-worker-rss", arg); break;
-    case O_IDLE: o->idle_timeout = parse_duration("--idle-timeout", arg); break;
+    case O_IDLE:
+        /* 0 would close each new worker before its first job, forever. */
+        o->idle_timeout = parse_duration("--idle-timeout", arg);
+        if (o->idle_timeout <= 0)
+            cli_die(EXIT_USAGE, "--idle-timeout: must be more than 0");
+        break;
     case O_INIT:
         if (!strchr(arg, ':'))
             cli_die(EXIT_USAGE, "--init: expected MOD:FN, got '%s'", arg);

@@ -60,14 +60,18 @@ static void timer_clear(struct worker *w)
 }
 
 /* The head job just started: (re)arm its timeout; lazily, so a stream of
- * fast jobs does not touch the timer heap for each one. */
+ * fast jobs does not touch the timer heap for each one.  A timer already
+ * armed for an earlier job is kept when it fires no later than this job's
+ * deadline (on_timeout_check then moves it on); one that would fire later
+ * is re-armed, or a short job timeout behind a long one would go unseen. */
 static void head_started(struct worker *w, double now)
 {
     struct job *j = head(w);
     if (!j)
         return;
     j->start = now;
-    if (j->timeout > 0 && w->timer_mode != T_TIMEOUT)
+    if (j->timeout > 0 && (w->timer_mode != T_TIMEOUT ||
+                           uv_timer_get_due_in(&w->timer) > (uint64_t)(j->timeout * 1000) + 1))
         timer_set(w, T_TIMEOUT, j->timeout);
     else if (j->timeout <= 0 && w->timer_mode == T_IDLE)
         timer_clear(w);

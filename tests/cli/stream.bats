@@ -324,6 +324,26 @@ usage_error() {
     usage_error map nocolon
 }
 
+@test "exit: 255 for a size whose unit is not K, M, G or T right after the number" {
+    usage_error --max-worker-rss '100 B'
+    usage_error --max-worker-rss '100 '
+    usage_error --max-worker-rss '1 G'
+    usage_error --max-line '64 K'
+    usage_error --max-worker-rss 100X
+    run -0 tpar --max-worker-rss 100KiB </dev/null
+    run -0 tpar --max-worker-rss 2g </dev/null
+    run -0 tpar --max-line 64M </dev/null
+}
+
+@test "exit: 255 for --idle-timeout 0, which would close each worker before its first job" {
+    usage_error --idle-timeout 0
+    usage_error --idle-timeout 0ms
+    usage_error map math:sqrt --idle-timeout 0
+    run -0 --separate-stderr tpar map -j1 --idle-timeout 1ms math:sqrt <<<4
+    run -0 jq -r '.value' <<<"$output"
+    assert_output 2
+}
+
 @test "exit: 255 for an unreadable input file, naming it" {
     run -255 --separate-stderr tpar "$D/does-not-exist.jsonl"
     assert_regex "$stderr" 'does-not-exist\.jsonl'

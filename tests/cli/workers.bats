@@ -232,6 +232,27 @@ all_pids() {
     assert_pids_gone "$(cat "$D/child.a")" "$(cat "$D/started.a")"
 }
 
+@test "a job's own timeout holds when shorter than that of the job before it on its worker" {
+    {
+        jobs_n 50 operator:add "[1, 2]"
+        jq -nc '{id: "slow", fn: "time:sleep", args: [3], timeout: 0.5}'
+    } >"$D/in"
+    run -1 tpar -j1 --timeout 60 -o "$D/out" "$D/in"
+    assert_equal "$(count_status "$D/out" ok)" 50
+    run -0 jq -r 'select(.id == "slow") | .status' "$D/out"
+    assert_output timeout
+}
+
+@test "a job's own timeout longer than that of the job before it is not cut short" {
+    {
+        jq -nc '{id: "quick", fn: "time:sleep", args: [0.01], timeout: 0.3}'
+        jq -nc '{id: "long", fn: "time:sleep", args: [0.6]}'
+    } >"$D/in"
+    run -0 tpar -j1 --timeout 30 -o "$D/out" "$D/in"
+    run -0 jq -s -r 'sort_by(.id) | map("\(.id)=\(.status)") | join(" ")' "$D/out"
+    assert_output 'long=ok quick=ok'
+}
+
 @test "--timeout: jobs that finish in time are not touched" {
     jobs_n 3 jobs:ident "[.]" >"$D/in"
     run -0 tpar -I "$FIXTURES" --timeout 20 -o "$D/out" "$D/in"
