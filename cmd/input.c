@@ -61,11 +61,21 @@ int input_wants_more(void)
     return !E.o->keep_order || E.last_seq + 1 < E.rbase + E.rcap;
 }
 
+/* The poll handle is reused for the next FILE, so that one is opened only
+ * once the handle has finished closing (uv_poll_init on a closing handle
+ * trips libuv). */
+static void on_poll_closed(uv_handle_t *h)
+{
+    E.in.closing = 0;
+    input_pump();
+}
+
 static void close_current(void)
 {
     if (E.in.poll_ready) {
-        uv_close((uv_handle_t *)&E.in.poll, NULL);
+        uv_close((uv_handle_t *)&E.in.poll, on_poll_closed);
         E.in.poll_ready = E.in.polling = 0;
+        E.in.closing = 1;
     }
     if (E.in.fd >= 0 && E.in.fd != stdin_fd)
         close(E.in.fd);
@@ -238,6 +248,8 @@ void input_pump(void)
 {
     struct input *in = &E.in;
     while (!in->done && input_wants_more()) {
+        if (in->fd < 0 && in->closing)
+            return; /* on_poll_closed goes on */
         if (in->fd < 0 && open_next()) {
             input_stop();
             break;

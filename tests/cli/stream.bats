@@ -67,6 +67,35 @@ raw_value() {
     assert_output '[2,4,6,8]'
 }
 
+@test "stream: pipe FILEs in a row are each read in turn" {
+    job operator:add '[1,1]' >"$D/a"
+    job operator:add '[2,2]' >>"$D/a"
+    job operator:add '[3,3]' >"$D/b"
+    job operator:add '[4,4]' >"$D/c"
+    # stdin (a pipe), then two pipes, a regular file and a pipe whose last
+    # line has no newline.
+    run -0 tpar -o "$D/out" - <(cat "$D/b") <(cat "$D/c") "$D/a" \
+        <(printf '%s' '{"fn":"operator:add","args":[5,5]}') < <(cat "$D/a")
+    run -0 jq -s -c 'map(.value) | sort' "$D/out"
+    assert_output '[2,2,4,4,6,8,10]'
+    # Only pipes.
+    run -0 tpar -k -o "$D/out" <(cat "$D/a") <(cat "$D/b") <(cat "$D/c")
+    run -0 jq -s -c 'map(.value)' "$D/out"
+    assert_output '[2,4,6,8]'
+}
+
+@test "stream: - - on a pipe reads stdin, then its end" {
+    job operator:add '[1,1]' >"$D/a"
+    job operator:add '[2,2]' >>"$D/a"
+    run -0 tpar -k -o "$D/out" - - < <(cat "$D/a")
+    assert_one_record_per_line "$D/a" "$D/out"
+    run -0 jq -s -c 'map(.value)' "$D/out"
+    assert_output '[2,4]'
+    run -0 tpar -k -o "$D/out" - "$D/a" - < <(cat "$D/a")
+    run -0 jq -s -c 'map(.value)' "$D/out"
+    assert_output '[2,4,2,4]'
+}
+
 @test "stream: kwargs and args reach the function" {
     job jobs:echo '[1,"two"]' '{"k":[3]}' >"$D/in"
     job jobs:echo '[]' '{"a":{"b":null}}' >>"$D/in"
