@@ -74,6 +74,7 @@ struct input {
     uv_poll_t poll;
     char *buf;
     size_t cap, start, len;   /* unparsed bytes: buf[start..len) */
+    size_t scanned;           /* buf[start..start+scanned) holds no newline */
     uint64_t lineno;
     int skipping;             /* discarding the rest of an over-long line */
     int eof;                  /* current file at its end */

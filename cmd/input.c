@@ -92,6 +92,7 @@ static int open_next(void)
     E.in.lineno = 0;
     E.in.eof = 0;
     E.in.skipping = 0;
+    E.in.scanned = 0;
     if (!strcmp(E.in.name, "-")) {
         if ((E.in.fd = stdin_fd) < 0) {
             engine_fatal("cannot read stdin: %s", strerror(EBADF));
@@ -208,10 +209,14 @@ static int take_line(void)
     struct input *in = &E.in;
     char *s = in->buf + in->start;
     size_t avail = in->len - in->start;
-    char *nl = avail ? memchr(s, '\n', avail) : NULL;
+    /* Scan only what came in since the last look: a long line arrives in
+     * many chunks (64 KiB each from a pipe). */
+    char *nl = avail > in->scanned ? memchr(s + in->scanned, '\n', avail - in->scanned) : NULL;
+    in->scanned = avail;
     if (nl) {
         size_t n = (size_t)(nl - s);
         in->start += n + 1;
+        in->scanned = 0;
         if (in->skipping)
             in->skipping = 0;
         else
@@ -225,11 +230,13 @@ static int take_line(void)
             in->skipping = 1;
         }
         in->start = in->len;
+        in->scanned = 0;
         maybe_shrink();
         return 1;
     }
     if (in->eof && avail) {
         in->start = in->len;
+        in->scanned = 0;
         if (!in->skipping)
             line(s, avail);
         in->skipping = 0;

@@ -273,6 +273,40 @@ bad_line_number() {
     assert_equal "$(count_status "$D/out" ok)" 3
 }
 
+@test "stream: multi-MB lines from a pipe come through whole, between short ones" {
+    # Each long line reaches tpar in many pipe reads; the newline search
+    # goes on from where the last read stopped.
+    local big=$((6 * 1024 * 1024))
+    # long_job N: a jobs:ident line whose argument is 4/3 N bytes of base64.
+    long_job() {
+        printf '{"fn":"jobs:ident","args":["'
+        head -c "$1" /dev/urandom | base64 -w0
+        printf '"]}\n'
+    }
+    {
+        job jobs:ident '[1]'
+        long_job $((big * 3 / 4))
+        job jobs:ident '[3]'
+        long_job $((big * 3 / 4 + 3))
+        printf '%s' '{"fn":"jobs:ident","args":[5]}'
+    } >"$D/in"
+    run -0 tpar -I "$FIXTURES" -k -o "$D/out" < <(cat "$D/in")
+    assert_one_record_per_line "$D/in" "$D/out"
+    # Each value is the argument of its line, byte for byte.
+    jq -c '.value' "$D/out" >"$D/got"
+    jq -c '.args[0]' "$D/in" >"$D/want"
+    cmp "$D/want" "$D/got" || fail "values differ from the input's arguments"
+    run -0 jq -c '.value | if type == "string" then length else . end' "$D/out"
+    assert_output "$(printf '%s\n' 1 "$big" 3 $((big + 4)) 5)"
+    # The same through --max-line: the long lines are bad_input (their
+    # rest skipped over many reads), the short ones run with the right
+    # line numbers.
+    run -2 tpar -I "$FIXTURES" -k --max-line 1M -o "$D/out" < <(cat "$D/in")
+    run -0 jq -c '[.seq, .status, .value, .line]' "$D/out"
+    assert_output "$(printf '%s\n' '[1,"ok",1,null]' '[2,"bad_input",null,2]' \
+        '[3,"ok",3,null]' '[4,"bad_input",null,4]' '[5,"ok",5,null]')"
+}
+
 @test "stream: a last line without a newline still runs" {
     printf '%s' '{"fn": "operator:add", "args": [1, 2]}' >"$D/in"
     run -0 tpar <"$D/in"
