@@ -70,9 +70,11 @@ struct input {
     int pollable;             /* pipe/tty: wait with uv_poll; else read */
     int polling;
     int poll_ready;           /* poll handle initialised (for this fd) */
+    int closing;              /* poll handle closing: open no file until it is */
     uv_poll_t poll;
     char *buf;
     size_t cap, start, len;   /* unparsed bytes: buf[start..len) */
+    size_t scanned;           /* buf[start..start+scanned) holds no newline */
     uint64_t lineno;
     int skipping;             /* discarding the rest of an over-long line */
     int eof;                  /* current file at its end */

@@ -61,11 +61,21 @@ int input_wants_more(void)
     return !E.o->keep_order || E.last_seq + 1 < E.rbase + E.rcap;
 }
 
+/* The poll handle is reused for the next FILE, so that one is opened only
+ * once the handle has finished closing (uv_poll_init on a closing handle
+ * trips libuv). */
+static void on_poll_closed(uv_handle_t *h)
+{
+    E.in.closing = 0;
+    input_pump();
+}
+
 static void close_current(void)
 {
     if (E.in.poll_ready) {
-        uv_close((uv_handle_t *)&E.in.poll, NULL);
+        uv_close((uv_handle_t *)&E.in.poll, on_poll_closed);
         E.in.poll_ready = E.in.polling = 0;
+        E.in.closing = 1;
     }
     if (E.in.fd >= 0 && E.in.fd != stdin_fd)
         close(E.in.fd);
@@ -82,6 +92,7 @@ static int open_next(void)
     E.in.lineno = 0;
     E.in.eof = 0;
     E.in.skipping = 0;
+    E.in.scanned = 0;
     if (!strcmp(E.in.name, "-")) {
         if ((E.in.fd = stdin_fd) < 0) {
             engine_fatal("cannot read stdin: %s", strerror(EBADF));
@@ -198,10 +209,14 @@ static int take_line(void)
     struct input *in = &E.in;
     char *s = in->buf + in->start;
     size_t avail = in->len - in->start;
-    char *nl = avail ? memchr(s, '\n', avail) : NULL;
+    /* Scan only what came in since the last look: a long line arrives in
+     * many chunks (64 KiB each from a pipe). */
+    char *nl = avail > in->scanned ? memchr(s + in->scanned, '\n', avail - in->scanned) : NULL;
+    in->scanned = avail;
     if (nl) {
         size_t n = (size_t)(nl - s);
         in->start += n + 1;
+        in->scanned = 0;
         if (in->skipping)
             in->skipping = 0;
         else
@@ -215,11 +230,13 @@ static int take_line(void)
             in->skipping = 1;
         }
         in->start = in->len;
+        in->scanned = 0;
         maybe_shrink();
         return 1;
     }
     if (in->eof && avail) {
         in->start = in->len;
+        in->scanned = 0;
         if (!in->skipping)
             line(s, avail);
         in->skipping = 0;
@@ -238,6 +255,8 @@ void input_pump(void)
 {
     struct input *in = &E.in;
     while (!in->done && input_wants_more()) {
+        if (in->fd < 0 && in->closing)
+            return; /* on_poll_closed goes on */
         if (in->fd < 0 && open_next()) {
             input_stop();
             break;

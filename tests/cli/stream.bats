@@ -67,6 +67,35 @@ raw_value() {
     assert_output '[2,4,6,8]'
 }
 
+@test "stream: pipe FILEs in a row are each read in turn" {
+    job operator:add '[1,1]' >"$D/a"
+    job operator:add '[2,2]' >>"$D/a"
+    job operator:add '[3,3]' >"$D/b"
+    job operator:add '[4,4]' >"$D/c"
+    # stdin (a pipe), then two pipes, a regular file and a pipe whose last
+    # line has no newline.
+    run -0 tpar -o "$D/out" - <(cat "$D/b") <(cat "$D/c") "$D/a" \
+        <(printf '%s' '{"fn":"operator:add","args":[5,5]}') < <(cat "$D/a")
+    run -0 jq -s -c 'map(.value) | sort' "$D/out"
+    assert_output '[2,2,4,4,6,8,10]'
+    # Only pipes.
+    run -0 tpar -k -o "$D/out" <(cat "$D/a") <(cat "$D/b") <(cat "$D/c")
+    run -0 jq -s -c 'map(.value)' "$D/out"
+    assert_output '[2,4,6,8]'
+}
+
+@test "stream: - - on a pipe reads stdin, then its end" {
+    job operator:add '[1,1]' >"$D/a"
+    job operator:add '[2,2]' >>"$D/a"
+    run -0 tpar -k -o "$D/out" - - < <(cat "$D/a")
+    assert_one_record_per_line "$D/a" "$D/out"
+    run -0 jq -s -c 'map(.value)' "$D/out"
+    assert_output '[2,4]'
+    run -0 tpar -k -o "$D/out" - "$D/a" - < <(cat "$D/a")
+    run -0 jq -s -c 'map(.value)' "$D/out"
+    assert_output '[2,4,2,4]'
+}
+
 @test "stream: kwargs and args reach the function" {
     job jobs:echo '[1,"two"]' '{"k":[3]}' >"$D/in"
     job jobs:echo '[]' '{"a":{"b":null}}' >>"$D/in"
@@ -242,6 +271,40 @@ bad_line_number() {
     # Under the default limit the same line runs.
     run -0 tpar -I "$FIXTURES" -o "$D/out" "$D/in"
     assert_equal "$(count_status "$D/out" ok)" 3
+}
+
+@test "stream: multi-MB lines from a pipe come through whole, between short ones" {
+    # Each long line reaches tpar in many pipe reads; the newline search
+    # goes on from where the last read stopped.
+    local big=$((6 * 1024 * 1024))
+    # long_job N: a jobs:ident line whose argument is 4/3 N bytes of base64.
+    long_job() {
+        printf '{"fn":"jobs:ident","args":["'
+        head -c "$1" /dev/urandom | base64 -w0
+        printf '"]}\n'
+    }
+    {
+        job jobs:ident '[1]'
+        long_job $((big * 3 / 4))
+        job jobs:ident '[3]'
+        long_job $((big * 3 / 4 + 3))
+        printf '%s' '{"fn":"jobs:ident","args":[5]}'
+    } >"$D/in"
+    run -0 tpar -I "$FIXTURES" -k -o "$D/out" < <(cat "$D/in")
+    assert_one_record_per_line "$D/in" "$D/out"
+    # Each value is the argument of its line, byte for byte.
+    jq -c '.value' "$D/out" >"$D/got"
+    jq -c '.args[0]' "$D/in" >"$D/want"
+    cmp "$D/want" "$D/got" || fail "values differ from the input's arguments"
+    run -0 jq -c '.value | if type == "string" then length else . end' "$D/out"
+    assert_output "$(printf '%s\n' 1 "$big" 3 $((big + 4)) 5)"
+    # The same through --max-line: the long lines are bad_input (their
+    # rest skipped over many reads), the short ones run with the right
+    # line numbers.
+    run -2 tpar -I "$FIXTURES" -k --max-line 1M -o "$D/out" < <(cat "$D/in")
+    run -0 jq -c '[.seq, .status, .value, .line]' "$D/out"
+    assert_output "$(printf '%s\n' '[1,"ok",1,null]' '[2,"bad_input",null,2]' \
+        '[3,"ok",3,null]' '[4,"bad_input",null,4]' '[5,"ok",5,null]')"
 }
 
 @test "stream: a last line without a newline still runs" {
