@@ -67,10 +67,11 @@ static void zygote_gone(tpar_zygote *z)
     z->fd = -1;
     if (z->pid > 0) {
         kill(z->pid, SIGKILL);
-        int st;
-        while (waitpid(z->pid, &st, 0) < 0 && errno == EINTR)
+        int st = SIGKILL; /* what it died of, when waitpid cannot say */
+        pid_t r;
+        while ((r = waitpid(z->pid, &st, 0)) < 0 && errno == EINTR)
             ;
-        z->status = st;
+        z->status = r == z->pid ? st : SIGKILL;
         z->reaped = 1;
     }
     z->pid = 0;

@@ -881,6 +881,14 @@ static _Noreturn void forked_child(const struct tpar__chan *c,
     close(c->out[0]);
     tpar__worker_take_fds(c->in[0], c->out[1], c->down.fd, c->up.fd);
     dup2(STDERR_FILENO, STDOUT_FILENO);
+    /* The caller's stdin is not the job's (a job reading it would take the
+     * caller's input, or stop on SIGTTIN at a terminal): /dev/null, as a
+     * spawned worker has. */
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, STDIN_FILENO); /* dup2 clears FD_CLOEXEC on fd 0 */
+        close(null);
+    }
     W.out.len = 0;
     W.tasks = 0;
     W.retiring = 0;

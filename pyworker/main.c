@@ -362,10 +362,13 @@ static void zygote(const struct tpar_worker_opts *o)
     make_spare(o, sock, sfd);
     for (;;) {
         struct pollfd p[2] = {{.fd = sock, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
-        if (poll(p, 2, -1) < 0)
-            continue;
-        if (p[1].revents)
+        /* Every second the children are checked anyway: a SIGCHLD a user
+         * thread unblocked and dropped must not leave a worker unreported. */
+        int r = poll(p, 2, 1000);
+        if (r <= 0 || p[1].revents)
             report_exits(sock, sfd);
+        if (r <= 0)
+            continue;
         if (!p[0].revents)
             continue;
         if (zrecv(sock, &tag, fds) < 0)
@@ -397,6 +400,16 @@ int main(int argc, char **argv)
 {
     struct tpar_worker_opts o;
     parse_opts(argc, argv, &o);
+    if (o.zygote) {
+        /* The zygote reads SIGCHLD from a signalfd: blocked before Python
+         * starts, so that no thread started by site, a preload or the
+         * parent's script (each inherits the mask) takes the signal and
+         * drops it, leaving dead workers unreported. */
+        sigset_t chld;
+        sigemptyset(&chld);
+        sigaddset(&chld, SIGCHLD);
+        sigprocmask(SIG_BLOCK, &chld, NULL);
+    }
     setup_signals(o.pdeathsig);
     setup_fds(o.zygote);
     start_python(&o, argv[0]);

@@ -53,3 +53,34 @@ async def test_fork_children_do_not_hold_other_workers_pipes():
             forked = await fork_ctx.run_sync(_jobs.pid)
         assert gone(spawned)
         assert await fork_ctx.run_sync(_jobs.pid) == forked
+
+
+def _read_stdin():
+    import os
+    return os.readlink("/proc/self/fd/0"), os.read(0, 100)
+
+
+def test_a_fork_workers_stdin_is_dev_null_not_the_callers(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import subprocess_env
+    script = tmp_path / "prog.py"
+    script.write_text(textwrap.dedent("""
+        import sys, trio, tpar
+        import test_fork
+
+        async def main():
+            async with tpar.open_worker_context(worker_type=tpar.WorkerType.FORK) as ctx:
+                print(await ctx.run_sync(test_fork._read_stdin))
+            print(sys.stdin.read(), end="")
+
+        if __name__ == "__main__":
+            trio.run(main)
+    """))
+    env = subprocess_env()
+    env["PYTHONPATH"] += ":" + str(__import__("pathlib").Path(__file__).parent)
+    proc = subprocess.run([sys.executable, str(script)], input="the caller's input\n",
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.stdout.splitlines() == ["('/dev/null', b'')", "the caller's input"], proc.stderr

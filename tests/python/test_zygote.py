@@ -122,3 +122,56 @@ def test_a_parked_zygote_stops_at_exit(tmp_path):
                           env=subprocess_env(), timeout=60, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert gone(int(proc.stdout))
+
+
+THREAD_AT_IMPORT = r"""
+import os, threading, time
+# A library that starts a thread when imported: the zygote imports this
+# script too, and that thread must not take the zygote's SIGCHLD.
+threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()
+
+def retire():
+    return True
+
+def zombies_of(pid):
+    out = 0
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            state, ppid = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        out += int(ppid) == pid and state == "Z"
+    return out
+
+if __name__ == "__main__":
+    import trio, tpar
+
+    async def main():
+        async with tpar.open_worker_context(worker_type=tpar.WorkerType.FORKSERVER,
+                                            retire=retire) as ctx:
+            seen = 0
+            for _ in range(3):  # the loss is a race: three chances to show
+                for _ in range(30):
+                    await ctx.run_sync(os.getpid)
+                await trio.sleep(0.3)
+                seen += zombies_of(ctx._zygote.pid)
+            print(seen, flush=True)
+        print("closed", flush=True)  # a lost exit: the close waits forever
+
+    trio.run(main)
+"""
+
+
+def test_a_thread_started_by_the_script_does_not_hide_workers_exits(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    script = tmp_path / "prog.py"
+    script.write_text(THREAD_AT_IMPORT)
+    try:
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              env=subprocess_env(), timeout=30, cwd=str(tmp_path))
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the context never closed: {e.stdout!r}")
+    assert proc.stdout.split() == ["0", "closed"], proc.stdout + proc.stderr
