@@ -61,6 +61,25 @@ static void on_parent_death(int sig)
     _exit(128 + sig);
 }
 
+static void sigint_noop(int sig)
+{
+    (void)sig;
+}
+
+/* Workers ignore SIGINT (Ctrl-C is the parent's to handle), with a handler
+ * that does nothing rather than SIG_IGN: an ignored signal stays ignored
+ * across exec, so every program a job starts would ignore it too, while a
+ * handled one goes back to its default there. */
+void tpar__worker_ignore_sigint(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = sigint_noop;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+}
+
 void tpar__worker_die_with_parent(void)
 {
     struct sigaction sa;
@@ -871,7 +890,7 @@ static _Noreturn void forked_child(const struct tpar__chan *c,
     sigemptyset(&none);
     PyOS_AfterFork_Child();
     /* The caller's handlers (Trio's wakeup fd among them) are not ours. */
-    signal(SIGINT, SIG_IGN);
+    tpar__worker_ignore_sigint();
     signal(SIGTERM, SIG_DFL);
     sigprocmask(SIG_SETMASK, &none, NULL);
     setpgid(0, 0);

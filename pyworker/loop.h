@@ -38,6 +38,7 @@ void tpar__worker_take_fds(int in_fd, int out_fd, int down, int up);
  * processes a job started die too, even when the parent was SIGKILLed.
  * Call after becoming a group leader. */
 void tpar__worker_die_with_parent(void);
+void tpar__worker_ignore_sigint(void); /* a no-op handler: not inherited by exec */
 
 /* In a zygote: imports what forked workers would each import on their
  * first pickle job.  Failures are printed and ignored. */

@@ -95,7 +95,7 @@ static void setup_fds(int zygote)
 
 static void setup_signals(int pdeathsig)
 {
-    signal(SIGINT, SIG_IGN); /* Ctrl-C is the parent's to handle */
+    tpar__worker_ignore_sigint(); /* Ctrl-C is the parent's to handle */
     if (pdeathsig) {
         /* A parent that died before prctl leaves our input at EOF, and we
          * exit on that; pid 1 may be a legitimate parent in a container. */
@@ -140,7 +140,7 @@ static void start_python(const struct tpar_worker_opts *o, const char *argv0)
     char exe_buf[4096];
     PyConfig_InitPythonConfig(&cfg);
     cfg.parse_argv = 0;
-    cfg.install_signal_handlers = 1; /* SIGINT stays ignored: set before */
+    cfg.install_signal_handlers = 1; /* SIGINT stays ours: set before */
     const char *exe = python_exe(o, exe_buf, sizeof(exe_buf));
     /* getpath finds a venv's pyvenv.cfg next to the executable. */
     if (exe)

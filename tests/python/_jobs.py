@@ -111,3 +111,19 @@ def lane_fds():
 def sleep_lanes(seconds):
     time.sleep(seconds)
     return os.getpid(), lane_fds()
+
+
+def sigint_child():
+    """Starts a Python child, sends it SIGINT, returns its exit status."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c",
+                          "import sys, time; print(1, flush=True); time.sleep(30)"],
+                         stdout=subprocess.PIPE)
+    p.stdout.readline()
+    p.send_signal(signal.SIGINT)
+    try:
+        return p.wait(timeout=10)
+    finally:
+        p.kill()
+        p.wait()

@@ -144,6 +144,14 @@ async def test_workers_ignore_sigint():
         assert await ctx.run_sync(_jobs.pid) == pid
 
 
+@pytest.mark.parametrize("wtype", list(trio_parallel.WorkerType), ids=lambda t: t.name)
+async def test_programs_a_job_starts_do_not_inherit_ignoring_sigint(wtype):
+    """Workers ignore SIGINT with a handler, not SIG_IGN, which exec would
+    pass on: a job's Python child still stops on SIGINT."""
+    async with trio_parallel.open_worker_context(worker_type=wtype) as ctx:
+        assert await ctx.run_sync(_jobs.sigint_child) == -signal.SIGINT
+
+
 # ------------------------------------------------------- checkpoints
 
 async def test_entry_is_a_checkpoint(tmp_path):
