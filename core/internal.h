@@ -35,12 +35,14 @@ int tpar__zygote_reap(tpar_proc *p, int block);
  *   FORK  p->z  a = request tag; the two job-pipe ends, then the down
  *               and up lanes when b is 4, as SCM_RIGHTS
  *   PID   z->p  a = request tag, b = the worker's pid or -errno
- *   EXIT  z->p  a = pid, b = wait status */
+ *   EXIT  z->p  a = pid, b = wait status, c = its request's tag (matched by
+ *               tag, not pid: by then the pid may be another worker's) */
 enum { TPAR__Z_FORK = 'F', TPAR__Z_PID = 'P', TPAR__Z_EXIT = 'X' };
 struct tpar__zmsg {
     int32_t kind;
     int32_t a;
     int32_t b;
+    int32_t c;
 };
 
 /* Sends a FORK request: fds[0..1] the child's pipe ends, fds[2..3] the

@@ -234,6 +234,7 @@ typedef struct tpar_proc {
     int status;   /* wait status once reaped */
     struct tpar_zygote *zygote; /* the forkserver it came from, or NULL */
     unsigned zygote_gen;        /* which incarnation of that forkserver */
+    int32_t zygote_tag;         /* its fork request's tag: its exit report's key */
     tpar_lane down, up;         /* large payloads to and from it */
 } tpar_proc;
 
@@ -268,7 +269,7 @@ typedef struct tpar_zygote {
     int fd;            /* control socket; O_CLOEXEC */
     unsigned gen;      /* bumped at each (re)start */
     int reaped, status;
-    struct tpar__exit { pid_t pid; int status; } *exits; /* reports not yet claimed */
+    struct tpar__exit { int32_t tag; int status; } *exits; /* reports not yet claimed */
     size_t nexits, cap_exits;
 } tpar_zygote;
 

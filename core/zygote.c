@@ -87,7 +87,7 @@ void tpar_zygote_stop(tpar_zygote *z)
     z->nexits = z->cap_exits = 0;
 }
 
-static int note_exit(tpar_zygote *z, pid_t pid, int status)
+static int note_exit(tpar_zygote *z, int32_t tag, int status)
 {
     if (z->nexits == z->cap_exits) {
         size_t cap = z->cap_exits ? z->cap_exits * 2 : 16;
@@ -97,7 +97,7 @@ static int note_exit(tpar_zygote *z, pid_t pid, int status)
         z->exits = ne;
         z->cap_exits = cap;
     }
-    z->exits[z->nexits].pid = pid;
+    z->exits[z->nexits].tag = tag;
     z->exits[z->nexits].status = status;
     z->nexits++;
     return 0;
@@ -127,14 +127,14 @@ static int recv_one(tpar_zygote *z, struct tpar__zmsg *m, int timeout_ms)
         return -EPIPE;
     }
     if (m->kind == TPAR__Z_EXIT)
-        return note_exit(z, m->a, m->b);
+        return note_exit(z, m->c, m->b);
     return m->kind == TPAR__Z_PID ? 1 : 0;
 }
 
 int tpar__zsend_fork(int sock, int32_t tag, const int fds[4])
 {
     int nfds = fds[2] >= 0 ? 4 : 2; /* the pipes, and the lanes if any */
-    struct tpar__zmsg m = {TPAR__Z_FORK, tag, nfds};
+    struct tpar__zmsg m = {TPAR__Z_FORK, tag, nfds, 0};
     struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
     union {
         char buf[CMSG_SPACE(4 * sizeof(int))];
@@ -187,6 +187,7 @@ int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p)
     tpar__chan_hand_over(&c, p, m.b);
     p->zygote = z;
     p->zygote_gen = z->gen;
+    p->zygote_tag = tag;
     return 0;
 out:
     tpar__chan_close(&c);
@@ -196,7 +197,7 @@ out:
 static int claim(tpar_zygote *z, tpar_proc *p)
 {
     for (size_t i = 0; i < z->nexits; i++) {
-        if (z->exits[i].pid == p->pid) {
+        if (z->exits[i].tag == p->zygote_tag) {
             p->status = z->exits[i].status;
             p->reaped = 1;
             z->exits[i] = z->exits[--z->nexits];

@@ -197,9 +197,9 @@ static void settle_for_fork(void)
     trim_heap();
 }
 
-static void zsend(int sock, int32_t kind, int32_t a, int32_t b)
+static void zsend(int sock, int32_t kind, int32_t a, int32_t b, int32_t c)
 {
-    struct tpar__zmsg m = {kind, a, b};
+    struct tpar__zmsg m = {kind, a, b, c};
     while (send(sock, &m, sizeof(m), MSG_NOSIGNAL) < 0)
         if (errno != EINTR)
             _exit(0); /* the parent is gone */
@@ -329,6 +329,36 @@ static pid_t hand_to_spare(int32_t tag, int fds[4])
     return pid;
 }
 
+/* The workers handed out, by pid, with their request's tag: an exit is
+ * reported with the tag, which the parent matches (a pid may be reused). */
+static struct child { pid_t pid; int32_t tag; } *children;
+static size_t nchildren, cap_children;
+
+static void remember_child(pid_t pid, int32_t tag)
+{
+    if (nchildren == cap_children) {
+        size_t cap = cap_children ? cap_children * 2 : 64;
+        struct child *n = realloc(children, cap * sizeof(*n));
+        if (!n)
+            die(EXIT_PROTOCOL, "out of memory");
+        children = n;
+        cap_children = cap;
+    }
+    children[nchildren++] = (struct child){pid, tag};
+}
+
+static int32_t forget_child(pid_t pid)
+{
+    for (size_t i = 0; i < nchildren; i++) {
+        if (children[i].pid == pid) {
+            int32_t tag = children[i].tag;
+            children[i] = children[--nchildren];
+            return tag;
+        }
+    }
+    return 0; /* not one we handed out */
+}
+
 static void report_exits(int sock, int sfd)
 {
     struct signalfd_siginfo si;
@@ -340,7 +370,7 @@ static void report_exits(int sock, int sfd)
         if (pid == spare_pid) /* never handed out: nobody asks about it */
             spare_gone();
         else
-            zsend(sock, TPAR__Z_EXIT, pid, st);
+            zsend(sock, TPAR__Z_EXIT, pid, st, forget_child(pid));
     }
 }
 
@@ -391,7 +421,9 @@ static void zygote(const struct tpar_worker_opts *o)
         for (int i = 0; i < 4; i++)
             if (fds[i] >= 0)
                 close(fds[i]);
-        zsend(sock, TPAR__Z_PID, tag, pid > 0 ? pid : -err);
+        if (pid > 0)
+            remember_child(pid, tag);
+        zsend(sock, TPAR__Z_PID, tag, pid > 0 ? pid : -err, 0);
         make_spare(o, sock, sfd);
     }
 }

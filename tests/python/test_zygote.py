@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import trio
 
 import _jobs
@@ -175,3 +176,63 @@ def test_a_thread_started_by_the_script_does_not_hide_workers_exits(tmp_path):
     except subprocess.TimeoutExpired as e:
         raise AssertionError(f"the context never closed: {e.stdout!r}")
     assert proc.stdout.split() == ["0", "closed"], proc.stdout + proc.stderr
+
+
+def test_an_exit_report_goes_to_its_own_worker_when_its_pid_is_reused():
+    """The zygote reaps a worker at once and reports its exit later; by then
+    the pid may be a new worker's.  Reports are matched by the fork
+    request's tag, not by pid.  (ns_last_pid stands in for pid wrap.)"""
+    import signal
+    import time
+
+    from tpar import _core
+    from tpar._locate import worker_argv
+    last_pid = "/proc/sys/kernel/ns_last_pid"
+    if not os.access(last_pid, os.W_OK):
+        pytest.skip("cannot set the next pid here")
+
+    def ready(w):
+        for _ in range(2000):
+            w.recv(0.0)
+            if w.ready:
+                return
+            time.sleep(0.005)
+        raise AssertionError("worker never ready")
+
+    def children(pid):
+        out = set()
+        for d in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.add(int(d))
+            except OSError:
+                pass
+        return out
+
+    z = _core.zygote_start(worker_argv(("--zygote",)))
+    try:
+        a = z.fork()
+        ready(a)
+        pid = a.pid
+        for _ in range(200):  # the zygote forks its spare after answering
+            spares = children(z.pid) - {pid}
+            if spares:
+                break
+            time.sleep(0.01)
+        a.close()  # exits at EOF: the zygote reaps it, its report waits
+        for s in spares:  # so that the next worker is a fresh fork
+            os.kill(s, signal.SIGKILL)
+        while os.path.exists(f"/proc/{pid}") or any(os.path.exists(f"/proc/{s}") for s in spares):
+            time.sleep(0.01)
+        with open(last_pid, "w") as f:
+            f.write(str(pid - 1))
+        b = z.fork()
+        ready(b)
+        if b.pid != pid:
+            pytest.skip("another process took the pid first")
+        assert b.reap(False) is None and b.alive()  # not a's exit
+        assert a.reap(True) == 0
+        b.close()
+        assert b.reap(True) == 0
+    finally:
+        z.stop()
