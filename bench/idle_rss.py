@@ -14,9 +14,9 @@ its JSON scanner is made, as for any job with arguments) and 0.2 s idle,
 its stdin left open.  Each Trio-package measurement runs in a fresh process.  MB = 10^6
 bytes, as in the bench; figures are medians of the repetitions.
 
---clean measures under a Python whose start-up runs no .pth file: a fresh
-venv of this python3 (its site-packages empty), which sees this python3's
-packages through PYTHONPATH (plain path entries).  A .pth line that imports
+--clean measures under a Python whose start-up runs no .pth file: the
+bench's venv of this python3 (common.clean_python: its site-packages empty,
+this python3's packages seen through PYTHONPATH, plain path entries).  A .pth line that imports
 a module (this machine's sandbox has one that imports certifi at every
 start) costs every interpreter the same few MB, tpar's workers included.
 
@@ -184,19 +184,14 @@ COLUMNS = [("rss", "RSS"), ("pss", "PSS"), ("uss", "USS"), ("anon", "anon"),
 
 
 def rerun_clean(argv):
-    """Runs this script with the same arguments under a fresh venv of this
-    interpreter (VIRTUAL_ENV points the CLI's workers at it too)."""
-    import site
+    """Runs this script with the same arguments under the bench's Python
+    without .pth start-up code (common.clean_python; VIRTUAL_ENV points the
+    CLI's workers at it too)."""
     import subprocess
-    import tempfile
-    import venv
-    with tempfile.TemporaryDirectory(prefix="tpar-idle-rss-") as d:
-        venv.EnvBuilder(with_pip=False, symlinks=True).create(d)
-        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env = dict(os.environ, VIRTUAL_ENV=d, TPAR_BUILD_DIR=build_dir(),
-                   PYTHONPATH=os.pathsep.join(paths + site.getsitepackages()))
-        return subprocess.run([os.path.join(d, "bin", "python"), os.path.abspath(__file__),
-                               *argv], env=env).returncode
+    from common import clean_python
+    python, env = clean_python()
+    env["TPAR_BUILD_DIR"] = build_dir()
+    return subprocess.run([python, os.path.abspath(__file__), *argv], env=env).returncode
 
 
 def main():

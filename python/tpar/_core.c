@@ -202,6 +202,15 @@ static int send_frame(WorkerObject *w, int kind, const uint8_t *p, size_t n)
     return send_raw(w, kind, 0, p, n);
 }
 
+/* What send() and send_pickled() return: the bytes still pending, or the
+ * error of the send (rc, -errno). */
+static PyObject *sent(WorkerObject *w, int rc)
+{
+    if (rc < 0)
+        return set_errno(rc);
+    return PyLong_FromSize_t(w->out.len);
+}
+
 PyDoc_STRVAR(send_doc,
 "send(kind, payload) -> int\n\n"
 "Queues one frame and writes what the pipe takes now.  Returns the number\n"
@@ -245,9 +254,7 @@ static PyObject *Worker_send(WorkerObject *self, PyObject *const *args,
     PyBuffer_Release(&view);
     if (rc == 1)
         return NULL;
-    if (rc < 0)
-        return set_errno(rc);
-    return PyLong_FromSize_t(self->out.len);
+    return sent(self, rc);
 }
 
 PyDoc_STRVAR(send_pickled_doc,
@@ -286,9 +293,7 @@ static PyObject *Worker_send_pickled(WorkerObject *self, PyObject *const *args,
     Py_DECREF(sink);
     if (!r)
         return NULL;
-    if (rc < 0)
-        return set_errno(rc);
-    return PyLong_FromSize_t(self->out.len);
+    return sent(self, rc);
 }
 
 PyDoc_STRVAR(lane_done_doc,
