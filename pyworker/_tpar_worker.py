@@ -12,11 +12,15 @@ bootstrapping = False
 
 
 def setup_path(cwd_path, extra, sys_path):
+    """sys.path as `python -m` builds it: the current directory first
+    (unless PYTHONSAFEPATH says not to, as `python -P` does), then the -I
+    directories, then what Python put there (PYTHONPATH, the standard
+    library, site-packages)."""
     if sys_path is not None:
         sys.path[:] = [p for p in sys_path.split(os.pathsep)]
     for d in reversed(extra):
         sys.path.insert(0, os.path.abspath(d))
-    if cwd_path:
+    if cwd_path and not getattr(sys.flags, "safe_path", False):
         sys.path.insert(0, os.getcwd())
 
 
@@ -50,24 +54,70 @@ def load_main(path):
         bootstrapping = False
 
 
+# A module loaded by file path is registered in sys.modules (pickle,
+# dataclasses and typing look its classes up there) under a name no import
+# can ask for: its file's stem, "@", and a checksum of its absolute path.
+# Under its plain stem, shadow/json.py would become "json" for every later
+# job on that worker.  The checksum is stable, so every worker names a
+# file's classes alike; there is no dot in the name, so __import__ finds it.
+FILE_MODULE_MARK = "@"
+_file_modules = {}  # absolute path -> module
+
+
+def file_module_name(path):
+    h = 0x811C9DC5  # FNV-1a, 32 bits: no zlib needed
+    for b in os.fsencode(path):
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"{stem}{FILE_MODULE_MARK}{h:08x}"
+
+
 def _load_file(path):
     import importlib.util
 
     path = os.path.abspath(path)
-    name = os.path.splitext(os.path.basename(path))[0]
-    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == path:
-        return sys.modules[name]
+    mod = _file_modules.get(path)
+    if mod is not None:
+        return mod
+    name = file_module_name(path)
     if not os.path.exists(path):
         raise ModuleNotFoundError(f"No such file: {path!r}", name=name, path=path)
+    if not path.endswith(".py"):
+        raise ImportError(f"cannot load {path!r} as a module: a job's module file "
+                          f"must end in .py", name=name, path=path)
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # so pickle and dataclasses find it
+    sys.modules[name] = mod
     try:
         spec.loader.exec_module(mod)
     except BaseException:
         del sys.modules[name]
         raise
+    _file_modules[path] = mod
     return mod
+
+
+def _frame_builtins():
+    import builtins
+
+    return {builtins.eval, builtins.exec, builtins.globals, builtins.locals,
+            builtins.vars, builtins.dir}
+
+
+def _in_a_frame(fn):
+    """fn called from a Python frame of its own, with fresh globals: the
+    builtins that read their caller's frame (eval, exec, globals, vars...)
+    have none when the worker calls them from C, and would raise
+    SystemError("frame does not exist")."""
+    import builtins
+
+    ns = {"__builtins__": builtins, "__name__": "__tpar_job__"}
+    exec("def _wrap(fn):\n"
+         "    def call(*args, **kwargs):\n"
+         "        return fn(*args, **kwargs)\n"
+         "    return call\n", ns)
+    wrap = ns.pop("_wrap")
+    return wrap(fn)
 
 
 def resolve(spec):
@@ -85,12 +135,16 @@ def resolve(spec):
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"{spec} is not callable (it is {type(obj).__name__})")
+    if type(obj) is type(len) and obj in _frame_builtins():
+        obj = _in_a_frame(obj)
     return obj
 
 
 def type_name(tp):
     mod = getattr(tp, "__module__", "builtins")
     qual = getattr(tp, "__qualname__", tp.__name__)
+    if isinstance(mod, str) and FILE_MODULE_MARK in mod:  # a file's: its stem
+        mod = mod.partition(FILE_MODULE_MARK)[0]
     return qual if mod in ("builtins", "__main__", "__mp_main__") else f"{mod}.{qual}"
 
 

@@ -67,14 +67,67 @@ static int put_repr(tpar_buf *b, PyObject *obj, reprfunc repr)
     return p && rc == 0 ? 0 : -1;
 }
 
+long tpar__int_digits_lift(void)
+{
+    PyObject *get = PySys_GetObject("get_int_max_str_digits"); /* borrowed */
+    PyObject *set = PySys_GetObject("set_int_max_str_digits");
+    if (!get || !set)
+        return -1; /* a Python without the limit */
+    PyObject *old = PyObject_CallNoArgs(get);
+    long n = old ? PyLong_AsLong(old) : -1;
+    Py_XDECREF(old);
+    PyObject *r = n > 0 ? PyObject_CallFunction(set, "i", 0) : NULL;
+    Py_XDECREF(r);
+    PyErr_Clear();
+    return r ? n : -1;
+}
+
+void tpar__int_digits_restore(long old)
+{
+    PyObject *set = PySys_GetObject("set_int_max_str_digits");
+    if (old < 0 || !set)
+        return;
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb); /* keep a pending error */
+    PyObject *r = PyObject_CallFunction(set, "l", old);
+    Py_XDECREF(r);
+    PyErr_Clear();
+    PyErr_Restore(t, v, tb);
+}
+
+/* Only for an int too long for the limit: the retry is the cold path. */
+static int put_long_unlimited(tpar_buf *b, PyObject *obj)
+{
+    if (!PyErr_ExceptionMatches(PyExc_ValueError))
+        return -1;
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    long old = tpar__int_digits_lift();
+    if (old < 0) {
+        PyErr_Restore(t, v, tb);
+        return -1;
+    }
+    Py_XDECREF(t);
+    Py_XDECREF(v);
+    Py_XDECREF(tb);
+    int rc = put_repr(b, obj, PyLong_Type.tp_repr);
+    tpar__int_digits_restore(old);
+    return rc;
+}
+
 static int put_long(tpar_buf *b, PyObject *obj)
 {
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
     if (v == -1 && PyErr_Occurred())
         return -1;
-    if (overflow)
-        return put_repr(b, obj, PyLong_Type.tp_repr);
+    if (overflow) {
+        size_t len = b->len;
+        if (put_repr(b, obj, PyLong_Type.tp_repr) == 0)
+            return 0;
+        b->len = len;
+        return put_long_unlimited(b, obj);
+    }
     char tmp[24];
     int n = snprintf(tmp, sizeof(tmp), "%lld", v);
     PUT(b, tmp, (size_t)n);

@@ -476,6 +476,22 @@ static PyObject *parse_json(const char *p, size_t n, PyTypeObject *want)
     if (!s)
         return NULL;
     PyObject *r = PyObject_CallFunction(W.scan, "On", s, (Py_ssize_t)0);
+    if (!r && PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        /* The scanner raises a plain ValueError only for an int over the
+         * digit limit (jsonenc.h): once more without it. */
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        long old = t == PyExc_ValueError ? tpar__int_digits_lift() : -1;
+        if (old < 0) {
+            PyErr_Restore(t, v, tb);
+        } else {
+            Py_XDECREF(t);
+            Py_XDECREF(v);
+            Py_XDECREF(tb);
+            r = PyObject_CallFunction(W.scan, "On", s, (Py_ssize_t)0);
+            tpar__int_digits_restore(old);
+        }
+    }
     Py_DECREF(s);
     if (!r) {
         if (PyErr_ExceptionMatches(PyExc_StopIteration)) {

@@ -1,0 +1,97 @@
+#!/usr/bin/env bats
+# Defects found under faults and hostile input (issue 12): what a job
+# names, what the worker puts on sys.path, integers of any size.
+
+load test_helper
+
+# value_text: the raw JSON text of "value" in $output (jq would round big ints).
+value_text() {
+    printf '%s\n' "$output" | sed -n 's/.*"value": *\([^,}]*\).*/\1/p'
+}
+
+@test "faults: a job loaded by file path does not shadow the real module for later jobs" {
+    mkdir -p "$BATS_TEST_TMPDIR/shadow"
+    printf 'def f():\n    return "mine"\n' >"$BATS_TEST_TMPDIR/shadow/json.py"
+    cd "$BATS_TEST_TMPDIR"
+    # One worker: both jobs land on it, the file's first.
+    printf '%s\n' '{"id":1,"fn":"shadow/json.py:f"}' \
+        '{"id":2,"fn":"json:dumps","args":[[1,2]]}' \
+        '{"id":3,"fn":"shadow/json.py:f"}' >in.jsonl
+    run -0 tpar -j1 -k in.jsonl
+    run -0 jq -c '[.id, .status, .value]' <<<"$output"
+    assert_output "$(printf '%s\n' '[1,"ok","mine"]' '[2,"ok","[1, 2]"]' '[3,"ok","mine"]')"
+}
+
+@test "faults: two files with one name are two modules; a class's type name is its file's stem" {
+    mkdir -p "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/b"
+    printf 'class Oops(Exception): pass\ndef f():\n    raise Oops("a")\n' >"$BATS_TEST_TMPDIR/a/m.py"
+    printf 'def f():\n    return "b"\n' >"$BATS_TEST_TMPDIR/b/m.py"
+    cd "$BATS_TEST_TMPDIR"
+    printf '%s\n' '{"id":1,"fn":"a/m.py:f"}' '{"id":2,"fn":"b/m.py:f"}' >in.jsonl
+    run -1 tpar -j1 -k in.jsonl
+    run -0 jq -c '[.id, .status, .value // .error.type]' <<<"$output"
+    assert_output "$(printf '%s\n' '[1,"error","m.Oops"]' '[2,"ok","b"]')"
+}
+
+@test "faults: a file module's functions pickle by reference inside the worker" {
+    printf 'import pickle\ndef g():\n    return 5\ndef f():\n    return pickle.loads(pickle.dumps(g))()\n' \
+        >"$BATS_TEST_TMPDIR/pk.py"
+    run -0 tpar run "$BATS_TEST_TMPDIR/pk.py:f"
+    run -0 jq -c '[.status, .value]' <<<"$output"
+    assert_output '["ok",5]'
+}
+
+@test "faults: a path that is not a .py file says so" {
+    run -1 tpar run /etc/passwd:x
+    run -0 jq -r '.error.type + ": " + .error.message' <<<"$output"
+    assert_output "ImportError: cannot load '/etc/passwd' as a module: a job's module file must end in .py"
+}
+
+@test "faults: builtins that read their caller's frame work as jobs" {
+    run -0 tpar run builtins:eval --args '["6 * 7"]'
+    assert_equal "$(value_text)" 42
+    run -0 tpar run builtins:exec --args '["x = 1"]'
+    run -0 jq -c '.value' <<<"$output"
+    assert_output null
+    # eval sees fresh globals, not the worker's own
+    run -1 tpar run builtins:eval --args '["FILE_MODULE_MARK"]'
+    run -0 jq -r '.error.type' <<<"$output"
+    assert_output NameError
+}
+
+@test "faults: the current directory is first on sys.path, unless PYTHONSAFEPATH is set" {
+    printf 'def where():\n    return "cwd"\n' >"$BATS_TEST_TMPDIR/cwdmod.py"
+    cd "$BATS_TEST_TMPDIR"
+    run -0 tpar run cwdmod:where
+    run -0 jq -r '.value' <<<"$output"
+    assert_output cwd
+    PYTHONSAFEPATH=1 run -1 tpar run cwdmod:where
+    run -0 jq -r '.error.type' <<<"$output"
+    assert_output ModuleNotFoundError
+    # -I still puts a directory there
+    PYTHONSAFEPATH=1 run -0 tpar run -I . cwdmod:where
+}
+
+@test "faults: integers over 4,300 digits travel exact, both ways" {
+    run -0 tpar run math:factorial --args '[2000]'
+    [ "${#output}" -gt 5000 ] || fail "short: ${output:0:200}"
+    local want
+    want=$("$(real_python)" -c 'import math, sys; sys.set_int_max_str_digits(0); print(math.factorial(2000))')
+    assert_equal "$(value_text)" "$want"
+    local big
+    big=$(printf '7%.0s' $(seq 6000))
+    run -0 tpar run operator:neg --args "[$big]"
+    assert_equal "$(value_text)" "-$big"
+    # as a dict key too
+    run -0 tpar run builtins:dict --kwargs "{}" --args "[[[$big, 1]]]"
+    run -0 jq -r '.value | keys[0] | length' <<<"$output"
+    assert_output 6000
+}
+
+@test "faults: a job's own code keeps CPython's digit limit, as under python3" {
+    local big
+    big=$(printf '7%.0s' $(seq 6000))
+    run -1 tpar run builtins:str --args "[$big]"
+    run -0 jq -r '.error.type' <<<"$output"
+    assert_output ValueError
+}
