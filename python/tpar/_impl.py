@@ -1,26 +1,24 @@
 """The Trio side of tpar: worker contexts, run_sync and the default cache.
 
 The model is trio.to_thread.run_sync.  Each job borrows a worker from a
-context's LIFO cache of tpar-worker processes, writes one JOB_PICKLE frame
-and reads one RESULT frame (docs/protocol.md).  The extension (_core) does
-the reads, writes and frame decoding without blocking, spinning a few
-microseconds for a quick answer; otherwise this module waits with
-trio.lowlevel.wait_readable / wait_writable, so no thread is involved.
+context's LIFO cache of tpar-worker processes (_cache), writes one
+JOB_PICKLE frame and reads one RESULT frame (docs/protocol.md).  The
+extension (_core) does the reads, writes and frame decoding without
+blocking, spinning a few microseconds for a quick answer; otherwise the
+run path waits with trio.lowlevel.wait_readable / wait_writable (_proc), so
+no thread is involved.  Layers: _abc (shared types, pickling) <- _proc
+(launching and stopping workers) <- _cache (a context's workers) <- this
+module (the run path, shutdown, the default context, the public API).
 """
 
 import atexit
 import contextvars
-import enum
-import importlib
 import math
 import os
-import pickle
-import sys
 import threading
 import time
 import weakref
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from numbers import Real
 
 import trio
@@ -29,158 +27,32 @@ from trio.lowlevel import (
     checkpoint,
     current_task as _current_task,
     enable_ki_protection,
-    wait_readable,
-    wait_writable,
 )
 
-from . import _core
-from ._locate import main_path, worker_argv
-
-try:
-    import cloudpickle
-except ImportError:  # pragma: no cover - cloudpickle is optional
-    cloudpickle = None
+from . import _core, _proc
+from ._abc import (
+    NO_KWARGS as _NO_KWARGS,
+    RETIRING as _RETIRING,
+    STATUS_MASK as _STATUS_MASK,
+    OK as _OK,
+    BrokenWorkerError,
+    RemoteTraceback,  # noqa: F401 - the cause of a job's exception
+    WorkerContextStatistics,
+    WorkerType,
+    note as _note,
+    outcome as _outcome,
+    pickle_into as _pickle_into,
+)
+from ._cache import WorkerCache
+from ._locate import main_path, worker_argv  # noqa: F401 - worker_argv: tests
+from ._proc import bury as _bury, collect as _collect, finish as _finish
 
 _JOB = _core.FRAME_JOB_PICKLE
-_RETIRING = _core.RESULT_RETIRING
-_OK = _core.RESULT_OK
-_NO_KWARGS = {}
 SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
-YIELD_SPIN_S = float(os.environ.get("TPAR_YIELD_SPIN_US", 50)) * 1e-6
 _monotonic = time.monotonic
-_perf = time.perf_counter
-_loads = pickle.loads
-_dumps = pickle.dumps
-_dump = pickle.dump
 
 
-class BrokenWorkerError(RuntimeError):
-    """Raised when a worker process fails or dies unexpectedly.
-
-    This error is not typically encountered in normal use, and indicates a
-    severe failure of either tpar or the code that was executing in the
-    worker.  The message names the worker's pid and the signal that killed
-    it or its exit code."""
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a worker, attached as the
-    ``__cause__`` of the exception re-raised in the caller."""
-
-    def __init__(self, tb):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self):
-        return self.tb
-
-
-class WorkerType(enum.Enum):
-    """The kind of worker process a context starts.
-
-    ``SPAWN``: a fresh ``tpar-worker`` process (CPython embedded in a C
-    program) per worker, with this process's ``sys.path`` and ``__main__``.
-    ``preload`` modules are imported in each worker before its first job.
-
-    ``FORKSERVER``: one ``tpar-worker --zygote`` per context initialises
-    Python (and imports our ``__main__``) once, then forks a ready worker
-    per request: a new worker costs about a fork.  If the zygote dies, the
-    next request starts another.  ``preload`` modules are imported once, in
-    the zygote, so its workers start with them.  A closed context's zygote
-    is kept for the next context of the same configuration (one is kept,
-    until exit).
-
-    ``FORK``: fork this process; the child runs the worker's job loop.  The
-    cheapest start, and the worker sees everything this process has
-    imported or defined (no pickling of functions by reference needed).
-    Caveats, as with ``os.fork``: the child has only the forking thread, so
-    a lock another thread held at the fork stays held in it (logging,
-    imports, a C library's); the child inherits this process's memory and
-    open files; Trio's state in the child is never used.  POSIX only.
-    ``preload`` modules are imported in this process, once, before the
-    context's first fork."""
-
-    SPAWN = "spawn"
-    FORKSERVER = "forkserver"
-    FORK = "fork"
-
-
-@dataclass(frozen=True)
-class WorkerContextStatistics:
-    idle_workers: int
-    running_workers: int
-
-
-# ------------------------------------------------------------------ pickling
-
-def _pickle_job(obj, by_ref):
-    """pickle first when objects pickled by reference can be found in the
-    worker (it re-imports our __main__ script), cloudpickle otherwise or when
-    pickle refuses (lambdas, closures)."""
-    if by_ref or cloudpickle is None:
-        try:
-            return _dumps(obj, 5)
-        except Exception:
-            if cloudpickle is None:
-                raise
-    return cloudpickle.dumps(obj, 5)
-
-
-def _outcome(status, body):
-    if status & 0x7F == _OK:
-        return _loads(body)
-    exc, type_name, message, tb = _loads(body)
-    if exc is None:
-        exc = RuntimeError(f"{type_name}: {message} (the exception itself could not be sent back: it would not pickle, or was too large)")
-    try:
-        raise exc from RemoteTraceback(tb)
-    finally:
-        del exc
-
-
-# --------------------------------------------------------------- graveyard
-# Workers of a default context replaced by configure_default_context, whose
-# exit status has not been collected yet (a context keeps its own in
-# _dying).  Reaped without blocking on the next acquire, and for good at
-# exit: no zombie is left behind.
-
-_graveyard = []
-_graveyard_lock = threading.Lock()
-
-
-def _bury(w):
-    w.close()
-    if w.reap(False) is None:
-        with _graveyard_lock:
-            _graveyard.append(w)
-
-
-def _reap_graveyard():
-    with _graveyard_lock:
-        _graveyard[:] = [w for w in _graveyard if w.reap(False) is None]
-
-
-def _kill(w):
-    w.kill()
-    w.reap(True)
-    w.close()
-
-
-# ------------------------------------------------------------------ context
-
-def _refuse_while_bootstrapping():
-    """A worker re-imports the parent's script as __mp_main__.  A script
-    that starts jobs at import time (no `if __name__ == "__main__":` guard)
-    would have every worker start more workers, without end; stop that as
-    multiprocessing does.  tpar-worker's helper module says when it is
-    importing the script."""
-    helper = sys.modules.get("_tpar_worker")
-    if helper is not None and getattr(helper, "bootstrapping", False):
-        raise RuntimeError(
-            "tpar: a worker process is importing your script as __main__, and the "
-            "script started jobs while being imported.  Guard the script's entry "
-            "point with `if __name__ == \"__main__\":`.")
-
+# ---------------------------------------------------------------- checks
 
 def _check_preload(preload):
     """preload= -> a tuple of distinct module names, in order."""
@@ -215,20 +87,6 @@ def _check_prestart(prestart):
     return prestart
 
 
-def _import_all(names):
-    """Imports the preload modules here (FORK: in the parent, once)."""
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except BaseException as exc:
-            _note(exc, f"tpar: preload={names!r}: importing {name!r} failed")
-            raise
-
-
-def _note(exc, text):
-    if hasattr(exc, "add_note"):  # 3.11+
-        exc.add_note(text)
-
 
 def _check_params(idle_timeout, init, retire, grace_period, worker_type):
     for name, value in (("idle_timeout", idle_timeout), ("grace_period", grace_period)):
@@ -243,16 +101,15 @@ def _check_params(idle_timeout, init, retire, grace_period, worker_type):
         raise ValueError(f"worker_type must be a member of WorkerType, got {worker_type!r}")
 
 
+
+# ------------------------------------------------------------------ context
+
 class WorkerContext:
     """A context for running synchronous functions in an isolated cache of
     worker processes.  Made by `open_worker_context`, never directly."""
 
     __slots__ = ("idle_timeout", "init", "retire", "grace_period", "worker_type",
-                 "preload", "_config", "_lock", "_idle", "_busy", "_running",
-                 "_closed", "_by_ref", "_dying", "_worker_extra", "_zygote", "_zlock",
-                 "_preload_job", "_unchecked", "_fork_preload", "_prestarter",
-                 "_idle_cv", "_prestarting", "_zkey", "_forks", "_closing",
-                 "_replaced", "__weakref__")
+                 "preload", "_cache", "_by_ref", "_closing", "_replaced", "__weakref__")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("WorkerContext has no public constructor: use tpar.open_worker_context()")
@@ -270,40 +127,8 @@ class WorkerContext:
         self.worker_type = worker_type
         self.preload = preload
         self._by_ref = main_path() is not None
-        # An idle worker exits by itself a little after we stop using it, so
-        # a worker forgotten by an idle program still goes away.
-        self._worker_extra = ()
-        if math.isfinite(idle_timeout):
-            self._worker_extra = ("--idle-timeout", repr(idle_timeout * 1.1 + 0.5))
-        # preload: FORK imports in this process before its first fork; SPAWN
-        # and FORKSERVER workers get a first job that imports the modules
-        # (a FORKSERVER zygote has imported them already, so there it only
-        # checks), answered before the worker's first real job is sent: an
-        # import error is raised in the caller, not left in a broken worker.
-        self._preload_job = None
-        self._fork_preload = bool(preload) and worker_type is WorkerType.FORK
-        if preload and worker_type is not WorkerType.FORK:
-            self._preload_job = _dumps(
-                (all, (map(importlib.import_module, preload),), _NO_KWARGS), 5)
-        self._unchecked = set()  # workers whose preload answer is not read yet
-        self._prestarter = None  # FORKSERVER prestart: the thread asking for forks
-        self._forks = worker_type is WorkerType.FORK  # its workers start at once
-        self._config = None
-        if init is not bool or retire is not bool:
-            self._config = _pickle_job(
-                (None if init is bool else init, None if retire is bool else retire),
-                self._by_ref)
-        self._lock = threading.Lock()
-        self._idle_cv = threading.Condition(self._lock)  # a prestarted worker came
-        self._prestarting = 0  # prestarted workers not yet in the cache
-        self._zygote = None  # FORKSERVER: the forkserver, started on demand
-        self._zkey = None  # the argv it was started with
-        self._zlock = threading.Lock()
-        self._idle = []  # (worker, idle since), most recent last: LIFO
-        self._busy = set()
-        self._dying = []  # retired or replaced, exit status not yet collected
-        self._running = 0
-        self._closed = False  # no worker is taken or kept any more
+        self._cache = WorkerCache(worker_type, idle_timeout, preload, init, retire,
+                                  self._by_ref)
         self._closing = False  # no new call is taken (closing, or closed)
         self._replaced = False  # a default context replaced by configure_default_context
         _live_contexts.add(self)
@@ -316,224 +141,10 @@ class WorkerContext:
 
     def statistics(self):
         """Return the number of idle and running workers in this context."""
-        with self._lock:
-            return WorkerContextStatistics(len(self._idle), self._running)
-
-    # ------------------------------------------------------------ the cache
-
-    def _acquire(self):
-        """A live worker: the most recently idle one, else a fresh one."""
-        if _graveyard:
-            _reap_graveyard()
-        if self._dying:
-            self._reap_dying()
-        with self._lock:
-            if self._closing or self._closed:
-                raise trio.ClosedResourceError("this worker context is closed")
-            self._running += 1
-            idle = self._idle
-            # Stale idle workers are retired here; the workers' own idle
-            # exit comes later (see _worker_extra), so we win that race.
-            horizon = _monotonic() - self.idle_timeout
-            while idle:
-                w, since = idle.pop()
-                if since >= horizon and w.alive():
-                    self._busy.add(w)
-                    return w
-                self._bury(w, locked=True)  # died while idle, or stale: replaced silently
-                if since < horizon:
-                    for old, _ in idle:
-                        self._bury(old, locked=True)
-                    idle.clear()
-        try:
-            _refuse_while_bootstrapping()
-            w = self._wait_prestarted() if self._prestarting else None
-            if w is None:
-                w = self._start_worker()
-        except BaseException:
-            with self._lock:
-                self._running -= 1
-            raise
-        with self._lock:
-            self._busy.add(w)
-        return w
-
-    def _wait_prestarted(self):
-        """A prestarted worker is on its way (FORKSERVER: the zygote is
-        still starting): take it rather than start one more."""
-        with self._idle_cv:
-            while self._prestarting and not self._idle and not self._closed:
-                self._idle_cv.wait(0.05)
-            while self._idle:
-                w, _ = self._idle.pop()
-                if w.alive():
-                    return w
-                self._bury(w, locked=True)
-        return None
-
-    def _start_worker(self):
-        """A new worker, its preload job and CONFIG sent (not awaited)."""
-        w = self._new_worker()
-        try:
-            if self._preload_job is not None:
-                self._unchecked.add(w)
-                w.send(_JOB, self._preload_job)
-            if self._config is not None:
-                w.send(_core.FRAME_CONFIG, self._config)
-        except BrokenPipeError:
-            pass  # it died already: its first job finds out why
-        return w
-
-    def _zygote_argv(self):
-        extra = self._worker_extra + ("--zygote",)
-        if self.preload:
-            extra += ("--preload", ",".join(self.preload))
-        return worker_argv(extra)
-
-    def _new_worker(self):
-        if self.worker_type is WorkerType.SPAWN:
-            return _core.spawn(worker_argv(self._worker_extra))
-        if self.worker_type is WorkerType.FORK:
-            if self._fork_preload:
-                _import_all(self.preload)
-                self._fork_preload = False
-            idle = float(self._worker_extra[1]) if self._worker_extra else 0.0
-            return _core.fork_worker(
-                threading.current_thread() is threading.main_thread(), idle)
-        with self._zlock:
-            for attempt in (1, 2):
-                if self._closed:
-                    raise trio.ClosedResourceError("this worker context is closed")
-                if self._zygote is None:
-                    self._zkey = tuple(self._zygote_argv())
-                    self._zygote = _start_zygote(self._zkey)
-                try:
-                    return self._zygote.fork()
-                except BrokenPipeError:  # it died: the next one takes over
-                    self._zygote.stop()
-                    self._zygote = None
-                    if attempt == 2:
-                        raise
-
-    # ------------------------------------------------------------- prestart
+        return self._cache.statistics()
 
     def _prestart(self, n):
-        """Starts n workers without waiting for them to be ready, and puts
-        them in the idle cache.  SPAWN: n posix_spawns (their READY is read
-        when they are first used); FORK: n forks; FORKSERVER: the zygote is
-        spawned here and a thread asks it for the n workers, so the caller
-        never waits for the zygote's start-up.  Best effort: an error stops
-        the prestart, and the first call that needs a worker raises it."""
-        if n <= 0:
-            return
-        self._prestarting = n
-        try:
-            _refuse_while_bootstrapping()
-            if self.worker_type is WorkerType.FORKSERVER:
-                with self._zlock:
-                    if self._zygote is None and not self._closed:
-                        self._zkey = tuple(self._zygote_argv())
-                        self._zygote = _start_zygote(self._zkey)
-                t = threading.Thread(target=self._prestart_some, args=(n,),
-                                     name="tpar-prestart", daemon=True)
-                self._prestarter = t
-                t.start()
-            else:
-                self._prestart_some(n)
-        except Exception:
-            self._prestarting = 0
-
-    def _prestart_some(self, n):
-        try:
-            for _ in range(n):
-                if self._closed:
-                    return
-                try:
-                    w = self._start_worker()
-                except Exception:
-                    return
-                with self._lock:
-                    self._prestarting -= 1
-                    if not self._closed:
-                        self._idle.append((w, _monotonic()))
-                        self._idle_cv.notify_all()
-                        continue
-                self._bury(w)
-        finally:
-            with self._lock:
-                self._prestarting = 0
-                self._idle_cv.notify_all()
-
-    def _stop_zygote(self, park=False):
-        """Stops the forkserver, or with park=True keeps it for the next
-        context of the same configuration (_park_zygote)."""
-        with self._zlock:
-            z, self._zygote = self._zygote, None
-        if z is not None:
-            if park:
-                _park_zygote(z, self._zkey)
-            else:
-                z.stop()
-
-    def _release(self, w, keep):
-        with self._lock:
-            self._running -= 1
-            self._busy.discard(w)
-            if keep and not self._closed:
-                self._idle.append((w, _monotonic()))
-                return
-        self._bury(w)
-
-    def _bury(self, w, locked=False):
-        """Lets w go: its pipes close (it exits at end of file) and its exit
-        status is collected now or by a later _reap_dying / close."""
-        self._unchecked.discard(w)
-        w.close()
-        if w.reap(False) is None:
-            if locked:
-                self._dying.append(w)
-            else:
-                with self._lock:
-                    self._dying.append(w)
-
-    def _reap_dying(self):
-        with self._lock:
-            self._dying[:] = [w for w in self._dying if w.reap(False) is None]
-
-    def _release_killed(self, w):
-        self._unchecked.discard(w)
-        _kill(w)
-        self._release(w, False)
-
-    async def _await_preload(self, w):
-        """Reads the answer to w's preload job; raises its import error (w
-        goes) or BrokenWorkerError, else w is ready for jobs."""
-        try:
-            res = w.recv(0.0)
-            if res is None:
-                res = await _finish(w, False)
-        except trio.Cancelled:
-            self._release(w, True)  # still unchecked: read on its next use
-            raise
-        except BaseException:
-            self._release_killed(w)
-            raise
-        if res is False:
-            try:
-                await self._broken(w)
-            except BrokenWorkerError as exc:
-                _note(exc, f"tpar: it died while importing preload={self.preload!r}")
-                raise
-        self._unchecked.discard(w)
-        status, _, body = res
-        if status & 0x7F != _OK:
-            self._release(w, False)
-            try:
-                _outcome(status, body)
-            except BaseException as exc:
-                _note(exc, f"tpar: worker process {w.pid} could not import "
-                           f"preload={self.preload!r}")
-                raise
+        self._cache.prestart(n)
 
     # -------------------------------------------------------------- run_sync
 
@@ -568,35 +179,38 @@ class WorkerContext:
             limiter.release_on_behalf_of(task)
 
     async def _run(self, fn, args, kill_on_cancel, spin):
+        cache = self._cache
         try:
-            w = self._acquire()
+            if self._closing:
+                raise trio.ClosedResourceError("this worker context is closed")
+            w = cache.acquire()
         except trio.ClosedResourceError:
             if not self._replaced:
                 raise
             # configure_default_context replaced this default while the
             # call waited for its limiter: the new default runs it.
             return await _get_default_context()._run(fn, args, kill_on_cancel, spin)
-        if self._unchecked and w in self._unchecked:
+        if cache.unchecked and w in cache.unchecked:
             await self._await_preload(w)
         try:
             # Pickled straight into the worker's frame (a large job into
             # shared memory); a job that will not pickle leaves the worker
             # untouched and usable.
-            self._send_job(w, (fn, args, _NO_KWARGS))
+            _pickle_into(w.send_pickled, _JOB, (fn, args, _NO_KWARGS), self._by_ref)
         except BrokenPipeError:  # it died: the read below sees the EOF
             pass
         except BaseException:
             # An unpicklable job leaves it untouched; one that failed half
             # sent (no memory for the rest) has had it killed.
-            self._release(w, w.alive())
+            cache.release(w, w.alive())
             raise
         try:
             # Spin only when no other job of ours could use the time, and
             # not for a worker still starting (no READY yet; a FORK child
             # starts at once): it will not answer within a spin, and the
             # CPU is better left to it.
-            warm = w.ready or self._forks
-            res = w.recv(SPIN_US) if spin and warm and self._running == 1 else None
+            warm = w.ready or cache.starts_at_once
+            res = w.recv(SPIN_US) if spin and warm and cache.running == 1 else None
             if res is None:
                 try:
                     res = await _finish(w, warm)
@@ -612,7 +226,7 @@ class WorkerContext:
         except BaseException:
             # Cancelled (kill_on_cancel), KeyboardInterrupt, a protocol error:
             # the worker is in an unknown state, so it goes.
-            self._release_killed(w)
+            cache.release_killed(w)
             raise
         if res is False:
             await self._broken(w)
@@ -625,22 +239,40 @@ class WorkerContext:
             finally:
                 body.release()
                 w.lane_done()
-                self._release(w, not status & _RETIRING)
-        self._release(w, not status & _RETIRING)
+                cache.release(w, not status & _RETIRING)
+        cache.release(w, not status & _RETIRING)
         return _outcome(status, body)
 
-    def _send_job(self, w, job):
-        """pickle first when objects pickled by reference can be found in the
-        worker (it re-imports our __main__ script), cloudpickle otherwise or
-        when pickle refuses (lambdas, closures)."""
-        if self._by_ref or cloudpickle is None:
+    async def _await_preload(self, w):
+        """Reads the answer to w's preload job; raises its import error (w
+        goes) or BrokenWorkerError, else w is ready for jobs."""
+        cache = self._cache
+        try:
+            res = w.recv(0.0)
+            if res is None:
+                res = await _finish(w, False)
+        except trio.Cancelled:
+            cache.release(w, True)  # still unchecked: read on its next use
+            raise
+        except BaseException:
+            cache.release_killed(w)
+            raise
+        if res is False:
             try:
-                w.send_pickled(_JOB, _dump, job)
-                return
-            except Exception:
-                if cloudpickle is None:
-                    raise
-        w.send_pickled(_JOB, cloudpickle.dump, job)
+                await self._broken(w)
+            except BrokenWorkerError as exc:
+                _note(exc, f"tpar: it died while importing preload={self.preload!r}")
+                raise
+        cache.unchecked.discard(w)
+        status, _, body = res
+        if status & _STATUS_MASK != _OK:
+            cache.release(w, False)
+            try:
+                _outcome(status, body)
+            except BaseException as exc:
+                _note(exc, f"tpar: worker process {w.pid} could not import "
+                           f"preload={self.preload!r}")
+                raise
 
     async def _broken(self, w):
         """The worker's pipe ended mid-job: collect why, then raise."""
@@ -654,156 +286,56 @@ class WorkerContext:
                     w.kill()
                     w.reap(True)
         finally:  # a KeyboardInterrupt in the sleep too: the worker goes
-            self._release(w, False)
+            self._cache.release(w, False)
         raise BrokenWorkerError(
             f"worker process {w.pid} died unexpectedly: {_core.describe_status(w.status)}")
 
     # ------------------------------------------------------------- shutdown
 
     def _close_idle(self):
-        """Marks the context closed; returns its idle workers, pipes closed
-        (end of file tells a worker to exit 0), and those already leaving."""
-        with self._lock:
-            self._closed = True
-            workers = [w for w, _ in self._idle]
-            self._idle.clear()
-            dying, self._dying = self._dying, []
-            for w in workers:
-                self._unchecked.discard(w)
-        for w in workers:
-            w.close()
-        return workers, dying
+        return self._cache.close_idle()
 
     @enable_ki_protection
     async def _aclose(self):
         self._closing = True  # calls from now on are refused
+        cache = self._cache
         with trio.CancelScope(shield=True):
-            while self._running:  # "wait for running workers to become idle"
+            while cache.running:  # "wait for running workers to become idle"
                 await trio.sleep(0.001)
-            workers, dying = self._close_idle()
-            t = self._prestarter
+            workers, dying = cache.close_idle()
+            t = cache.prestarter
             while t is not None and t.is_alive():  # at most one fork in flight
                 await trio.sleep(0.001)
-            late, late_dying = self._close_idle()
+            late, late_dying = cache.close_idle()
             workers += late
             dying += late_dying
             deadline = _monotonic() + self.grace_period
             while not _collect(workers + dying, deadline):
                 await trio.sleep(0.001)
-            self._stop_zygote(park=True)  # every worker of ours is gone
-            _raise_if_unclean(workers)
+            cache.launcher.stop(park=True)  # every worker of ours is gone
+            _proc.raise_if_unclean(workers)
 
     def _shutdown_sync(self, grace_period, kill_busy):
         """Closes the context at exit; returns its idle workers, reaped."""
-        workers, dying = self._close_idle()
-        t = self._prestarter
+        cache = self._cache
+        workers, dying = cache.close_idle()
+        t = cache.prestarter
         if t is not None:
             t.join(1.0)
-            late, late_dying = self._close_idle()
+            late, late_dying = cache.close_idle()
             workers += late
             dying += late_dying
         if kill_busy:
-            with self._lock:
-                busy = list(self._busy)
+            with cache.lock:
+                busy = list(cache.busy)
             for w in busy:
                 w.kill()
             dying += busy
         deadline = _monotonic() + grace_period
         while not _collect(workers + dying, deadline):
             time.sleep(0.001)
-        self._stop_zygote()
+        cache.launcher.stop()
         return workers
-
-
-# ------------------------------------------------------------ forkservers
-# A FORKSERVER context that closes leaves its zygote here (all its workers
-# are gone by then), and the next context that would start a zygote with
-# the same command line (sys.path, __main__, preload, idle timeout) takes
-# it instead: opening and closing contexts does not pay for a zygote's
-# start-up (~60 ms) each time, as multiprocessing's forkserver, which lives
-# as long as the process, does not either.  One is kept, the most recently
-# parked; the rest stop.  Stopped at exit; a forked child forgets them.
-
-_parked_lock = threading.Lock()
-_parked = {}  # zygote argv (tuple) -> Zygote
-
-
-def _start_zygote(argv):
-    """A parked zygote started with this argv, else a new one."""
-    with _parked_lock:
-        z = _parked.pop(tuple(argv), None)
-    if z is not None:
-        if z.pid > 0:
-            return z
-        z.stop()
-    return _core.zygote_start(argv)
-
-
-def _park_zygote(z, key):
-    if z.pid <= 0:
-        z.stop()
-        return
-    with _parked_lock:
-        old = [o for k, o in _parked.items() if k != key] + (
-            [_parked[key]] if key in _parked else [])
-        _parked.clear()
-        _parked[key] = z
-    for o in old:
-        o.stop()
-
-
-def _stop_parked():
-    with _parked_lock:
-        zs = list(_parked.values())
-        _parked.clear()
-    for z in zs:
-        z.stop()
-
-
-def _collect(workers, deadline):
-    """One pass of reaping; past the deadline the rest are killed.  True
-    when every worker has been reaped."""
-    late = _monotonic() >= deadline
-    done = True
-    for w in workers:
-        if w.status is None and w.reap(False) is None:
-            if late:
-                w.kill()
-                w.reap(True)
-            else:
-                done = False
-    return done
-
-
-def _raise_if_unclean(workers):
-    bad = [w for w in workers if w.status != 0]
-    if bad:
-        raise BrokenWorkerError(
-            f"graceful shutdown failed: {len(bad)} worker(s) did not exit cleanly ("
-            + ", ".join(f"{w.pid} {_core.describe_status(w.status)}" for w in bad) + ")")
-
-
-async def _finish(w, warm=True):
-    """Writes what is left of the job, then waits for its result (yielding
-    to other tasks and polling for a while first when the worker is warm)."""
-    try:
-        while w.pending:
-            await wait_writable(w.to_fd)
-            w.flush()
-    except BrokenPipeError:
-        pass
-    # While other tasks have work, yielding to them and polling again keeps
-    # this process awake: cheaper than sleeping in epoll and being woken.
-    # Not for a worker still starting up: it needs the CPU more than we do.
-    deadline = _perf() + YIELD_SPIN_S if warm else 0.0
-    while True:
-        res = w.recv(0.0)
-        if res is not None:
-            return res
-        if _perf() < deadline:
-            await checkpoint()
-        else:
-            await wait_readable(w.from_fd)
 
 
 # ---------------------------------------------------- the default context
@@ -1045,38 +577,29 @@ def _atexit_shutdown():
     others = [c for c in list(_live_contexts) if c is not default]
     for ctx in others:
         ctx._shutdown_sync(0.0, kill_busy=True)
-    with _graveyard_lock:
-        rest = list(_graveyard)
-        _graveyard.clear()
+    with _proc.graveyard_lock:
+        rest = list(_proc.graveyard)
+        _proc.graveyard.clear()
     deadline = _monotonic() + (default.grace_period if default else 30)
     while not _collect(rest, deadline):
         time.sleep(0.001)
-    _stop_parked()
+    _proc.stop_parked()
     if default is not None:
         workers = default._shutdown_sync(default.grace_period, kill_busy=True)
-        _raise_if_unclean(workers)
+        _proc.raise_if_unclean(workers)
 
 
 def _after_fork_in_child():
     global _default_ctx, _owner_pid
-    # The parent's workers are not ours: forget them without touching them
-    # (a Worker only kills and reaps in the process that spawned it), but
-    # close our copies of their pipes: a worker must see end of file when
-    # the parent closes its end, whatever children the parent forked (a
-    # FORK worker among them).  No lock is taken: one may have been held
-    # by another thread at the fork.
+    # The parent's workers are not ours (WorkerCache.forget).  No lock is
+    # taken: one may have been held by another thread at the fork.
     for ctx in list(_live_contexts):
-        for w in [w for w, _ in list(ctx._idle)] + list(ctx._busy) + list(ctx._dying):
-            w.close()
-        if ctx._zygote is not None:
-            ctx._zygote.stop()  # in a child: closes the socket, kills nothing
-    for z in list(_parked.values()):
-        z.stop()
-    _parked.clear()
+        ctx._cache.forget()
+    _proc.forget_parked()
     _owner_pid = os.getpid()
     _default_ctx = None
     _live_contexts.clear()
-    _graveyard.clear()
+    _proc.graveyard.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -34,13 +34,13 @@ async def test_forkserver_segfault_is_broken_worker_error():
 async def test_forkserver_survives_its_zygote_being_killed():
     async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
         first = await ctx.run_sync(_jobs.pid)
-        zygote = ctx._zygote.pid
+        zygote = ctx._cache.launcher.zygote.pid
         os.kill(zygote, signal.SIGKILL)
         while os.path.exists(f"/proc/{first}"):  # its workers die with it
             await trio.sleep(0.01)
         second = await ctx.run_sync(_jobs.pid)
         assert second != first
-        assert ctx._zygote.pid != zygote
+        assert ctx._cache.launcher.zygote.pid != zygote
 
 
 async def test_forkserver_init_retire_and_kill_on_cancel():

@@ -72,7 +72,7 @@ async def test_preload_is_imported_before_the_first_job(wtype):
         if wtype is WT.SPAWN:
             assert imported_in == pid  # in the worker itself
         elif wtype is WT.FORKSERVER:
-            assert imported_in == ctx._zygote.pid  # once, in the zygote
+            assert imported_in == ctx._cache.launcher.zygote.pid  # once, in the zygote
         else:
             assert imported_in == os.getpid()  # once, in this process
             assert name in sys.modules
@@ -123,7 +123,7 @@ async def test_cancelled_while_a_worker_preloads_keeps_the_worker():
             await ctx.run_sync(_jobs.pid)  # waits for the 0.5 s import
         assert scope.cancelled_caught
         assert counts(ctx) == (1, 0)  # back in the cache, still importing
-        (kept, _), = ctx._idle
+        (kept, _), = ctx._cache.idle
         pid, imported_in = await ctx.run_sync(_pjobs.imported_in, "_preload_slow")
         assert pid == imported_in == kept.pid
 
@@ -136,7 +136,7 @@ async def test_prestart_fills_the_cache_before_any_call(wtype):
         with trio.fail_after(60):
             while counts(ctx) != (2, 0):
                 await trio.sleep(0.005)
-        started = {w.pid for w, _ in ctx._idle}
+        started = {w.pid for w, _ in ctx._cache.idle}
         assert await ctx.run_sync(_jobs.pid) in started
         assert counts(ctx) == (2, 0)
     assert all(gone(pid) for pid in started)
@@ -150,7 +150,7 @@ async def test_a_call_during_a_forkserver_prestart_takes_a_prestarted_worker():
             while ctx.statistics().idle_workers < 2:
                 await trio.sleep(0.005)
         assert counts(ctx) == (2, 0)  # not a third worker
-        assert pid in {w.pid for w, _ in ctx._idle}
+        assert pid in {w.pid for w, _ in ctx._cache.idle}
 
 
 @pytest.mark.parametrize("wtype", ALL_TYPES)
@@ -161,7 +161,7 @@ async def test_prestart_with_preload(wtype):
         with trio.fail_after(60):
             while counts(ctx) != (1, 0):
                 await trio.sleep(0.005)
-        started = {w.pid for w, _ in ctx._idle}
+        started = {w.pid for w, _ in ctx._cache.idle}
         pid, imported_in = await ctx.run_sync(_pjobs.imported_in, name)
         assert pid in started and imported_in is not None
 
@@ -170,14 +170,14 @@ async def test_closing_a_context_during_a_forkserver_prestart():
     async with trio_parallel.open_worker_context(worker_type=WT.FORKSERVER,
                                                  prestart=3) as ctx:
         pass
-    assert ctx._zygote is None and counts(ctx) == (0, 0)
-    assert not ctx._prestarter.is_alive()
+    assert ctx._cache.launcher.zygote is None and counts(ctx) == (0, 0)
+    assert not ctx._cache.prestarter.is_alive()
 
 
 async def test_cache_scope_prestart():
     async with trio_parallel.cache_scope(prestart=1):
         ctx = trio_parallel._impl._scope.get()
-        started = {w.pid for w, _ in ctx._idle}
+        started = {w.pid for w, _ in ctx._cache.idle}
         assert len(started) == 1  # SPAWN: spawned at once, READY read later
         assert await trio_parallel.run_sync(_jobs.pid) in started
 
@@ -195,7 +195,7 @@ def test_configure_default_context_prestart_and_preload(tmp_path):
             trio_parallel.configure_default_context(prestart=2, preload="_preload_mod")
             # no trio.run yet: the workers are on their way all the same
             assert trio_parallel.default_context_statistics().idle_workers == 2
-            started = {w.pid for w, _ in trio_parallel._impl._default_ctx._idle}
+            started = {w.pid for w, _ in trio_parallel._impl._default_ctx._cache.idle}
             pid, preloaded = trio.run(trio_parallel.run_sync, job)
             print(pid in started, preloaded, "_preload_mod" in sys.modules)
     """))

@@ -1,6 +1,6 @@
 """The forkserver: the spare, one worker the zygote keeps forked ahead of
 the next request (pyworker/main.c); the zygote of a closed context, kept
-for the next context of the same configuration (python/tpar/_impl.py)."""
+for the next context of the same configuration (python/tpar/_proc.py)."""
 
 import os
 import signal
@@ -46,7 +46,7 @@ async def test_the_next_worker_is_the_spare():
     async with trio_parallel.open_worker_context(
             worker_type=FORKSERVER, retire=_jobs.always_retire) as ctx:
         first = await ctx.run_sync(_jobs.pid)
-        zygote = ctx._zygote.pid
+        zygote = ctx._cache.launcher.zygote.pid
         spare = await spare_of(zygote, [first])
         assert await ctx.run_sync(_jobs.pid) == spare
         assert await spare_of(zygote, [first, spare]) not in (first, spare)
@@ -56,7 +56,7 @@ async def test_the_next_worker_is_the_spare():
 async def test_a_dead_spare_is_replaced_and_never_reported():
     async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
         first = await ctx.run_sync(_jobs.pid)
-        zygote = ctx._zygote.pid
+        zygote = ctx._cache.launcher.zygote.pid
         spare = await spare_of(zygote, [first])
         os.kill(spare, signal.SIGKILL)
         while not gone(spare):  # the zygote reaps it
@@ -66,7 +66,7 @@ async def test_a_dead_spare_is_replaced_and_never_reported():
             await trio.sleep(0.1)
             second = await ctx.run_sync(_jobs.pid)
         assert second not in (first, spare)
-        assert ctx._zygote.pid == zygote  # still the same zygote
+        assert ctx._cache.launcher.zygote.pid == zygote  # still the same zygote
         assert await spare_of(zygote, [first, second]) != spare
     assert gone(first) and gone(second)
 
@@ -76,17 +76,17 @@ async def test_a_dead_spare_is_replaced_and_never_reported():
 async def test_a_closed_contexts_zygote_serves_the_next_context():
     async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
         first = await ctx.run_sync(_jobs.pid)
-        zygote = ctx._zygote.pid
+        zygote = ctx._cache.launcher.zygote.pid
     assert gone(first) and not gone(zygote)
     async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
         second = await ctx.run_sync(_jobs.pid)
-        assert ctx._zygote.pid == zygote
+        assert ctx._cache.launcher.zygote.pid == zygote
         assert second != first
     # Another configuration gets its own zygote; one zygote is kept.
     async with trio_parallel.open_worker_context(worker_type=FORKSERVER,
                                                  idle_timeout=100) as ctx:
         await ctx.run_sync(_jobs.pid)
-        other = ctx._zygote.pid
+        other = ctx._cache.launcher.zygote.pid
         assert other != zygote
     with trio.fail_after(10):
         while not gone(zygote):
@@ -97,11 +97,11 @@ async def test_a_closed_contexts_zygote_serves_the_next_context():
 async def test_a_parked_zygote_that_died_is_replaced():
     async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
         await ctx.run_sync(_jobs.pid)
-        zygote = ctx._zygote.pid
+        zygote = ctx._cache.launcher.zygote.pid
     os.kill(zygote, signal.SIGKILL)
     async with trio_parallel.open_worker_context(worker_type=FORKSERVER) as ctx:
         assert await ctx.run_sync(_jobs.add, 1, 2) == 3
-        assert ctx._zygote.pid != zygote
+        assert ctx._cache.launcher.zygote.pid != zygote
 
 
 def test_a_parked_zygote_stops_at_exit(tmp_path):
@@ -114,7 +114,7 @@ def test_a_parked_zygote_stops_at_exit(tmp_path):
             async with trio_parallel.open_worker_context(
                     worker_type=trio_parallel.WorkerType.FORKSERVER) as ctx:
                 await ctx.run_sync(bool)
-                print(ctx._zygote.pid, flush=True)
+                print(ctx._cache.launcher.zygote.pid, flush=True)
 
         if __name__ == "__main__":
             trio.run(main)
@@ -155,7 +155,7 @@ if __name__ == "__main__":
                 for _ in range(30):
                     await ctx.run_sync(os.getpid)
                 await trio.sleep(0.3)
-                seen += zombies_of(ctx._zygote.pid)
+                seen += zombies_of(ctx._cache.launcher.zygote.pid)
             print(seen, flush=True)
         print("closed", flush=True)  # a lost exit: the close waits forever
 

@@ -1,0 +1,239 @@
+"""One context's workers: the LIFO cache of idle ones, the busy ones, those
+leaving (exit status not collected yet), prestart, and what a new worker is
+sent before its first job (its preload job, its init/retire).  Thread-safe:
+configure_default_context, a prestart thread and exit touch it from other
+threads than Trio's."""
+
+import importlib
+import math
+import threading
+import time
+
+import trio
+
+from . import _core
+from ._abc import NO_KWARGS, WorkerContextStatistics, WorkerType, as_bytes, pickle_into
+from ._proc import LAUNCHERS, graveyard, kill, reap_graveyard, refuse_while_bootstrapping
+
+_JOB = _core.FRAME_JOB_PICKLE
+_monotonic = time.monotonic
+
+
+def worker_extra(idle_timeout):
+    """An idle worker exits by itself a little after we stop using it, so
+    a worker forgotten by an idle program still goes away.  (Idle workers
+    past the timeout are retired by acquire() first: we win that race.)"""
+    if math.isfinite(idle_timeout):
+        return ("--idle-timeout", repr(idle_timeout * 1.1 + 0.5))
+    return ()
+
+
+class WorkerCache:
+    __slots__ = ("idle_timeout", "launcher", "starts_at_once", "preload_job", "config",
+                 "lock", "idle_cv", "idle", "busy", "dying", "running", "closed",
+                 "unchecked", "prestarting", "prestarter")
+
+    def __init__(self, worker_type, idle_timeout, preload, init, retire, by_ref):
+        self.idle_timeout = idle_timeout
+        self.launcher = LAUNCHERS[worker_type](worker_extra(idle_timeout), preload)
+        self.starts_at_once = self.launcher.starts_at_once
+        # preload: FORK imports in this process before its first fork; SPAWN
+        # and FORKSERVER workers get a first job that imports the modules
+        # (a FORKSERVER zygote has imported them already, so there it only
+        # checks), answered before the worker's first real job is sent: an
+        # import error is raised in the caller, not left in a broken worker.
+        self.preload_job = None
+        if preload and worker_type is not WorkerType.FORK:
+            self.preload_job = pickle_into(
+                as_bytes, _JOB, (all, (map(importlib.import_module, preload),), NO_KWARGS),
+                True)
+        self.config = None
+        if init is not bool or retire is not bool:
+            self.config = pickle_into(
+                as_bytes, _core.FRAME_CONFIG,
+                (None if init is bool else init, None if retire is bool else retire),
+                by_ref)
+        self.lock = threading.Lock()
+        self.idle_cv = threading.Condition(self.lock)  # a prestarted worker came
+        self.idle = []  # (worker, idle since), most recent last: LIFO
+        self.busy = set()
+        self.dying = []  # retired or replaced, exit status not yet collected
+        self.running = 0
+        self.closed = False  # no worker is taken or kept any more
+        self.unchecked = set()  # workers whose preload answer is not read yet
+        self.prestarting = 0  # prestarted workers not yet in the cache
+        self.prestarter = None  # the thread starting them (FORKSERVER)
+
+    def statistics(self):
+        with self.lock:
+            return WorkerContextStatistics(len(self.idle), self.running)
+
+    # ------------------------------------------------------------ taking
+
+    def acquire(self):
+        """A live worker: the most recently idle one, else a fresh one."""
+        if graveyard:
+            reap_graveyard()
+        if self.dying:
+            self.reap_dying()
+        with self.lock:
+            if self.closed:
+                raise trio.ClosedResourceError("this worker context is closed")
+            self.running += 1
+            idle = self.idle
+            # Stale idle workers are retired here; the workers' own idle
+            # exit comes later (see worker_extra), so we win that race.
+            horizon = _monotonic() - self.idle_timeout
+            while idle:
+                w, since = idle.pop()
+                if since >= horizon and w.alive():
+                    self.busy.add(w)
+                    return w
+                self.bury(w, locked=True)  # died while idle, or stale: replaced silently
+                if since < horizon:
+                    for old, _ in idle:
+                        self.bury(old, locked=True)
+                    idle.clear()
+        try:
+            refuse_while_bootstrapping()
+            w = self._wait_prestarted() if self.prestarting else None
+            if w is None:
+                w = self.start_worker()
+        except BaseException:
+            with self.lock:
+                self.running -= 1
+            raise
+        with self.lock:
+            self.busy.add(w)
+        return w
+
+    def _wait_prestarted(self):
+        """A prestarted worker is on its way (FORKSERVER: the zygote is
+        still starting): take it rather than start one more."""
+        with self.idle_cv:
+            while self.prestarting and not self.idle and not self.closed:
+                self.idle_cv.wait(0.05)
+            while self.idle:
+                w, _ = self.idle.pop()
+                if w.alive():
+                    return w
+                self.bury(w, locked=True)
+        return None
+
+    def start_worker(self):
+        """A new worker, its preload job and CONFIG sent (not awaited)."""
+        w = self.launcher.start()
+        try:
+            if self.preload_job is not None:
+                self.unchecked.add(w)
+                w.send(_JOB, self.preload_job)
+            if self.config is not None:
+                w.send(_core.FRAME_CONFIG, self.config)
+        except BrokenPipeError:
+            pass  # it died already: its first job finds out why
+        return w
+
+    # ------------------------------------------------------------ prestart
+
+    def prestart(self, n):
+        """Starts n workers without waiting for them to be ready, and puts
+        them in the idle cache.  SPAWN: n posix_spawns (their READY is read
+        when they are first used); FORK: n forks; FORKSERVER: the zygote is
+        spawned here and a thread asks it for the n workers, so the caller
+        never waits for the zygote's start-up.  Best effort: an error stops
+        the prestart, and the first call that needs a worker raises it."""
+        if n <= 0:
+            return
+        self.prestarting = n
+        try:
+            refuse_while_bootstrapping()
+            if self.launcher.warm_up():
+                t = threading.Thread(target=self._prestart_some, args=(n,),
+                                     name="tpar-prestart", daemon=True)
+                self.prestarter = t
+                t.start()
+            else:
+                self._prestart_some(n)
+        except Exception:
+            self.prestarting = 0
+
+    def _prestart_some(self, n):
+        try:
+            for _ in range(n):
+                if self.closed:
+                    return
+                try:
+                    w = self.start_worker()
+                except Exception:
+                    return
+                with self.lock:
+                    self.prestarting -= 1
+                    if not self.closed:
+                        self.idle.append((w, _monotonic()))
+                        self.idle_cv.notify_all()
+                        continue
+                self.bury(w)
+        finally:
+            with self.lock:
+                self.prestarting = 0
+                self.idle_cv.notify_all()
+
+    # --------------------------------------------------------- giving back
+
+    def release(self, w, keep):
+        with self.lock:
+            self.running -= 1
+            self.busy.discard(w)
+            if keep and not self.closed:
+                self.idle.append((w, _monotonic()))
+                return
+        self.bury(w)
+
+    def release_killed(self, w):
+        self.unchecked.discard(w)
+        kill(w)
+        self.release(w, False)
+
+    def bury(self, w, locked=False):
+        """Lets w go: its pipes close (it exits at end of file) and its exit
+        status is collected now or by a later reap_dying / close."""
+        self.unchecked.discard(w)
+        w.close()
+        if w.reap(False) is None:
+            if locked:
+                self.dying.append(w)
+            else:
+                with self.lock:
+                    self.dying.append(w)
+
+    def reap_dying(self):
+        with self.lock:
+            self.dying[:] = [w for w in self.dying if w.reap(False) is None]
+
+    # ------------------------------------------------------------- closing
+
+    def close_idle(self):
+        """Marks the cache closed; returns its idle workers, pipes closed
+        (end of file tells a worker to exit 0), and those already leaving."""
+        self.launcher.close()
+        with self.lock:
+            self.closed = True
+            workers = [w for w, _ in self.idle]
+            self.idle.clear()
+            dying, self.dying = self.dying, []
+            for w in workers:
+                self.unchecked.discard(w)
+        for w in workers:
+            w.close()
+        return workers, dying
+
+    def forget(self):
+        """In a forked child: the parent's workers are not ours.  Forget them
+        without touching them (a Worker only kills and reaps in the process
+        that spawned it), but close our copies of their pipes: a worker must
+        see end of file when the parent closes its end, whatever children
+        the parent forked (a FORK worker among them).  No lock is taken: one
+        may have been held by another thread at the fork."""
+        for w in [w for w, _ in list(self.idle)] + list(self.busy) + list(self.dying):
+            w.close()
+        self.launcher.forget()
