@@ -23,7 +23,8 @@ extern "C" {
     X(TOOBIG, -7001, "frame longer than the limit")                           \
     X(BADFRAME, -7002, "malformed frame")                                     \
     X(TRUNCATED, -7003, "stream ended inside a frame")                        \
-    X(BADJSON, -7004, "invalid JSON")
+    X(BADJSON, -7004, "invalid JSON")                                         \
+    X(AUTH, -7005, "authentication failed")
 
 enum {
 #define TPAR__ERR_ENUM(name, code, msg) TPAR_E##name = (code),
@@ -52,6 +53,8 @@ enum tpar_frame_kind {
                                   pickle for pickle jobs */
     TPAR_FRAME_CONFIG = 5,     /* p->w: pickle of (init, retire); before any job */
     TPAR_FRAME_SHUTDOWN = 6,   /* p->w: finish the queued jobs, then exit 0 */
+    TPAR_FRAME_AUTH = 7,       /* both ways, before any other frame on a
+                                  socket: the handshake (tpar_auth below) */
 };
 
 /* Status byte of a TPAR_FRAME_RESULT. */
@@ -286,6 +289,157 @@ int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p);
 /* Ends the zygote (SIGKILL after closing its socket) and reaps it; its
  * workers die with it.  Forgets pending reports.  Idempotent. */
 void tpar_zygote_stop(tpar_zygote *z);
+
+/* ---------------------------------------------------------- remote workers
+ *
+ * A remote worker (`tpar-worker --connect HOST:PORT`) dials its parent over
+ * TCP, and before any other frame both sides prove that they know the run's
+ * secret: a mutual challenge-response with HMAC-SHA256 (libsodium), so
+ * neither unpickles anything from an unauthenticated peer.  Three AUTH
+ * frames, each of a fixed size (the status byte says which step):
+ *
+ *   CHALLENGE  p->w  Np (32 random bytes)
+ *   RESPONSE   w->p  Nw (32 random bytes) | HMAC(K, "tpar-auth-1 worker" | Np | Nw)
+ *   PROOF      p->w  HMAC(K, "tpar-auth-1 parent" | Np | Nw)
+ *
+ * The worker proves first; the parent sends its proof only to a worker that
+ * proved, and checks the response in constant time.  The labels keep one
+ * side's answer from serving as the other's; the fresh nonces keep an old
+ * answer from serving again.  Then the worker says READY and the frames
+ * are those of a pipe worker, inline (no lanes).  This authenticates; it
+ * does not encrypt: the frames travel in clear on the cluster's network.
+ *
+ * The secret is TPAR_SECRET_LEN random bytes, fresh for each run, passed
+ * to the workers as 64 hex digits in the environment variable
+ * TPAR_SECRET_ENV (srun forwards it), never on a command line. */
+#define TPAR_SECRET_LEN 32
+#define TPAR_SECRET_HEX (2 * TPAR_SECRET_LEN)
+#define TPAR_SECRET_ENV "TPAR_SECRET"
+#define TPAR_AUTH_MAC_LEN 32
+#define TPAR_AUTH_NONCE_LEN 32
+#define TPAR_AUTH_FRAME_MAX 64 /* the largest AUTH payload (RESPONSE) */
+
+enum tpar_auth_step { /* the status byte of an AUTH frame */
+    TPAR_AUTH_CHALLENGE = 1,
+    TPAR_AUTH_RESPONSE = 2,
+    TPAR_AUTH_PROOF = 3,
+};
+
+enum tpar_auth_role { TPAR_AUTH_PARENT = 1, TPAR_AUTH_WORKER = 2 };
+
+/* Makes a fresh random secret: key[] and its hex form (NUL-terminated).
+ * 0, or -EIO when no crypto library could be initialised. */
+int tpar_secret_new(uint8_t key[TPAR_SECRET_LEN], char hex[TPAR_SECRET_HEX + 1]);
+
+/* Reads the secret from TPAR_SECRET_ENV, overwrites the value in place and
+ * removes the variable, so that neither the jobs' os.environ nor
+ * /proc/PID/environ shows it.  -ENOENT when unset, -EINVAL when it is not
+ * 64 hex digits (the variable is wiped either way). */
+int tpar_secret_from_env(uint8_t key[TPAR_SECRET_LEN]);
+
+/* One side of the handshake, sans I/O: the caller reads exactly
+ * tpar_auth_want() bytes at a time (never more: what follows the handshake
+ * belongs to the frame stream), feeds them, and sends what appears in
+ * `out`.  A parent's CHALLENGE is in `out` right after init. */
+typedef struct tpar_auth {
+    int role;          /* TPAR_AUTH_PARENT or TPAR_AUTH_WORKER */
+    int step;          /* the AUTH step expected next; 0 when done */
+    uint8_t key[TPAR_SECRET_LEN];
+    uint8_t np[TPAR_AUTH_NONCE_LEN], nw[TPAR_AUTH_NONCE_LEN];
+    uint8_t in[TPAR_FRAME_HEADER + TPAR_AUTH_FRAME_MAX]; /* the frame being read */
+    size_t have;       /* bytes of it held */
+    tpar_buf out;      /* bytes to send; the caller consumes them */
+} tpar_auth;
+
+/* 0, -ENOMEM, or -EIO (no crypto library). */
+int tpar_auth_init(tpar_auth *a, int role, const uint8_t key[TPAR_SECRET_LEN]);
+
+/* How many bytes to read next: 1 or more while the handshake goes on, 0
+ * when it is done (or has failed). */
+size_t tpar_auth_want(const tpar_auth *a);
+
+/* Takes n (<= tpar_auth_want) bytes.  Returns 0 to go on, 1 when the peer
+ * is authenticated (the parent then still has its PROOF in `out` to send),
+ * or on failure: TPAR_EAUTH (wrong secret), TPAR_ETOOBIG (a frame longer
+ * than an AUTH frame), TPAR_EBADFRAME (anything else: not an AUTH frame,
+ * the wrong step, the wrong length); the peer must then be dropped. */
+int tpar_auth_feed(tpar_auth *a, const uint8_t *p, size_t n);
+
+/* Wipes the key and nonces and frees `out`.  Idempotent. */
+void tpar_auth_clear(tpar_auth *a);
+
+/* Splits "HOST:PORT" ("[v6addr]:PORT" for IPv6) into host (NUL-terminated,
+ * brackets removed) and port.  An empty HOST is "" (any address, for a
+ * listener).  0 or -EINVAL (no port, port over 65535, host too long). */
+int tpar_addr_split(const char *addr, char *host, size_t hostn, unsigned *port);
+
+/* Socket options of a worker connection, both ends: TCP_NODELAY (a frame
+ * goes out at once), and keepalive probes after 30 s of silence, so a
+ * node that vanished without a FIN (power, network) reads as a dropped
+ * connection within about a minute and a half. */
+void tpar_tcp_tune(int fd);
+
+/* The parent's listening side: a listening socket and the connections that
+ * have not yet authenticated, behind one epoll fd the caller watches for
+ * readability (libuv: uv_poll; Trio: wait_readable).  The listener bounds
+ * what an unauthenticated peer can cost: at most max_pending connections
+ * at a time (past that it stops accepting: the kernel's backlog holds the
+ * rest), auth_timeout seconds each, frames of TPAR_AUTH_FRAME_MAX bytes at
+ * most.  Events are pulled. */
+typedef struct tpar_listener tpar_listener;
+
+typedef struct tpar_listen_opts {
+    int max_pending;     /* 0: 64 */
+    double auth_timeout; /* seconds; 0: 10 */
+} tpar_listen_opts;
+
+/* Binds host:port (host "": every address; port 0: any free port) and
+ * listens.  On failure *out is untouched, nothing is left open, and -errno
+ * is returned (-EADDRINUSE, -EADDRNOTAVAIL; -ENOENT: host does not
+ * resolve). */
+int tpar_listener_open(tpar_listener **out, const char *host, unsigned port,
+                       const uint8_t key[TPAR_SECRET_LEN],
+                       const tpar_listen_opts *opts);
+
+/* The fd to watch for readability; it stays the same for the listener's
+ * life.  The caller never reads it. */
+int tpar_listener_fd(const tpar_listener *l);
+
+/* The port bound (the one chosen when 0 was asked for). */
+unsigned tpar_listener_port(const tpar_listener *l);
+
+/* Connections waiting to authenticate. */
+int tpar_listener_pending(const tpar_listener *l);
+
+/* When the next pending connection times out (tpar_now's clock), or 0 when
+ * none is pending: call tpar_listener_next then even if the fd is quiet. */
+double tpar_listener_deadline(const tpar_listener *l);
+
+enum tpar_listen_event_kind {
+    TPAR_LISTEN_WORKER = 1,  /* fd: an authenticated worker; now the caller's */
+    TPAR_LISTEN_REFUSED = 2, /* a peer was dropped; reason says why */
+    TPAR_LISTEN_ERROR = 3,   /* accept failed (fds exhausted...); err; the
+                                listener tries again a little later */
+};
+
+#define TPAR_PEER_MAX 64
+typedef struct tpar_listen_event {
+    int kind;
+    int fd;                   /* WORKER: connected, O_NONBLOCK, O_CLOEXEC, tuned */
+    int err;                  /* REFUSED/ERROR: the code (TPAR_EAUTH, -ETIMEDOUT...) */
+    char peer[TPAR_PEER_MAX]; /* "10.0.0.7:41822", "[fe80::1]:41822" */
+    const char *reason;       /* REFUSED/ERROR: a static message */
+} tpar_listen_event;
+
+/* Accepts, reads and answers what is ready, drops what timed out, without
+ * blocking.  Returns 1 with *ev filled, 0 when there is nothing more to do
+ * now (wait for the fd or the deadline), -errno on a failure of the
+ * listener itself. */
+int tpar_listener_next(tpar_listener *l, tpar_listen_event *ev);
+
+/* Closes the listener and every pending connection (not the workers it
+ * handed out); wipes the key.  NULL is a no-op. */
+void tpar_listener_free(tpar_listener *l);
 
 /* "killed by signal 9 (SIGKILL)" / "exited with code 3": a description
  * of a wait status, written NUL-terminated into buf. */
