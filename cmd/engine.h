@@ -1,5 +1,5 @@
-/* The stream engine's shared state (cmd/ internal).  One engine per
- * process: the global E. */
+/* The stream engine's layers and their state (cmd/ internal).  One engine
+ * per process: each layer's state is one global, named for the layer. */
 #ifndef TPAR_ENGINE_H
 #define TPAR_ENGINE_H
 
@@ -80,19 +80,105 @@ struct input {
     int eof;                  /* current file at its end */
     int done;                 /* no more input will be read */
     const char *name;         /* for messages; "-" is stdin */
+    uint64_t last_seq;        /* seq of the last line taken; they start at 1 */
+    const struct opts *o;
+    uv_loop_t *loop;
 };
 
 enum stop { STOP_NONE, STOP_SOON, STOP_NOW, STOP_PIPE };
 
-struct engine {
-    struct opts *o;
+/* The layers of the engine, top to bottom; a file calls and reads only the
+ * layers below its own (scripts/layers.py checks the calls):
+ *
+ *   stream.c   the loop, signals, stopping, progress, the exit status
+ *   setup.c    the worker's path and argv, the output files
+ *   input.c    reading FILEs into lines                  \ both feed job.c
+ *   worker.c   the pool: spawn, dispatch, results, death  /
+ *   job.c      jobs, their queue, an attempt's end (retry or record)
+ *   record.c   records, the -k window, counts and --halt, the joblog, the
+ *              summary; the run's stop state (RUN)
+ *   out.c      record formatting;  options.c, resume.c: leaves
+ *
+ * A lower layer that needs the loop to act (stop, a fatal error) says so
+ * through RUN's callbacks, which stream.c sets: run_stop(), run_fatal(). */
+
+/* ----------------------------------------------------------- record.c */
+
+/* How far the run is stopping, and why.  Written by stream.c (through the
+ * callbacks below when a lower layer asks); read by every layer. */
+struct run {
+    int stop;                 /* enum stop */
+    int fatal;                /* exit 255 once stopped */
+    int signo;                /* first signal received */
+    void (*request_stop)(int how);  /* set by stream.c */
+    void (*request_fatal)(void);    /* set by stream.c; the message is printed */
+};
+extern struct run RUN;
+
+/* Asks the loop to stop (enum stop); it may stop at once, re-entering. */
+void run_stop(int how);
+/* Prints the message and asks the loop to stop with exit status 255. */
+void run_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+struct recorder {
+    const struct opts *o;
+    int out_fd;
+    tpar_buf out;
+    int log_fd;               /* -1: no --joblog */
+    tpar_buf log;
+    char **rslot;             /* -k reorder window, indexed by seq % rcap */
+    uint32_t *rlen;
+    size_t rcap;
+    uint64_t rbase;           /* next seq to write in -k mode */
+    uint64_t count[ST_COUNT];
+    uint64_t skipped, failed, finished;
+    double t0, wall0;         /* monotonic and wall clock at the start */
+};
+extern struct recorder R;
+
+/* Sets R up; out of memory exits. */
+void record_init(const struct opts *o, int out_fd, int log_fd);
+/* Writes j's joblog line for the attempt that just ended. */
+void record_attempt(const struct job *j, int status, double duration, pid_t pid);
+/* Writes j's record (unless the output is gone) and counts it. */
+void record_result(const struct job *j, int status, const char *body, size_t n,
+                   double duration, pid_t pid);
+void record_bad_input(uint64_t seq, uint64_t line, const char *file, const char *msg);
+void record_skipped(uint64_t seq);
+/* In -k mode, whether seq may be taken without overflowing the window. */
+int record_window_has_room(uint64_t seq);
+void record_summary(uint64_t workers);
+void record_drop_output(void);  /* nobody reads the records any more */
+void output_flush(void);
+
+/* -------------------------------------------------------------- job.c */
+
+struct jobs {
+    const struct opts *o;
+    struct jobq pending;      /* parsed, waiting for a worker */
+    struct idset *resume;     /* --resume: ids that have a record */
+};
+extern struct jobs J;
+
+void job_from_line(const char *s, size_t n, uint64_t seq, uint64_t lineno, const char *file);
+int job_for_run(void);         /* tpar run: the one job; 0 or exits 255 */
+struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const parts[],
+                    const size_t lens[], int nparts);
+void jobq_push(struct jobq *q, struct job *j);
+void jobq_push_front(struct jobq *q, struct job *j);
+struct job *jobq_pop(struct jobq *q);
+/* Ends one attempt of j with a status and its value or error JSON; retries
+ * it or writes its record, and frees it unless it was requeued. */
+void job_attempt_done(struct job *j, int status, const char *body, size_t n,
+                      double duration, pid_t pid);
+void jobs_cancel_pending(void); /* each pending job ends "cancelled" */
+void jobs_drop_pending(void);   /* frees them, with no record */
+
+/* ----------------------------------------------------------- worker.c */
+
+struct pool {
+    const struct opts *o;
     uv_loop_t *loop;
-    uv_prepare_t prep;
-    uv_signal_t sigint, sigterm;
-    uv_timer_t progress;
-    struct input in;
-    struct jobq pending;
-    uint64_t last_seq;        /* seq numbers start at 1 */
     struct worker **workers;  /* live workers, any state */
     int nworkers;
     char **wargv;             /* worker command line */
@@ -100,59 +186,33 @@ struct engine {
     tpar_zygote zygote;
     double cost;              /* EWMA of seconds per job in a worker */
     uint64_t stamp;
-    /* output */
-    int out_fd;
-    tpar_buf out;
-    int log_fd;
-    tpar_buf log;
-    char **rslot;             /* -k reorder window, indexed by seq % rcap */
-    uint32_t *rlen;
-    size_t rcap;
-    uint64_t rbase;           /* next seq to write in -k mode */
-    /* state */
-    uint64_t count[ST_COUNT];
-    uint64_t skipped, failed, finished, inflight, started_workers;
-    int stop;                 /* enum stop */
-    int signo;                /* first signal received */
-    int fatal;                /* exit 255 once stopped */
-    int progress_on;
-    double t0, wall0;
-    struct idset *resume;
+    uint64_t inflight;        /* jobs sent and not yet ended */
+    uint64_t started;         /* workers started */
 };
+extern struct pool P;
 
-extern struct engine E;
-
-/* input.c */
-void input_hide_stdin(void);   /* fd 0 becomes /dev/null; input uses a copy */
-int input_init(void);          /* checks that every FILE can be read */
-void input_pump(void);         /* parses lines while the engine wants jobs */
-void input_stop(void);
-int input_wants_more(void);
-
-/* job.c */
-void job_from_line(const char *s, size_t n, uint64_t seq, uint64_t lineno);
-int job_for_run(void);         /* tpar run: the one job; 0 or exits 255 */
-struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const parts[],
-                    const size_t lens[], int nparts);
-void jobq_push(struct jobq *q, struct job *j);
-void jobq_push_front(struct jobq *q, struct job *j);
-struct job *jobq_pop(struct jobq *q);
-void record_bad_input(uint64_t seq, uint64_t line, const char *msg);
-void record_skipped(uint64_t seq);
-/* Ends one attempt of j with a status and its value or error JSON; retries
- * it or writes its record, and frees it unless it was requeued. */
-void job_attempt_done(struct job *j, int status, const char *body, size_t n,
-                      double duration, pid_t pid);
-void engine_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void engine_stop(int how);
-void output_flush(void);
-
-/* worker.c */
 void pool_dispatch(void);      /* sends pending jobs, spawns workers */
 void pool_flush(void);         /* writes queued frames */
 void pool_close_idle(void);    /* at the end: lets idle workers exit */
 void pool_kill_all(int why);   /* SIGKILL every worker */
-int pool_busy(void);           /* jobs in flight */
 void pool_prestart(int n);     /* starts n workers now */
+
+/* ------------------------------------------------------------ input.c */
+
+extern struct input IN;
+
+void input_hide_stdin(void);   /* fd 0 becomes /dev/null; input uses a copy */
+int input_init(const struct opts *o, uv_loop_t *loop); /* checks every FILE */
+void input_pump(void);         /* parses lines while the engine wants jobs */
+void input_stop(void);
+int input_wants_more(void);
+
+/* ------------------------------------------------------------ setup.c */
+
+/* The worker's command line, and the forkserver's (NULL without
+ * --worker-type forkserver).  Out of memory exits. */
+void setup_wargv(const struct opts *o, char ***wargv, char ***zargv);
+/* Loads --resume and opens -o and --joblog (-1: none); errors exit. */
+void setup_files(const struct opts *o, struct idset **resume, int *out_fd, int *log_fd);
 
 #endif

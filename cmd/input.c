@@ -17,11 +17,13 @@
 #define CHUNK (256 * 1024)
 #define PENDING_MAX 4096 /* parsed jobs waiting for a worker, at most */
 
+struct input IN;
+
 static void on_input(uv_poll_t *h, int status, int events);
 
 static const char *file_name(int i)
 {
-    return E.o->nfiles ? E.o->files[i] : "-";
+    return IN.o->nfiles ? IN.o->files[i] : "-";
 }
 
 static int stdin_fd = -1; /* tpar's stdin, moved off fd 0 */
@@ -38,12 +40,14 @@ void input_hide_stdin(void)
     }
 }
 
-int input_init(void)
+int input_init(const struct opts *o, uv_loop_t *loop)
 {
-    E.in.fd = -1;
-    E.in.idx = -1;
-    for (int i = 0; i < E.o->nfiles; i++) {
-        const char *f = E.o->files[i];
+    IN.o = o;
+    IN.loop = loop;
+    IN.fd = -1;
+    IN.idx = -1;
+    for (int i = 0; i < IN.o->nfiles; i++) {
+        const char *f = IN.o->files[i];
         if (!strcmp(f, "-"))
             continue;
         int fd = open(f, O_RDONLY | O_CLOEXEC);
@@ -56,9 +60,9 @@ int input_init(void)
 
 int input_wants_more(void)
 {
-    if (E.pending.n >= PENDING_MAX || E.stop != STOP_NONE)
+    if (J.pending.n >= PENDING_MAX || RUN.stop != STOP_NONE)
         return 0;
-    return !E.o->keep_order || E.last_seq + 1 < E.rbase + E.rcap;
+    return record_window_has_room(IN.last_seq);
 }
 
 /* The poll handle is reused for the next FILE, so that one is opened only
@@ -66,53 +70,53 @@ int input_wants_more(void)
  * trips libuv). */
 static void on_poll_closed(uv_handle_t *h)
 {
-    E.in.closing = 0;
+    IN.closing = 0;
     input_pump();
 }
 
 static void close_current(void)
 {
-    if (E.in.poll_ready) {
-        uv_close((uv_handle_t *)&E.in.poll, on_poll_closed);
-        E.in.poll_ready = E.in.polling = 0;
-        E.in.closing = 1;
+    if (IN.poll_ready) {
+        uv_close((uv_handle_t *)&IN.poll, on_poll_closed);
+        IN.poll_ready = IN.polling = 0;
+        IN.closing = 1;
     }
-    if (E.in.fd >= 0 && E.in.fd != stdin_fd)
-        close(E.in.fd);
-    E.in.fd = -1;
+    if (IN.fd >= 0 && IN.fd != stdin_fd)
+        close(IN.fd);
+    IN.fd = -1;
 }
 
 /* Opens the next FILE; 0, or 1 when there is none left. */
 static int open_next(void)
 {
-    int n = E.o->nfiles ? E.o->nfiles : 1;
-    if (++E.in.idx >= n)
+    int n = IN.o->nfiles ? IN.o->nfiles : 1;
+    if (++IN.idx >= n)
         return 1;
-    E.in.name = file_name(E.in.idx);
-    E.in.lineno = 0;
-    E.in.eof = 0;
-    E.in.skipping = 0;
-    E.in.scanned = 0;
-    if (!strcmp(E.in.name, "-")) {
-        if ((E.in.fd = stdin_fd) < 0) {
-            engine_fatal("cannot read stdin: %s", strerror(EBADF));
+    IN.name = file_name(IN.idx);
+    IN.lineno = 0;
+    IN.eof = 0;
+    IN.skipping = 0;
+    IN.scanned = 0;
+    if (!strcmp(IN.name, "-")) {
+        if ((IN.fd = stdin_fd) < 0) {
+            run_fatal("cannot read stdin: %s", strerror(EBADF));
             return 1;
         }
-    } else if ((E.in.fd = open(E.in.name, O_RDONLY | O_CLOEXEC)) < 0) {
-        engine_fatal("cannot read %s: %s", E.in.name, strerror(errno));
+    } else if ((IN.fd = open(IN.name, O_RDONLY | O_CLOEXEC)) < 0) {
+        run_fatal("cannot read %s: %s", IN.name, strerror(errno));
         return 1;
     }
     struct stat st;
-    E.in.pollable = 0;
-    if (fstat(E.in.fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+    IN.pollable = 0;
+    if (fstat(IN.fd, &st) == 0 && !S_ISREG(st.st_mode)) {
         /* uv_poll_init makes the fd non-blocking; put its flags back. */
-        int fl = fcntl(E.in.fd, F_GETFL);
-        if (uv_poll_init(E.loop, &E.in.poll, E.in.fd) == 0) {
-            E.in.pollable = E.in.poll_ready = 1;
-            E.in.poll.data = NULL;
+        int fl = fcntl(IN.fd, F_GETFL);
+        if (uv_poll_init(IN.loop, &IN.poll, IN.fd) == 0) {
+            IN.pollable = IN.poll_ready = 1;
+            IN.poll.data = NULL;
         }
         if (fl >= 0)
-            fcntl(E.in.fd, F_SETFL, fl);
+            fcntl(IN.fd, F_SETFL, fl);
     }
     return 0;
 }
@@ -120,7 +124,7 @@ static int open_next(void)
 /* Reads one chunk; returns bytes read, 0 at EOF, -EAGAIN, or fatal. */
 static ssize_t read_chunk(void)
 {
-    struct input *in = &E.in;
+    struct input *in = &IN;
     if (in->start > 0) {
         memmove(in->buf, in->buf + in->start, in->len - in->start);
         in->len -= in->start;
@@ -132,7 +136,7 @@ static ssize_t read_chunk(void)
             cap *= 2;
         char *b = realloc(in->buf, cap);
         if (!b) {
-            engine_fatal("out of memory reading %s", in->name);
+            run_fatal("out of memory reading %s", in->name);
             return -ENOMEM;
         }
         in->buf = b;
@@ -148,7 +152,7 @@ static ssize_t read_chunk(void)
             continue;
         if (errno == EAGAIN)
             return -EAGAIN;
-        engine_fatal("cannot read %s: %s", in->name, strerror(errno));
+        run_fatal("cannot read %s: %s", in->name, strerror(errno));
         return -errno;
     }
 }
@@ -156,7 +160,7 @@ static ssize_t read_chunk(void)
 /* After a long line the buffer may be huge: give the memory back. */
 static void maybe_shrink(void)
 {
-    struct input *in = &E.in;
+    struct input *in = &IN;
     if (in->cap <= 4 * CHUNK || in->len - in->start > CHUNK)
         return;
     memmove(in->buf, in->buf + in->start, in->len - in->start);
@@ -181,32 +185,32 @@ static void too_long(void)
 {
     char msg[512];
     snprintf(msg, sizeof msg, "%s%sline %llu: longer than --max-line (%zu bytes)",
-             strcmp(E.in.name, "-") ? E.in.name : "", strcmp(E.in.name, "-") ? ", " : "",
-             (unsigned long long)E.in.lineno, E.o->max_line);
-    record_bad_input(++E.last_seq, E.in.lineno, msg);
+             strcmp(IN.name, "-") ? IN.name : "", strcmp(IN.name, "-") ? ", " : "",
+             (unsigned long long)IN.lineno, IN.o->max_line);
+    record_bad_input(++IN.last_seq, IN.lineno, IN.name, msg);
 }
 
 static void line(const char *s, size_t n)
 {
-    E.in.lineno++;
-    if (E.in.lineno == 1 && n >= 3 && !memcmp(s, "\xEF\xBB\xBF", 3)) { /* a UTF-8 BOM */
+    IN.lineno++;
+    if (IN.lineno == 1 && n >= 3 && !memcmp(s, "\xEF\xBB\xBF", 3)) { /* a UTF-8 BOM */
         s += 3;
         n -= 3;
     }
-    if (n > E.o->max_line) {
+    if (n > IN.o->max_line) {
         too_long();
         return;
     }
     if (blank(s, n))
         return;
-    job_from_line(s, n, ++E.last_seq, E.in.lineno);
+    job_from_line(s, n, ++IN.last_seq, IN.lineno, IN.name);
 }
 
 /* Takes one line (or an over-long prefix) out of the buffer; 0 when no
  * whole line is there. */
 static int take_line(void)
 {
-    struct input *in = &E.in;
+    struct input *in = &IN;
     char *s = in->buf + in->start;
     size_t avail = in->len - in->start;
     /* Scan only what came in since the last look: a long line arrives in
@@ -223,7 +227,7 @@ static int take_line(void)
             line(s, n);
         return 1;
     }
-    if (avail > E.o->max_line || (in->skipping && avail)) {
+    if (avail > IN.o->max_line || (in->skipping && avail)) {
         if (!in->skipping) {
             in->lineno++;
             too_long();
@@ -248,12 +252,12 @@ static int take_line(void)
 void input_stop(void)
 {
     close_current();
-    E.in.done = 1;
+    IN.done = 1;
 }
 
 void input_pump(void)
 {
-    struct input *in = &E.in;
+    struct input *in = &IN;
     while (!in->done && input_wants_more()) {
         if (in->fd < 0 && in->closing)
             return; /* on_poll_closed goes on */
@@ -289,6 +293,6 @@ static void on_input(uv_poll_t *h, int status, int events)
 {
     ssize_t r = read_chunk();
     if (r == 0 || (status < 0 && r != -EAGAIN))
-        E.in.eof = 1;
+        IN.eof = 1;
     input_pump();
 }

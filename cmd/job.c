@@ -1,5 +1,6 @@
 /* Jobs: from an input line (stream and map modes) or the command line
- * (tpar run) to a struct job holding the id text and the frame payload.
+ * (tpar run) to a struct job holding the id text and the frame payload;
+ * the queue of pending jobs; the end of an attempt (retry, or record).
  * The line is scanned once (core/jsonline.c); values are copied as raw
  * JSON text, never decoded here. */
 #include <errno.h>
@@ -8,6 +9,8 @@
 
 #include "engine.h"
 #include "jsonline.h"
+
+struct jobs J;
 
 struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const parts[],
                     const size_t lens[], int nparts)
@@ -20,7 +23,7 @@ struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const 
         cli_die(EXIT_USAGE, "out of memory");
     j->next = NULL;
     j->seq = seq;
-    j->timeout = E.o->timeout;
+    j->timeout = J.o->timeout;
     j->start = 0;
     j->attempts = 0;
     j->isolate = 0;
@@ -81,33 +84,40 @@ static size_t u64_text(char *buf, uint64_t v)
     return n;
 }
 
+/* Where a line came from, for messages: its file and line number. */
+struct origin {
+    const char *file;         /* "-": stdin */
+    uint64_t lineno;
+};
+
 /* "FILE, " when reading a named file, so records of several files differ. */
-static const char *where(char *buf, size_t n)
+static const char *where(const struct origin *at, char *buf, size_t n)
 {
-    if (!E.in.name || !strcmp(E.in.name, "-"))
+    if (!at->file || !strcmp(at->file, "-"))
         return "";
-    snprintf(buf, n, "%s, ", E.in.name);
+    snprintf(buf, n, "%s, ", at->file);
     return buf;
 }
 
-static void bad_json(uint64_t seq, uint64_t lineno, const tpar_jsonline_error *err)
+static void bad_json(uint64_t seq, const struct origin *at, const tpar_jsonline_error *err)
 {
     char msg[512], file[256];
     if (err->syntax)
         snprintf(msg, sizeof msg, "%sline %llu, column %zu: invalid JSON: %s",
-                 where(file, sizeof file), (unsigned long long)lineno, err->pos + 1, err->msg);
+                 where(at, file, sizeof file), (unsigned long long)at->lineno, err->pos + 1,
+                 err->msg);
     else
-        snprintf(msg, sizeof msg, "%sline %llu: %s", where(file, sizeof file),
-                 (unsigned long long)lineno, err->msg);
-    record_bad_input(seq, lineno, msg);
+        snprintf(msg, sizeof msg, "%sline %llu: %s", where(at, file, sizeof file),
+                 (unsigned long long)at->lineno, err->msg);
+    record_bad_input(seq, at->lineno, at->file, msg);
 }
 
-static void bad(uint64_t seq, uint64_t lineno, const char *what)
+static void bad(uint64_t seq, const struct origin *at, const char *what)
 {
     char msg[512], file[256];
-    snprintf(msg, sizeof msg, "%sline %llu: %s", where(file, sizeof file),
-             (unsigned long long)lineno, what);
-    record_bad_input(seq, lineno, msg);
+    snprintf(msg, sizeof msg, "%sline %llu: %s", where(at, file, sizeof file),
+             (unsigned long long)at->lineno, what);
+    record_bad_input(seq, at->lineno, at->file, msg);
 }
 
 /* "MOD:FN" from a validated JSON string literal, into buf (>= n bytes);
@@ -144,12 +154,12 @@ static int parse_timeout(const char *s, size_t n, double *out)
     return 0;
 }
 
-static void stream_line(const char *s, size_t n, uint64_t seq, uint64_t lineno)
+static void stream_line(const char *s, size_t n, uint64_t seq, const struct origin *at)
 {
     tpar_jsonline_job jl;
     tpar_jsonline_error err;
     if (tpar_jsonline_job_parse(s, n, &jl, &err) < 0) {
-        bad_json(seq, lineno, &err);
+        bad_json(seq, at, &err);
         return;
     }
     char fnbuf[512], *fn = jl.fn.len <= sizeof fnbuf ? fnbuf : malloc(jl.fn.len);
@@ -159,61 +169,62 @@ static void stream_line(const char *s, size_t n, uint64_t seq, uint64_t lineno)
     char idbuf[24];
     const char *id = s + jl.id.off;
     size_t idn = jl.id.len;
-    double timeout = E.o->timeout;
+    double timeout = J.o->timeout;
     if (fnlen < 0) {
-        bad(seq, lineno, "\"fn\" must be \"MOD:FN\" (module, colon, function)");
+        bad(seq, at, "\"fn\" must be \"MOD:FN\" (module, colon, function)");
     } else if (jl.timeout.type == TPAR_JSON_NUMBER &&
                parse_timeout(s + jl.timeout.off, jl.timeout.len, &timeout) < 0) {
-        bad(seq, lineno, "\"timeout\" must be a number of seconds above 0");
+        bad(seq, at, "\"timeout\" must be a number of seconds above 0");
     } else {
         if (jl.id.type == TPAR_JSON_NONE) {
             idn = u64_text(idbuf, seq);
             id = idbuf;
         }
-        if (E.resume && idset_has(E.resume, id, idn)) {
+        if (J.resume && idset_has(J.resume, id, idn)) {
             record_skipped(seq);
         } else {
             const char *parts[] = {fn, "", s + jl.args.off, "", s + jl.kwargs.off};
             const size_t lens[] = {(size_t)fnlen, 1, jl.args.len, 1, jl.kwargs.len};
             struct job *j = job_new(seq, id, idn, parts, lens, 5);
             j->timeout = timeout;
-            jobq_push(&E.pending, j);
+            jobq_push(&J.pending, j);
         }
     }
     if (fn != fnbuf)
         free(fn);
 }
 
-static void map_line(const char *s, size_t n, uint64_t seq, uint64_t lineno)
+static void map_line(const char *s, size_t n, uint64_t seq, const struct origin *at)
 {
     tpar_jsonline_span v;
     tpar_jsonline_error err;
     if (tpar_jsonline_value(s, n, &v, &err) < 0) {
-        bad_json(seq, lineno, &err);
+        bad_json(seq, at, &err);
         return;
     }
-    if (E.o->star && v.type != TPAR_JSON_ARRAY) {
-        bad(seq, lineno, "with --star each line must be a JSON array of arguments");
+    if (J.o->star && v.type != TPAR_JSON_ARRAY) {
+        bad(seq, at, "with --star each line must be a JSON array of arguments");
         return;
     }
     char idbuf[24];
     size_t idn = u64_text(idbuf, seq);
-    if (E.resume && idset_has(E.resume, idbuf, idn)) {
+    if (J.resume && idset_has(J.resume, idbuf, idn)) {
         record_skipped(seq);
         return;
     }
-    const char *open = E.o->star ? "" : "[", *close = E.o->star ? "" : "]";
-    const char *parts[] = {E.o->fn, "", open, s + v.off, close, ""};
-    const size_t lens[] = {strlen(E.o->fn), 1, strlen(open), v.len, strlen(close), 1};
-    jobq_push(&E.pending, job_new(seq, idbuf, idn, parts, lens, 6));
+    const char *open = J.o->star ? "" : "[", *close = J.o->star ? "" : "]";
+    const char *parts[] = {J.o->fn, "", open, s + v.off, close, ""};
+    const size_t lens[] = {strlen(J.o->fn), 1, strlen(open), v.len, strlen(close), 1};
+    jobq_push(&J.pending, job_new(seq, idbuf, idn, parts, lens, 6));
 }
 
-void job_from_line(const char *s, size_t n, uint64_t seq, uint64_t lineno)
+void job_from_line(const char *s, size_t n, uint64_t seq, uint64_t lineno, const char *file)
 {
-    if (E.o->mode == MODE_MAP)
-        map_line(s, n, seq, lineno);
+    const struct origin at = {file, lineno};
+    if (J.o->mode == MODE_MAP)
+        map_line(s, n, seq, &at);
     else
-        stream_line(s, n, seq, lineno);
+        stream_line(s, n, seq, &at);
 }
 
 static const char *check_arg(const char *opt, const char *text, int want)
@@ -232,11 +243,43 @@ static const char *check_arg(const char *opt, const char *text, int want)
 
 int job_for_run(void)
 {
-    const char *args = check_arg("--args", E.o->args, TPAR_JSON_ARRAY);
-    const char *kwargs = check_arg("--kwargs", E.o->kwargs, TPAR_JSON_OBJECT);
-    const char *parts[] = {E.o->fn, "", args, "", kwargs};
-    const size_t lens[] = {strlen(E.o->fn), 1, strlen(args), 1, strlen(kwargs)};
-    jobq_push(&E.pending, job_new(1, "1", 1, parts, lens, 5));
-    E.last_seq = 1;
+    const char *args = check_arg("--args", J.o->args, TPAR_JSON_ARRAY);
+    const char *kwargs = check_arg("--kwargs", J.o->kwargs, TPAR_JSON_OBJECT);
+    const char *parts[] = {J.o->fn, "", args, "", kwargs};
+    const size_t lens[] = {strlen(J.o->fn), 1, strlen(args), 1, strlen(kwargs)};
+    jobq_push(&J.pending, job_new(1, "1", 1, parts, lens, 5));
     return 0;
+}
+
+void job_attempt_done(struct job *j, int status, const char *body, size_t n,
+                      double duration, pid_t pid)
+{
+    if (pid) {
+        j->attempts++;
+        record_attempt(j, status, duration, pid);
+    }
+    if (status != ST_OK && pid && (J.o->retry_on >> status & 1) &&
+        j->attempts <= J.o->retries && RUN.stop == STOP_NONE) {
+        jobq_push_front(&J.pending, j);
+        return;
+    }
+    record_result(j, status, body, n, duration, pid);
+    free(j);
+}
+
+void jobs_cancel_pending(void)
+{
+    static const char body[] =
+        "{\"type\":\"Cancelled\",\"message\":\"job cancelled before it started\","
+                "\"traceback\":null}";
+    struct job *j;
+    while ((j = jobq_pop(&J.pending)))
+        job_attempt_done(j, ST_CANCELLED, body, sizeof body - 1, 0, 0);
+}
+
+void jobs_drop_pending(void)
+{
+    struct job *j;
+    while ((j = jobq_pop(&J.pending)))
+        free(j);
 }

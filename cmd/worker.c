@@ -22,6 +22,8 @@
 #define SHORT_TIMEOUT 0.01    /* seconds: shorter timeouts run alone */
 #define ALONE_GAP 0.0002      /* seconds: see head_was_alone */
 
+struct pool P;
+
 enum { T_NONE, T_TIMEOUT, T_IDLE, T_REAP };
 
 static void on_readable(uv_poll_t *h, int status, int events);
@@ -36,9 +38,9 @@ static struct job *head(struct worker *w)
 
 static int depth(void)
 {
-    if (E.cost <= 0)
+    if (P.cost <= 0)
         return 1;
-    double d = TARGET_QUEUE / (E.cost + JOB_OVERHEAD);
+    double d = TARGET_QUEUE / (P.cost + JOB_OVERHEAD);
     return d < 1 ? 1 : d > MAX_DEPTH ? MAX_DEPTH : (int)d;
 }
 
@@ -79,9 +81,9 @@ static void head_started(struct worker *w, double now)
 
 static void became_idle(struct worker *w)
 {
-    w->stamp = ++E.stamp;
-    if (E.stop == STOP_NONE && w->state == W_READY)
-        timer_set(w, T_IDLE, E.o->idle_timeout);
+    w->stamp = ++P.stamp;
+    if (RUN.stop == STOP_NONE && w->state == W_READY)
+        timer_set(w, T_IDLE, P.o->idle_timeout);
     else
         timer_clear(w);
 }
@@ -173,16 +175,16 @@ static void handle_close_cb(uv_handle_t *h)
  * first use, and again if it died). */
 static int start_proc(tpar_proc *p)
 {
-    if (!E.zargv)
-        return tpar_proc_spawn(p, E.wargv, NULL);
+    if (!P.zargv)
+        return tpar_proc_spawn(p, P.wargv, NULL);
     for (int tries = 0; tries < 2; tries++) {
         int rc = 0;
-        if (E.zygote.pid <= 0 && (rc = tpar_zygote_start(&E.zygote, E.zargv, NULL)) < 0)
+        if (P.zygote.pid <= 0 && (rc = tpar_zygote_start(&P.zygote, P.zargv, NULL)) < 0)
             return rc;
-        rc = tpar_zygote_fork(&E.zygote, p);
+        rc = tpar_zygote_fork(&P.zygote, p);
         if (rc != -EPIPE)
             return rc;
-        tpar_zygote_stop(&E.zygote);
+        tpar_zygote_stop(&P.zygote);
     }
     return -EPIPE;
 }
@@ -191,26 +193,26 @@ static struct worker *spawn_worker(void)
 {
     struct worker *w = calloc(1, sizeof *w);
     if (!w)
-        engine_fatal("out of memory");
+        run_fatal("out of memory");
     int rc = w ? start_proc(&w->proc) : -ENOMEM;
     if (rc < 0) {
         free(w);
-        engine_fatal("cannot start the worker %s: %s", E.wargv[0], tpar_strerror(rc));
+        run_fatal("cannot start the worker %s: %s", P.wargv[0], tpar_strerror(rc));
         return NULL;
     }
     tpar_decoder_init(&w->dec, 0);
-    uv_poll_init(E.loop, &w->rpoll, w->proc.from_fd);
-    uv_poll_init(E.loop, &w->wpoll, w->proc.to_fd);
-    uv_timer_init(E.loop, &w->timer);
+    uv_poll_init(P.loop, &w->rpoll, w->proc.from_fd);
+    uv_poll_init(P.loop, &w->wpoll, w->proc.to_fd);
+    uv_timer_init(P.loop, &w->timer);
     w->rpoll.data = w->wpoll.data = w->timer.data = w;
     w->open_handles = 3;
     uv_poll_start(&w->rpoll, UV_READABLE, on_readable);
-    struct worker **ws = realloc(E.workers, (size_t)(E.nworkers + 1) * sizeof *ws);
+    struct worker **ws = realloc(P.workers, (size_t)(P.nworkers + 1) * sizeof *ws);
     if (!ws)
-        engine_fatal("out of memory");
-    E.workers = ws;
-    E.workers[E.nworkers++] = w;
-    E.started_workers++;
+        run_fatal("out of memory");
+    P.workers = ws;
+    P.workers[P.nworkers++] = w;
+    P.started++;
     return w;
 }
 
@@ -275,7 +277,7 @@ static void send_job(struct worker *w, struct job *j, double now)
                             j->flush_first ? TPAR_JOB_FLUSH_FIRST : 0,
                             inline_len ? 0 : TPAR_FRAME_IN_LANE, j->payload_len);
     if (tpar_buf_reserve(&w->out, sizeof hdr + inline_len) < 0)
-        engine_fatal("out of memory");
+        run_fatal("out of memory");
     memcpy(w->out.data + w->out.len, hdr, sizeof hdr);
     memcpy(w->out.data + w->out.len + sizeof hdr, j->data + j->id_len, inline_len);
     w->out.len += sizeof hdr + inline_len;
@@ -284,14 +286,14 @@ static void send_job(struct worker *w, struct job *j, double now)
     w->ring[(w->rhead + w->rn) % MAX_DEPTH] = j;
     w->rn++;
     w->sent++;
-    E.inflight++;
+    P.inflight++;
     if (w->rn == 1)
         head_started(w, now);
 }
 
 static int can_take(struct worker *w)
 {
-    return w->state == W_READY && (!E.o->max_tasks || w->sent < E.o->max_tasks);
+    return w->state == W_READY && (!P.o->max_tasks || w->sent < P.o->max_tasks);
 }
 
 /* Tops a worker up to the pipeline depth once it has drained to half. */
@@ -310,7 +312,7 @@ static int defer_fill(struct worker *w, double now)
     if (!h || !h->sent_alone || now - h->sent >= ALONE_GAP)
         return 0;
     if (!wake.loop)
-        uv_timer_init(E.loop, &wake);
+        uv_timer_init(P.loop, &wake);
     if (!uv_is_active((uv_handle_t *)&wake))
         uv_timer_start(&wake, on_wake, 1, 0);
     return 1;
@@ -320,20 +322,20 @@ static void fill(struct worker *w, int d, double now)
 {
     if (!can_take(w) || w->rn > (unsigned)d / 2 || w->isolated || defer_fill(w, now))
         return;
-    while (E.pending.n && w->rn < (unsigned)d && can_take(w)) {
+    while (J.pending.n && w->rn < (unsigned)d && can_take(w)) {
         /* A job with a very short timeout runs alone too: its clock then
          * measures it and nothing else.  Longer ones need not: the worker
          * writes earlier results once a job has run 200 us, so the head of a
          * worker whose clock ran out is the job that is running. */
-        if (E.pending.head->isolate ||
-            (E.pending.head->timeout > 0 && E.pending.head->timeout < SHORT_TIMEOUT)) {
+        if (J.pending.head->isolate ||
+            (J.pending.head->timeout > 0 && J.pending.head->timeout < SHORT_TIMEOUT)) {
             if (w->rn == 0) {
-                send_job(w, jobq_pop(&E.pending), now);
+                send_job(w, jobq_pop(&J.pending), now);
                 w->isolated = 1;
             }
             return;
         }
-        send_job(w, jobq_pop(&E.pending), now);
+        send_job(w, jobq_pop(&J.pending), now);
         if (w->sent == 1) /* a fresh worker's first job goes alone */
             return;
     }
@@ -343,8 +345,8 @@ static void fill(struct worker *w, int d, double now)
 static struct worker *idle_worker(void)
 {
     struct worker *best = NULL;
-    for (int i = 0; i < E.nworkers; i++) {
-        struct worker *w = E.workers[i];
+    for (int i = 0; i < P.nworkers; i++) {
+        struct worker *w = P.workers[i];
         if (w->rn == 0 && can_take(w) && (!best || w->stamp > best->stamp))
             best = w;
     }
@@ -353,23 +355,23 @@ static struct worker *idle_worker(void)
 
 void pool_dispatch(void)
 {
-    if (!E.pending.n || E.stop >= STOP_NOW)
+    if (!J.pending.n || RUN.stop >= STOP_NOW)
         return;
     double now = tpar_now();
     int d = depth();
-    for (int i = 0; i < E.nworkers && E.pending.n; i++)
-        if (E.workers[i]->rn)
-            fill(E.workers[i], d, now);
+    for (int i = 0; i < P.nworkers && J.pending.n; i++)
+        if (P.workers[i]->rn)
+            fill(P.workers[i], d, now);
     struct worker *w;
-    while (E.pending.n && (w = idle_worker()))
+    while (J.pending.n && (w = idle_worker()))
         fill(w, d, now);
     /* Lazy start: one more worker while jobs wait and none is free. */
     int starting = 0, live = 0;
-    for (int i = 0; i < E.nworkers; i++) {
-        starting += E.workers[i]->state == W_STARTING;
-        live += E.workers[i]->state <= W_READY;
+    for (int i = 0; i < P.nworkers; i++) {
+        starting += P.workers[i]->state == W_STARTING;
+        live += P.workers[i]->state <= W_READY;
     }
-    while (E.pending.n > (size_t)starting && live < E.o->jobs && !E.fatal) {
+    while (J.pending.n > (size_t)starting && live < P.o->jobs && !RUN.fatal) {
         if (!spawn_worker())
             return;
         starting++, live++;
@@ -405,9 +407,9 @@ static int flush_worker(struct worker *w)
 
 void pool_flush(void)
 {
-    for (int i = 0; i < E.nworkers; i++)
-        if (E.workers[i]->out.len)
-            flush_worker(E.workers[i]);
+    for (int i = 0; i < P.nworkers; i++)
+        if (P.workers[i]->out.len)
+            flush_worker(P.workers[i]);
 }
 
 static void on_writable(uv_poll_t *h, int status, int events)
@@ -432,10 +434,10 @@ static void on_result(struct worker *w, const tpar_frame *f, double now)
     struct job *j = w->ring[w->rhead];
     w->rhead = (w->rhead + 1) % MAX_DEPTH;
     w->rn--;
-    E.inflight--;
+    P.inflight--;
     double dur = tpar_get_f64le(f->payload);
     if (dur >= 0 && dur < 1e9)
-        E.cost = E.cost > 0 ? 0.9 * E.cost + 0.1 * dur : dur;
+        P.cost = P.cost > 0 ? 0.9 * P.cost + 0.1 * dur : dur;
     int ok = (f->status & 0x7f) == TPAR_RESULT_OK;
     if (w->honours_flush && w->nproven < 16)
         prove(w, j);
@@ -498,7 +500,7 @@ static void check_rss(struct worker *w)
     unsigned long size, rss;
     if (sscanf(buf, "%lu %lu", &size, &rss) != 2)
         return;
-    if ((uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE) > E.o->max_rss) {
+    if ((uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE) > P.o->max_rss) {
         /* Finish what it holds, take nothing more, then exit. */
         w->state = W_CLOSING;
         w->exit_expected = 1;
@@ -537,7 +539,7 @@ static void on_readable(uv_poll_t *h, int status, int events)
         if ((size_t)n < sizeof buf)
             break;
     }
-    if (E.o->max_rss && w->state == W_READY)
+    if (P.o->max_rss && w->state == W_READY)
         check_rss(w);
     if (w->state == W_CLOSING && w->exit_expected && !w->rn)
         close_input(w);
@@ -600,7 +602,7 @@ static void end_head(struct worker *w, struct job *j, const char *desc)
         error_body(&b, "TimeoutError", msg);
     } else if (st == ST_CANCELLED) {
         snprintf(msg, sizeof msg, "job cancelled: %s; its worker %d was killed",
-                 E.fatal ? "tpar stopped on an error" : E.signo ? "tpar was interrupted"
+                 RUN.fatal ? "tpar stopped on an error" : RUN.signo ? "tpar was interrupted"
                                                                : "--halt",
                  (int)w->proc.pid);
         error_body(&b, "Cancelled", msg);
@@ -631,14 +633,14 @@ static int head_was_alone(struct worker *w)
  * alone, and is blamed.  (When stopping, they are cancelled.) */
 static void settle_ring(struct worker *w, const char *desc)
 {
-    if (w->rn > 1 && E.stop < STOP_NOW && !w->retiring_seen && w->killed_for != ST_TIMEOUT &&
+    if (w->rn > 1 && RUN.stop < STOP_NOW && !w->retiring_seen && w->killed_for != ST_TIMEOUT &&
         !head_was_alone(w)) {
         while (w->rn) {
             struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
             w->rn--;
-            E.inflight--;
+            P.inflight--;
             j->isolate = 1;
-            jobq_push_front(&E.pending, j);
+            jobq_push_front(&J.pending, j);
         }
         return;
     }
@@ -646,20 +648,20 @@ static void settle_ring(struct worker *w, const char *desc)
         struct job *j = w->ring[w->rhead];
         w->rhead = (w->rhead + 1) % MAX_DEPTH;
         w->rn--;
-        E.inflight--;
+        P.inflight--;
         end_head(w, j, desc);
     }
     while (w->rn) {
         struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
         w->rn--;
-        E.inflight--;
-        if (E.stop >= STOP_NOW) {
+        P.inflight--;
+        if (RUN.stop >= STOP_NOW) {
             static const char body[] =
                 "{\"type\":\"Cancelled\",\"message\":\"job cancelled before it started\","
                 "\"traceback\":null}";
             job_attempt_done(j, ST_CANCELLED, body, sizeof body - 1, 0, 0);
         } else {
-            jobq_push_front(&E.pending, j);
+            jobq_push_front(&J.pending, j);
         }
     }
 }
@@ -668,20 +670,20 @@ static void finalize(struct worker *w)
 {
     char desc[128];
     tpar_describe_status(w->proc.status, desc, sizeof desc);
-    for (int i = 0; i < E.nworkers; i++)
-        if (E.workers[i] == w) {
-            E.workers[i] = E.workers[--E.nworkers];
+    for (int i = 0; i < P.nworkers; i++)
+        if (P.workers[i] == w) {
+            P.workers[i] = P.workers[--P.nworkers];
             break;
         }
     timer_clear(w);
     uv_close((uv_handle_t *)&w->timer, handle_close_cb);
-    if (!w->ready_seen && !w->killed_for && E.stop < STOP_NOW && !E.fatal) {
+    if (!w->ready_seen && !w->killed_for && RUN.stop < STOP_NOW && !RUN.fatal) {
         settle_ring(w, desc);
-        engine_fatal("worker %d failed to start: %s%s", (int)w->proc.pid, desc,
+        run_fatal("worker %d failed to start: %s%s", (int)w->proc.pid, desc,
                      start_hint(w->proc.status));
         return;
     }
-    if (!w->rn && !w->exit_expected && !w->killed_for && E.stop < STOP_NOW && !E.o->quiet)
+    if (!w->rn && !w->exit_expected && !w->killed_for && RUN.stop < STOP_NOW && !P.o->quiet)
         cli_warn("worker %d %s while idle", (int)w->proc.pid, desc);
     settle_ring(w, desc);
 }
@@ -690,8 +692,8 @@ static void finalize(struct worker *w)
 
 void pool_close_idle(void)
 {
-    for (int i = 0; i < E.nworkers; i++) {
-        struct worker *w = E.workers[i];
+    for (int i = 0; i < P.nworkers; i++) {
+        struct worker *w = P.workers[i];
         if (!w->rn && w->state != W_DEAD && w->state != W_STARTING)
             close_input(w);
         else if (w->state == W_STARTING)
@@ -701,18 +703,13 @@ void pool_close_idle(void)
 
 void pool_kill_all(int why)
 {
-    for (int i = 0; i < E.nworkers; i++)
-        kill_worker(E.workers[i], why);
-}
-
-int pool_busy(void)
-{
-    return E.inflight > 0;
+    for (int i = 0; i < P.nworkers; i++)
+        kill_worker(P.workers[i], why);
 }
 
 void pool_prestart(int n)
 {
-    for (int i = 0; i < n && E.nworkers < E.o->jobs && !E.fatal; i++)
+    for (int i = 0; i < n && P.nworkers < P.o->jobs && !RUN.fatal; i++)
         if (!spawn_worker())
             return;
 }

@@ -31,22 +31,4 @@ void tpar__chan_close(struct tpar__chan *c);
 /* tpar_proc_reap for a worker forked by a zygote. */
 int tpar__zygote_reap(tpar_proc *p, int block);
 
-/* Messages on a zygote's control socket: one SOCK_SEQPACKET datagram each.
- *   FORK  p->z  a = request tag; the two job-pipe ends, then the down
- *               and up lanes when b is 4, as SCM_RIGHTS
- *   PID   z->p  a = request tag, b = the worker's pid or -errno
- *   EXIT  z->p  a = pid, b = wait status, c = its request's tag (matched by
- *               tag, not pid: by then the pid may be another worker's) */
-enum { TPAR__Z_FORK = 'F', TPAR__Z_PID = 'P', TPAR__Z_EXIT = 'X' };
-struct tpar__zmsg {
-    int32_t kind;
-    int32_t a;
-    int32_t b;
-    int32_t c;
-};
-
-/* Sends a FORK request: fds[0..1] the child's pipe ends, fds[2..3] the
- * lanes or -1.  0 or -errno.  (The zygote forwards requests to its spare with it.) */
-int tpar__zsend_fork(int sock, int32_t tag, const int fds[4]);
-
 #endif

@@ -12,6 +12,7 @@
 
 #include "internal.h"
 #include "tpar.h"
+#include "zmsg.h"
 
 extern char **environ;
 
@@ -129,29 +130,6 @@ static int recv_one(tpar_zygote *z, struct tpar__zmsg *m, int timeout_ms)
     if (m->kind == TPAR__Z_EXIT)
         return note_exit(z, m->c, m->b);
     return m->kind == TPAR__Z_PID ? 1 : 0;
-}
-
-int tpar__zsend_fork(int sock, int32_t tag, const int fds[4])
-{
-    int nfds = fds[2] >= 0 ? 4 : 2; /* the pipes, and the lanes if any */
-    struct tpar__zmsg m = {TPAR__Z_FORK, tag, nfds, 0};
-    struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
-    union {
-        char buf[CMSG_SPACE(4 * sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-                         .msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int))};
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    memset(u.buf, 0, sizeof(u.buf));
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
-    while (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0)
-        if (errno != EINTR)
-            return -errno;
-    return 0;
 }
 
 int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p)

@@ -48,8 +48,6 @@ void tpar__worker_die(int code, const char *what)
     _exit(code);
 }
 
-#define die tpar__worker_die
-
 /* PR_SET_PDEATHSIG delivers this; its handler kills the whole group
  * (kill is async-signal-safe).  A real-time signal: Python never uses
  * one, and a job is unlikely to. */
@@ -117,7 +115,7 @@ void tpar__worker_take_fds(int in_fd, int out_fd, int down, int up)
     W.in_fd = fcntl(in_fd, F_DUPFD_CLOEXEC, HIGH_FD);
     W.out_fd = out_fd < 0 ? -1 : fcntl(out_fd, F_DUPFD_CLOEXEC, HIGH_FD);
     if (W.in_fd < 0 || (out_fd >= 0 && W.out_fd < 0))
-        die(EXIT_PROTOCOL, "fds 3 and 4 must be the job pipes");
+        tpar__worker_die(EXIT_PROTOCOL, "fds 3 and 4 must be the job pipes");
     close(in_fd);
     if (out_fd >= 0)
         close(out_fd);
@@ -189,7 +187,7 @@ void tpar__worker_setup(const struct tpar_worker_opts *o)
     return;
 fail:
     PyErr_Print();
-    die(EXIT_NOPYTHON, "cannot set up Python");
+    tpar__worker_die(EXIT_NOPYTHON, "cannot set up Python");
 }
 
 static void run_init(const char *spec)
@@ -209,7 +207,7 @@ static void run_init(const char *spec)
 /* ---------------------------------------------------------------- output */
 
 /* Writes a then b (b may be empty) whole, blocking. */
-static void write_all2(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
+static void write_all(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
 {
     struct iovec v[2] = {{(void *)a, an}, {(void *)b, bn}};
     int i = 0;
@@ -235,14 +233,9 @@ static void write_all2(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
     }
 }
 
-static void write_all(const uint8_t *p, size_t n)
-{
-    write_all2(p, n, NULL, 0);
-}
-
 /* Writes the pending frames, then `extra` (the tail of the last frame,
  * when it is a large body kept out of W.out to spare a copy). */
-static void flush_out2(const uint8_t *extra, size_t extra_len)
+static void flush_out(const uint8_t *extra, size_t extra_len)
 {
     if (!W.out.len)
         return;
@@ -252,18 +245,13 @@ static void flush_out2(const uint8_t *extra, size_t extra_len)
     if (!r)
         PyErr_Clear();
     Py_XDECREF(r);
-    write_all2(W.out.data, W.out.len, extra, extra_len);
+    write_all(W.out.data, W.out.len, extra, extra_len);
     W.out.len = 0;
-}
-
-static void flush_out(void)
-{
-    flush_out2(NULL, 0);
 }
 
 static void oom(void)
 {
-    die(EXIT_PROTOCOL, "out of memory");
+    tpar__worker_die(EXIT_PROTOCOL, "out of memory");
 }
 
 /* The flusher.  Results are written in batches, at the end of each chunk
@@ -308,7 +296,7 @@ static void *flusher(void *arg)
         while (J.running && J.gen == gen && rc != ETIMEDOUT)
             rc = pthread_cond_timedwait(&out_cv, &out_mu, &deadline);
         if (J.running && J.gen == gen && W.out.len) {
-            write_all(W.out.data, W.out.len); /* blocks the job's end, not the job */
+            write_all(W.out.data, W.out.len, NULL, 0); /* blocks the job's end, not the job */
             W.out.len = 0;
         }
     }
@@ -331,7 +319,7 @@ static void start_flusher(void)
     sigfillset(&all); /* signals are the main thread's (Python's) */
     pthread_sigmask(SIG_SETMASK, &all, &old);
     if (pthread_create(&t, &ta, flusher, NULL) != 0)
-        die(EXIT_NOPYTHON, "cannot start the flusher thread");
+        tpar__worker_die(EXIT_NOPYTHON, "cannot start the flusher thread");
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&ta);
     pthread_mutex_lock(&out_mu); /* held except while a job runs */
@@ -369,11 +357,11 @@ static size_t result_begin(void)
 
 /* Fills in the header of the result begun at `at`; the body is what was
  * appended since, plus extra bytes the caller writes right after. */
-static void result_end2(size_t at, int status, double duration, size_t extra)
+static void result_end(size_t at, int status, double duration, size_t extra)
 {
     size_t len = W.out.len - at - TPAR_FRAME_HEADER + extra;
     if (len > TPAR_FRAME_MAX_DEFAULT) /* the callers keep under it */
-        die(EXIT_PROTOCOL, "result over the frame limit");
+        tpar__worker_die(EXIT_PROTOCOL, "result over the frame limit");
     W.tasks++;
     if (W.max_tasks > 0 && W.tasks >= W.max_tasks)
         W.retiring = 1;
@@ -384,17 +372,12 @@ static void result_end2(size_t at, int status, double duration, size_t extra)
     memcpy(W.out.data + at + TPAR_FRAME_HEADER, &duration, 8); /* LE hosts */
 }
 
-static void result_end(size_t at, int status, double duration)
-{
-    result_end2(at, status, duration, 0);
-}
-
 /* Ends a result whose len payload bytes (duration first) are in the up
  * lane, published: only its header goes into W.out. */
 static void result_end_lane(size_t at, int status, double duration, size_t len)
 {
     W.out.len = at + TPAR_FRAME_HEADER; /* no duration here: it is in the lane */
-    result_end2(at, status, duration, len);
+    result_end(at, status, duration, len);
     W.out.data[at + 6] = TPAR_FRAME_IN_LANE;
     W.trim_due = 1;
 }
@@ -542,7 +525,7 @@ static void run_json_job(const tpar_frame *f, int *lane)
     int ok = 0;
 
     if (split_job(f, part, len) < 0)
-        die(EXIT_PROTOCOL, "malformed JSON job frame");
+        tpar__worker_die(EXIT_PROTOCOL, "malformed JSON job frame");
     job_begin();
     if (!(fn = lookup_fn(part[0], len[0])))
         goto ended;
@@ -577,7 +560,7 @@ ended:
             oom();
         ok = 0;
     }
-    result_end(at, ok ? TPAR_RESULT_OK : TPAR_RESULT_ERROR, dt);
+    result_end(at, ok ? TPAR_RESULT_OK : TPAR_RESULT_ERROR, dt, 0);
     result_to_lane(at);
     Py_XDECREF(fn);
     Py_XDECREF(args);
@@ -610,11 +593,11 @@ static void run_pickle_job(const tpar_frame *f, int *lane)
         (body != Py_None && !PyBytes_Check(body))) {
         /* run_pickle catches everything; this is a worker bug: say so. */
         PyErr_Print();
-        die(EXIT_PROTOCOL, "the pickle job runner failed");
+        tpar__worker_die(EXIT_PROTOCOL, "the pickle job runner failed");
     }
     PyObject *rel = PyObject_CallMethod(view, "release", NULL);
     if (!rel)
-        die(EXIT_PROTOCOL, "a job kept a view of its own frame");
+        tpar__worker_die(EXIT_PROTOCOL, "a job kept a view of its own frame");
     Py_DECREF(rel);
     Py_DECREF(view);
     lane_release(lane);
@@ -639,12 +622,12 @@ static void run_pickle_job(const tpar_frame *f, int *lane)
         n = (size_t)PyBytes_GET_SIZE(body);
     }
     if (n >= BIG_BODY) {
-        result_end2(at, status, dt, n);
-        flush_out2(p, n);
+        result_end(at, status, dt, n);
+        flush_out(p, n);
     } else {
         if (tpar_buf_append(&W.out, p, n) < 0)
             oom();
-        result_end(at, status, dt);
+        result_end(at, status, dt, 0);
     }
 done:
     tpar_sink_finish(sink, 0);
@@ -674,24 +657,24 @@ static int handle(const tpar_frame *in)
     int lane = 0;
     if (f.flags & TPAR_FRAME_IN_LANE) {
         if (tpar_lane_view(&W.down, f.len, &f.payload) < 0)
-            die(EXIT_PROTOCOL, "a lane frame with no payload in the lane");
+            tpar__worker_die(EXIT_PROTOCOL, "a lane frame with no payload in the lane");
         lane = 1;
         W.trim_due = 1;
     }
     switch (f.kind) {
     case TPAR_FRAME_JOB_JSON:
         if (f.status & TPAR_JOB_FLUSH_FIRST)
-            flush_out();
+            flush_out(NULL, 0);
         run_json_job(&f, &lane);
         break;
     case TPAR_FRAME_JOB_PICKLE:
         if (f.status & TPAR_JOB_FLUSH_FIRST)
-            flush_out();
+            flush_out(NULL, 0);
         run_pickle_job(&f, &lane);
         break;
     case TPAR_FRAME_CONFIG: run_config(&f); break;
     case TPAR_FRAME_SHUTDOWN: return 0;
-    default: die(EXIT_PROTOCOL, "unexpected frame kind");
+    default: tpar__worker_die(EXIT_PROTOCOL, "unexpected frame kind");
     }
     lane_release(&lane);
     return !W.retiring;
@@ -791,7 +774,7 @@ static int feed(tpar_decoder *dec, const uint8_t *buf, size_t n)
         int got;
         ptrdiff_t used = tpar_decoder_feed(dec, buf + off, n - off, &f, &got);
         if (used < 0)
-            die(EXIT_PROTOCOL, tpar_strerror((int)used));
+            tpar__worker_die(EXIT_PROTOCOL, tpar_strerror((int)used));
         off += (size_t)used;
         if (got && !handle(&f))
             return 1;
@@ -836,7 +819,7 @@ static int serve(long spin_max)
             return n < 0 || tpar_decoder_partial(&dec) ? EXIT_PROTOCOL : 0;
         int stop = direct ? tpar_decoder_commit(&dec, (size_t)n, &f) && !handle(&f)
                           : feed(&dec, buf, (size_t)n);
-        flush_out();
+        flush_out(NULL, 0);
         if (stop)
             return 0;
     }
@@ -849,7 +832,7 @@ static void send_ready(void)
                      (uint8_t)(pid >> 24)};
     if (tpar_buf_frame(&W.out, TPAR_FRAME_READY, TPAR_READY_FLUSH_FIRST, le, 4) < 0)
         oom();
-    write_all(W.out.data, W.out.len);
+    write_all(W.out.data, W.out.len, NULL, 0);
     W.out.len = 0;
 }
 
@@ -866,7 +849,7 @@ void tpar__worker_work(const struct tpar_worker_opts *o)
     if (!W.sink_type &&
         !(W.sink_type = (PyTypeObject *)PyType_FromSpec(&tpar_sink_spec))) {
         PyErr_Print();
-        die(EXIT_NOPYTHON, "cannot set up Python");
+        tpar__worker_die(EXIT_NOPYTHON, "cannot set up Python");
     }
     if (o->init)
         run_init(o->init);
@@ -899,19 +882,35 @@ static int load_python_half(void)
     return 0;
 }
 
-static _Noreturn void forked_child(const struct tpar__chan *c,
-                                   const struct tpar_worker_opts *o)
+/* glibc keeps up to 128 kB free at the top of the heap, and never returns
+ * free pages below it on its own: an idle worker then holds only what it
+ * uses. */
+void tpar__worker_trim_heap(void)
+{
+    malloc_trim(0);
+}
+
+void tpar__worker_after_fork(pid_t parent, int pdeathsig)
 {
     sigset_t none;
     sigemptyset(&none);
     PyOS_AfterFork_Child();
-    /* The caller's handlers (Trio's wakeup fd among them) are not ours. */
+    /* The parent's handlers (Trio's wakeup fd among them) are not ours. */
     tpar__worker_ignore_sigint();
     signal(SIGTERM, SIG_DFL);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    setpgid(0, 0);
-    if (o->pdeathsig)
+    setpgid(0, 0); /* a timeout kills the job's own children too */
+    if (pdeathsig) {
         tpar__worker_die_with_parent();
+        if (getppid() != parent) /* it died before prctl */
+            _exit(EXIT_PROTOCOL);
+    }
+}
+
+static _Noreturn void forked_child(const struct tpar__chan *c,
+                                   const struct tpar_worker_opts *o, pid_t parent)
+{
+    tpar__worker_after_fork(parent, o->pdeathsig);
     close(c->in[1]); /* the parent's ends */
     close(c->out[0]);
     tpar__worker_take_fds(c->in[0], c->out[1], c->down.fd, c->up.fd);
@@ -938,10 +937,11 @@ int tpar_worker_fork(tpar_proc *p, const struct tpar_worker_opts *o)
     int rc = tpar__chan_open(&c);
     if (rc < 0)
         return rc;
+    pid_t me = getpid();
     PyOS_BeforeFork();
     pid_t pid = fork();
     if (pid == 0)
-        forked_child(&c, o);
+        forked_child(&c, o, me);
     int err = errno;
     PyOS_AfterFork_Parent();
     if (pid < 0) {

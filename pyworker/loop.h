@@ -40,6 +40,15 @@ void tpar__worker_take_fds(int in_fd, int out_fd, int down, int up);
 void tpar__worker_die_with_parent(void);
 void tpar__worker_ignore_sigint(void); /* a no-op handler: not inherited by exec */
 
+/* In a child just forked from a Python process (a zygote, or a Trio
+ * program's WorkerType.FORK): Python's after-fork work, the signals a
+ * spawned worker starts with, its own process group and, with pdeathsig,
+ * death with `parent` (exits at once if that has died already). */
+void tpar__worker_after_fork(pid_t parent, int pdeathsig);
+
+/* Gives the free memory at the top of malloc's heap back to the system. */
+void tpar__worker_trim_heap(void);
+
 /* In a zygote: imports what forked workers would each import on their
  * first pickle job.  Failures are printed and ignored. */
 void tpar__worker_warm_for_fork(void);

@@ -1,0 +1,296 @@
+/* Records: formatting each job's result record, holding them back in -k
+ * mode until every earlier one is out, counting them (and --halt), the
+ * joblog, the summary, and writing the output in large batches.  Also the
+ * run's stop state, which every layer reads. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+struct run RUN;
+struct recorder R;
+
+#define OUT_FLUSH_AT (256 * 1024)
+#define REORDER_WINDOW 4096
+
+static char skipped_marker;
+
+void run_stop(int how)
+{
+    RUN.request_stop(how);
+}
+
+void run_fatal(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cli_vwarn(fmt, ap);
+    va_end(ap);
+    RUN.request_fatal();
+}
+
+void record_init(const struct opts *o, int out_fd, int log_fd)
+{
+    R.o = o;
+    R.out_fd = out_fd;
+    R.log_fd = log_fd;
+    R.rbase = 1;
+    if (o->keep_order) {
+        R.rcap = REORDER_WINDOW;
+        R.rslot = calloc(R.rcap, sizeof *R.rslot);
+        R.rlen = calloc(R.rcap, sizeof *R.rlen);
+        if (!R.rslot || !R.rlen)
+            cli_die(EXIT_USAGE, "out of memory");
+    }
+}
+
+int record_window_has_room(uint64_t seq)
+{
+    return !R.o->keep_order || seq + 1 < R.rbase + R.rcap;
+}
+
+/* ------------------------------------------------------------- output */
+
+static void write_all(int fd, tpar_buf *b, const char *what)
+{
+    size_t off = 0;
+    while (off < b->len) {
+        ssize_t n = write(fd, b->data + off, b->len - off);
+        if (n > 0) {
+            off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN) { /* someone made it non-blocking */
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        b->len = 0;
+        if (n < 0 && errno == EPIPE && fd == R.out_fd) {
+            run_stop(STOP_PIPE);
+            return;
+        }
+        run_fatal("cannot write %s: %s", what, strerror(errno));
+        return;
+    }
+    b->len = 0;
+}
+
+void output_flush(void)
+{
+    if (R.out.len && RUN.stop != STOP_PIPE)
+        write_all(R.out_fd, &R.out, R.o->output ? R.o->output : "stdout");
+    R.out.len = 0;
+    if (R.log.len)
+        write_all(R.log_fd, &R.log, R.o->joblog);
+}
+
+void record_drop_output(void)
+{
+    R.out.len = 0;
+}
+
+/* Writes the records held for seq numbers from rbase on, in order. */
+static void reorder_drain(void)
+{
+    for (;;) {
+        size_t k = R.rbase % R.rcap;
+        char *r = R.rslot[k];
+        if (!r)
+            return;
+        if (r != &skipped_marker) {
+            out_lit(&R.out, r, R.rlen[k]);
+            free(r);
+        }
+        R.rslot[k] = NULL;
+        R.rbase++;
+    }
+}
+
+/* The record just formatted at R.out[start..] belongs to seq: in -k mode
+ * it is held back until every earlier seq has been written. */
+static void record_placed(uint64_t seq, size_t start)
+{
+    if (R.o->keep_order) {
+        if (seq != R.rbase) {
+            size_t n = R.out.len - start;
+            char *copy = malloc(n ? n : 1);
+            if (!copy)
+                cli_die(EXIT_USAGE, "out of memory");
+            memcpy(copy, R.out.data + start, n);
+            R.rslot[seq % R.rcap] = copy;
+            R.rlen[seq % R.rcap] = (uint32_t)n;
+            R.out.len = start;
+            return;
+        }
+        R.rbase++;
+        reorder_drain();
+    }
+    if (R.out.len >= OUT_FLUSH_AT)
+        output_flush();
+}
+
+void record_skipped(uint64_t seq)
+{
+    R.skipped++;
+    if (R.o->keep_order) {
+        if (seq == R.rbase) {
+            R.rbase++;
+            reorder_drain();
+        } else {
+            R.rslot[seq % R.rcap] = &skipped_marker;
+        }
+    }
+}
+
+static void count(int status)
+{
+    R.count[status]++;
+    R.finished++;
+    if (status == ST_OK)
+        return;
+    R.failed++;
+    if (!R.o->halt || RUN.stop != STOP_NONE)
+        return;
+    int hit = R.o->halt_pct ? R.failed * 100.0 >= R.o->halt_fail * (double)R.finished
+                            : (double)R.failed >= R.o->halt_fail;
+    if (hit) {
+        if (!R.o->quiet)
+            cli_warn("--halt: %llu failed job(s); %s", (unsigned long long)R.failed,
+                     R.o->halt == HALT_NOW ? "killing the running jobs"
+                                           : "waiting for the running jobs");
+        run_stop(R.o->halt == HALT_NOW ? STOP_NOW : STOP_SOON);
+    }
+}
+
+/* ------------------------------------------------------------ records */
+
+static void put_id(tpar_buf *b, const struct job *j)
+{
+    out_lit(b, j->data, j->id_len);
+}
+
+static void run_record(int status, const char *body, size_t n)
+{
+    OUT_LIT(&R.out, "{\"type\":\"result\",\"status\":\"");
+    out_lit(&R.out, status_names[status], strlen(status_names[status]));
+    if (status == ST_OK)
+        OUT_LIT(&R.out, "\",\"value\":");
+    else
+        OUT_LIT(&R.out, "\",\"error\":");
+    out_lit(&R.out, body, n);
+    OUT_LIT(&R.out, "}\n");
+}
+
+/* The end every record shares: duration, worker pid (null if none). */
+static void put_tail(tpar_buf *b, double dur, pid_t pid)
+{
+    OUT_LIT(b, ",\"duration\":");
+    out_secs(b, dur);
+    OUT_LIT(b, ",\"worker\":");
+    if (pid)
+        out_u64(b, (uint64_t)pid);
+    else
+        OUT_LIT(b, "null");
+    OUT_LIT(b, "}\n");
+}
+
+static void stream_record(const struct job *j, int status, const char *body, size_t n,
+                          double dur, pid_t pid)
+{
+    tpar_buf *b = &R.out;
+    OUT_LIT(b, "{\"type\":\"result\",\"id\":");
+    put_id(b, j);
+    OUT_LIT(b, ",\"seq\":");
+    out_u64(b, j->seq);
+    if (status == ST_OK) {
+        OUT_LIT(b, ",\"status\":\"ok\",\"value\":");
+    } else {
+        OUT_LIT(b, ",\"status\":\"");
+        out_lit(b, status_names[status], strlen(status_names[status]));
+        OUT_LIT(b, "\",\"error\":");
+    }
+    out_lit(b, body, n);
+    OUT_LIT(b, ",\"attempts\":");
+    out_u64(b, (uint64_t)j->attempts);
+    put_tail(b, dur, pid);
+}
+
+void record_attempt(const struct job *j, int status, double dur, pid_t pid)
+{
+    if (R.log_fd < 0)
+        return;
+    tpar_buf *b = &R.log;
+    OUT_LIT(b, "{\"type\":\"attempt\",\"id\":");
+    put_id(b, j);
+    OUT_LIT(b, ",\"seq\":");
+    out_u64(b, j->seq);
+    OUT_LIT(b, ",\"attempt\":");
+    out_u64(b, (uint64_t)j->attempts);
+    OUT_LIT(b, ",\"status\":\"");
+    out_lit(b, status_names[status], strlen(status_names[status]));
+    OUT_LIT(b, "\",\"start\":");
+    out_secs(b, j->start > 0 ? R.wall0 + (j->start - R.t0) : 0);
+    put_tail(b, dur, pid);
+}
+
+void record_result(const struct job *j, int status, const char *body, size_t n,
+                   double duration, pid_t pid)
+{
+    if (RUN.stop != STOP_PIPE) {
+        size_t start = R.out.len;
+        if (R.o->mode == MODE_RUN)
+            run_record(status, body, n);
+        else
+            stream_record(j, status, body, n, duration, pid);
+        record_placed(j->seq, start);
+    }
+    count(status);
+}
+
+void record_bad_input(uint64_t seq, uint64_t line, const char *file, const char *msg)
+{
+    tpar_buf *b = &R.out;
+    size_t start = b->len;
+    OUT_LIT(b, "{\"type\":\"result\",\"id\":");
+    out_u64(b, seq);
+    OUT_LIT(b, ",\"seq\":");
+    out_u64(b, seq);
+    OUT_LIT(b, ",\"status\":\"bad_input\",\"error\":{\"type\":\"BadInput\",\"message\":");
+    out_jstr(b, msg, strlen(msg));
+    OUT_LIT(b, ",\"traceback\":null},\"line\":");
+    out_u64(b, line);
+    if (strcmp(file, "-")) {
+        OUT_LIT(b, ",\"file\":");
+        out_jstr(b, file, strlen(file));
+    }
+    OUT_LIT(b, ",\"attempts\":0,\"duration\":0.0,\"worker\":null}\n");
+    record_placed(seq, start);
+    count(ST_BAD_INPUT);
+}
+
+void record_summary(uint64_t workers)
+{
+    tpar_buf *b = &R.out;
+    OUT_LIT(b, "{\"type\":\"summary\",\"total\":");
+    out_u64(b, R.finished); /* the result records; skipped jobs have none */
+    for (int s = 0; s < ST_COUNT; s++) {
+        OUT_LIT(b, ",\"");
+        out_lit(b, status_names[s], strlen(status_names[s]));
+        OUT_LIT(b, "\":");
+        out_u64(b, R.count[s]);
+    }
+    OUT_LIT(b, ",\"skipped\":");
+    out_u64(b, R.skipped);
+    OUT_LIT(b, ",\"workers\":");
+    out_u64(b, workers);
+    OUT_LIT(b, ",\"wall\":");
+    out_secs(b, tpar_now() - R.t0);
+    OUT_LIT(b, "}\n");
+}
