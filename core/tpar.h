@@ -441,6 +441,29 @@ int tpar_listener_next(tpar_listener *l, tpar_listen_event *ev);
  * handed out); wipes the key.  NULL is a no-op. */
 void tpar_listener_free(tpar_listener *l);
 
+/* A launcher is the command that starts remote workers where they run
+ * (`srun ... tpar-worker --connect {addr}`, `ssh node7 tpar-worker
+ * --connect {addr}`).  tpar_launcher_argv splits cmd into words with a
+ * shell's quoting and nothing else: blanks separate words, '...' is
+ * literal, "..." takes \" \\ \$ \` as escapes, and \x outside quotes is x;
+ * no expansion, no globbing, no operators (there is no shell between tpar
+ * and a worker).  Then each "{addr}" inside a word becomes addr, so an
+ * address never splits or joins words.  *argv is one allocation (free()
+ * it), NULL-terminated.  -EINVAL with *errmsg set (a static string) for an
+ * unbalanced quote, an empty command, or one without {addr}; -ENOMEM. */
+int tpar_launcher_argv(const char *cmd, const char *addr, char ***argv,
+                       const char **errmsg);
+
+/* Starts argv (argv[0] searched on PATH) as a new process group, with the
+ * environment plus TPAR_SECRET_ENV=hex, stdin a pipe that carries the
+ * secret's line ("hex\n", for launchers that pass stdin on and not the
+ * environment, as ssh), stdout onto our stderr (the results own stdout),
+ * stderr inherited, every other fd closed.  *p gets the pid; its fds are
+ * -1 (reap it with tpar_proc_reap).  0, or -errno with nothing started
+ * (-ENOENT: no such command). */
+int tpar_launcher_spawn(tpar_proc *p, char *const argv[],
+                        const char hex[TPAR_SECRET_HEX + 1]);
+
 /* "killed by signal 9 (SIGKILL)" / "exited with code 3": a description
  * of a wait status, written NUL-terminated into buf. */
 void tpar_describe_status(int status, char *buf, size_t n);
