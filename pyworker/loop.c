@@ -19,6 +19,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "connect.h"
 #include "internal.h"
 #include "jsonenc.h"
 #include "sink.h"
@@ -220,6 +221,11 @@ static void write_all(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
         if (w < 0) {
             if (errno == EINTR)
                 continue;
+            if (errno == EAGAIN) { /* a socket: O_NONBLOCK is shared with the input */
+                struct pollfd p = {.fd = W.out_fd, .events = POLLOUT};
+                poll(&p, 1, -1);
+                continue;
+            }
             _exit(errno == EPIPE ? 0 : EXIT_PROTOCOL); /* the parent is gone */
         }
         for (size_t left = (size_t)w; i < 2 && left; ) {
@@ -863,7 +869,8 @@ void tpar__worker_work(const struct tpar_worker_opts *o)
     PyObject *r = PyObject_CallMethod(PySys_GetObject("stdout"), "flush", NULL);
     Py_XDECREF(r);
     PyErr_Clear();
-    _exit(rc);
+    /* A remote worker's supervisor dials again for one that retired. */
+    _exit(rc == 0 && W.retiring && o->connect ? EXIT_RETIRED : rc);
 }
 
 /* ------------------------------------------------------------------ FORK */

@@ -13,6 +13,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include "connect.h"
 
 static void usage_error(const char *msg)
 {
@@ -36,6 +37,9 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         {"idle-timeout", required_argument, 0, 'T'},
         {"zygote", no_argument, 0, 'z'},
         {"preload", required_argument, 0, 'P'},
+        {"connect", required_argument, 0, 'C'},
+        {"connect-timeout", required_argument, 0, 'O'},
+        {"workers", required_argument, 0, 'W'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->spin_us = -1;
@@ -57,11 +61,21 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         case 'T': o->idle_timeout = strtod(optarg, NULL); break;
         case 'z': o->zygote = 1; break;
         case 'P': o->preload = optarg; break;
+        case 'C': o->connect = optarg; break;
+        case 'O': o->connect_timeout = strtod(optarg, NULL); break;
+        case 'W': o->connect_workers = (int)strtol(optarg, NULL, 10); break;
         default: usage_error("bad option");
         }
     }
     if (optind != argc)
         usage_error("unexpected argument");
+    if (o->connect && o->zygote)
+        usage_error("--connect and --zygote exclude each other");
+    if (o->connect_workers < 0 || o->connect_workers > 4096 ||
+        ((o->connect_workers || o->connect_timeout) && !o->connect))
+        usage_error("--workers N (1 to 4096) and --connect-timeout go with --connect");
+    if (o->connect_timeout < 0)
+        usage_error("--connect-timeout must be positive");
 }
 
 /* The protocol fds go out of the way of user code, and anything written
@@ -155,8 +169,21 @@ int main(int argc, char **argv)
         sigaddset(&chld, SIGCHLD);
         sigprocmask(SIG_BLOCK, &chld, NULL);
     }
-    setup_signals(o.pdeathsig);
-    setup_fds(o.zygote);
+    if (o.connect) {
+        /* Returns in the worker, a child of the supervisor, which it dies
+         * with; the socket carries the frames both ways, no lanes. */
+        int fd = tpar__worker_connect(o.connect, o.connect_timeout > 0 ? o.connect_timeout : 30.0,
+                                      o.connect_workers);
+        int fd2 = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (fd2 < 0)
+            tpar__worker_die(EXIT_PROTOCOL, "out of fds");
+        setup_signals(1);
+        tpar__worker_take_fds(fd, fd2, -1, -1);
+        dup2(STDERR_FILENO, STDOUT_FILENO);
+    } else {
+        setup_signals(o.pdeathsig);
+        setup_fds(o.zygote);
+    }
     start_python(&o, argv[0]);
     tpar__worker_setup(&o);
     if (o.zygote)
