@@ -23,11 +23,16 @@ tpar() {
     timeout -k 5 "$TPAR_TEST_TIMEOUT" "$TPAR" "$@"
 }
 
-# The real python3 (pyenv's shim costs ~100 ms per call), cached per run.
+# The project venv's python (scripts/setup makes .venv/), else the real
+# python3 (pyenv's shim costs ~100 ms per call), cached per run.
 real_python() {
     local cache="$BATS_RUN_TMPDIR/real_python"
     if [ ! -s "$cache" ]; then
-        python3 -c 'import sys; print(sys.executable)' >"$cache.$$"
+        if [ -x "$REPO_ROOT/.venv/bin/python" ]; then
+            echo "$REPO_ROOT/.venv/bin/python" >"$cache.$$"
+        else
+            python3 -c 'import sys; print(sys.executable)' >"$cache.$$"
+        fi
         mv "$cache.$$" "$cache"
     fi
     cat "$cache"
