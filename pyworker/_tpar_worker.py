@@ -260,18 +260,44 @@ def _is_coro_fn(fn):
     return inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
 
 
+CHAIN_MAX = 64  # exceptions of a chain sent back, at most
+
+
+def _chain(exc):
+    """Every exception reachable from exc through __cause__ and __context__
+    (exc first), and for each the (cause, context) indexes into that list
+    (-1: none) and __suppress_context__: pickle keeps neither link."""
+    nodes, index, links = [exc], {id(exc): 0}, []
+    for e in nodes:
+        pair = []
+        for nxt in (e.__cause__, e.__context__):
+            j = -1
+            if nxt is not None:
+                j = index.get(id(nxt), -1)
+                if j < 0 and len(nodes) < CHAIN_MAX:
+                    j = index[id(nxt)] = len(nodes)
+                    nodes.append(nxt)
+            pair.append(j)
+        links.append((pair[0], pair[1], bool(e.__suppress_context__)))
+    return nodes, links
+
+
 def _pickled_error(exc):
-    """The error's body: the exception itself when it pickles, unpickles
-    and fits in a frame (with the 8-byte duration), else its record."""
+    """The error's body: the exception itself with its chain when they
+    pickle, unpickle and fit in a frame (with the 8-byte duration); else
+    the exception alone; else its record."""
     info = error_info(exc)
-    try:
-        body = _dumps((exc, info["type"], info["message"], info["traceback"]))
-        if len(body) > FRAME_MAX - 8:
-            raise OverflowError("too large to send")
-        _pickle.loads(body)  # an exception that pickles but will not unpickle
-    except BaseException:
-        body = _pickle.dumps((None, info["type"], info["message"], info["traceback"]), 5)
-    return body
+    head = (exc, info["type"], info["message"], info["traceback"])
+    for body in (head + _chain(exc), head + (None, None)):
+        try:
+            body = _dumps(body)
+            if len(body) > FRAME_MAX - 8:
+                raise OverflowError("too large to send")
+            _pickle.loads(body)  # an exception that pickles but will not unpickle
+            return body
+        except BaseException:
+            pass
+    return _pickle.dumps((None, info["type"], info["message"], info["traceback"]), 5)
 
 
 class _JSONContext:
@@ -307,11 +333,21 @@ def warm_for_fork():
 
 
 def config(payload):
-    """Runs the parent's init() and keeps its retire()."""
+    """Takes the parent's settings (docs/protocol.md, CONFIG): runs its
+    init(), keeps its retire(), takes its multiprocessing authkey."""
     global _retire
     if _pickle is None:
         _load_picklers()
-    init, _retire = _pickle.loads(payload)
+    settings = _pickle.loads(payload)
+    if "authkey" in settings:
+        # Manager proxies authenticate with current_process().authkey: it
+        # must be the parent's, as under multiprocessing's spawn.
+        from multiprocessing import process
+
+        process.current_process().authkey = settings["authkey"]
+    if "retire" in settings:
+        _retire = settings["retire"]
+    init = settings.get("init")
     if init is not None:
         init()
 

@@ -31,3 +31,12 @@ __all__ = [
     "open_worker_context",
     "run_sync",
 ]
+
+# Public objects say they are tpar's (reprs, docs, pickles by reference),
+# wherever in the package they are defined.
+for _name in __all__:
+    try:
+        globals()[_name].__module__ = __name__
+    except (AttributeError, TypeError):  # pragma: no cover
+        pass
+del _name

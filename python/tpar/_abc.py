@@ -12,7 +12,9 @@ Layers, each importing only those above it:
 
 import enum
 import io
+import os
 import pickle
+import sys
 from dataclasses import dataclass
 
 from . import _core
@@ -35,13 +37,36 @@ class BrokenWorkerError(RuntimeError):
 
     This error is not typically encountered in normal use, and indicates a
     severe failure of either tpar or the code that was executing in the
-    worker.  The message names the worker's pid and the signal that killed
-    it or its exit code."""
+    worker.
+
+    Attributes (None where unknown; for a failed shutdown of several
+    workers, those of the first):
+      pid (int): the worker's process id.
+      exitcode (int): its exit code, when it exited.
+      signal (int): the signal that killed it, when one did."""
+
+    pid = exitcode = signal = None
+
+    def _set_status(self, pid, status):
+        self.pid = pid
+        if status is not None:
+            if os.WIFEXITED(status):
+                self.exitcode = os.WEXITSTATUS(status)
+            elif os.WIFSIGNALED(status):
+                self.signal = os.WTERMSIG(status)
+        return self
+
+
+def broken(message, pid, status):
+    """A BrokenWorkerError for the worker pid that ended with the wait
+    status given."""
+    return BrokenWorkerError(message)._set_status(pid, status)
 
 
 class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a worker, attached as the
-    ``__cause__`` of the exception re-raised in the caller."""
+    """The traceback of an exception raised in a worker: on Python 3.10,
+    which shows no notes, the cause at the end of the re-raised
+    exception's chain."""
 
     def __init__(self, tb):
         super().__init__(tb)
@@ -51,8 +76,9 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
-class WorkerType(enum.Enum):
-    """The kind of worker process a context starts.
+class WorkerType(str, enum.Enum):
+    """The kind of worker process a context starts (a `str` enum, as
+    trio-parallel's: ``WorkerType.SPAWN == "spawn"``).
 
     ``SPAWN``: a fresh ``tpar-worker`` process (CPython embedded in a C
     program) per worker, with this process's ``sys.path`` and ``__main__``.
@@ -88,8 +114,15 @@ class WorkerContextStatistics:
 
 
 def note(exc, text):
+    """exc.add_note(text); on 3.10 the note is kept in __notes__ too,
+    where Python does not show it."""
     if hasattr(exc, "add_note"):  # 3.11+
         exc.add_note(text)
+    else:
+        try:
+            exc.__notes__ = list(getattr(exc, "__notes__", ())) + [text]
+        except Exception:
+            pass
 
 
 # ------------------------------------------------------------------ pickling
@@ -103,10 +136,28 @@ def pickle_into(send, kind, obj, by_ref):
     if by_ref or cloudpickle is None:
         try:
             return send(kind, _dump, obj)
-        except Exception:
+        except Exception as exc:
             if cloudpickle is None:
+                _hint_cloudpickle(exc)
                 raise
     return send(kind, cloudpickle.dump, obj)
+
+
+_BY_VALUE_ONLY = ("local object", "<lambda>", "lambda", "closure")
+
+
+def _hint_cloudpickle(exc):
+    """pickle refused what cloudpickle would take by value: say so."""
+    text = str(exc)
+    if isinstance(exc, (pickle.PicklingError, AttributeError, TypeError)) and any(
+            w in text for w in _BY_VALUE_ONLY):
+        hint = ("tpar: lambdas, closures and functions defined inside functions "
+                "pickle only with cloudpickle, which is not installed here: "
+                "`pip install cloudpickle` makes them work")
+        if sys.version_info >= (3, 11):
+            exc.add_note(hint)
+        else:
+            raise pickle.PicklingError(f"{text}\n{hint}") from exc
 
 
 def as_bytes(kind, dump, obj):
@@ -118,14 +169,43 @@ def as_bytes(kind, dump, obj):
 
 
 def outcome(status, body):
-    """A RESULT's value, or its exception raised with the worker's
-    traceback as the cause."""
+    """A RESULT's value, or its exception raised: with its own chain
+    (__cause__, __context__, as it was in the worker) and the worker's
+    traceback text as a note (3.11+), or as a RemoteTraceback at the end of
+    its chain (3.10, which shows no notes)."""
     if status & STATUS_MASK == OK:
         return _loads(body)
-    exc, type_name, message, tb = _loads(body)
+    exc, type_name, message, tb, *chain = _loads(body)
     if exc is None:
         exc = RuntimeError(f"{type_name}: {message} (the exception itself could not be sent back: it would not pickle, or was too large)")
+    elif chain and chain[0] is not None:
+        nodes, links = chain
+        for e, (cause, context, suppress) in zip(nodes, links):
+            e.__cause__ = nodes[cause] if cause >= 0 else None
+            e.__context__ = nodes[context] if context >= 0 else None
+            e.__suppress_context__ = suppress
+    _attach_traceback(exc, tb)
+    context = exc.__context__
     try:
-        raise exc from RemoteTraceback(tb)
+        raise exc
     finally:
-        del exc
+        # Raised inside an except block, exc would get the exception being
+        # handled as its __context__, in place of its own.
+        exc.__context__ = context
+        del exc, context
+
+
+def _attach_traceback(exc, tb):
+    if not tb:
+        return
+    if hasattr(exc, "add_note"):
+        exc.add_note("\ntpar: raised in a worker process; its traceback:\n" + tb.rstrip("\n"))
+        return
+    end, seen = exc, {id(exc)}
+    while True:
+        nxt = end.__cause__ or (None if end.__suppress_context__ else end.__context__)
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        end = nxt
+    end.__cause__ = RemoteTraceback(tb)

@@ -6,8 +6,12 @@ threads than Trio's."""
 
 import importlib
 import math
+import os
+import pickle
+import sys
 import threading
 import time
+import weakref
 
 import trio
 
@@ -16,6 +20,16 @@ from ._abc import NO_KWARGS, WorkerContextStatistics, WorkerType, as_bytes, pick
 from ._proc import LAUNCHERS, graveyard, kill, reap_graveyard, refuse_while_bootstrapping
 
 _JOB = _core.FRAME_JOB_PICKLE
+_CONFIG = _core.FRAME_CONFIG
+_dump = pickle.dump
+_modules = sys.modules
+
+
+def authkey():
+    """multiprocessing's authkey for this process, once it has one (once
+    multiprocessing is imported), else None: the workers take it."""
+    mp = _modules.get("multiprocessing.process")
+    return None if mp is None else bytes(mp.current_process().authkey)
 _monotonic = time.monotonic
 
 
@@ -29,8 +43,8 @@ def worker_extra(idle_timeout):
 
 
 class WorkerCache:
-    __slots__ = ("idle_timeout", "launcher", "starts_at_once", "preload_job", "config",
-                 "lock", "idle_cv", "idle", "busy", "dying", "running", "closed",
+    __slots__ = ("__weakref__", "idle_timeout", "launcher", "starts_at_once", "preload_job", "settings",
+                 "by_ref", "config", "config_key", "keyless", "lock", "idle_cv", "idle", "busy", "dying", "running", "closed",
                  "unchecked", "prestarting", "prestarter")
 
     def __init__(self, worker_type, idle_timeout, preload, init, retire, by_ref):
@@ -47,12 +61,16 @@ class WorkerCache:
             self.preload_job = pickle_into(
                 as_bytes, _JOB, (all, (map(importlib.import_module, preload),), NO_KWARGS),
                 True)
-        self.config = None
-        if init is not bool or retire is not bool:
-            self.config = pickle_into(
-                as_bytes, _core.FRAME_CONFIG,
-                (None if init is bool else init, None if retire is bool else retire),
-                by_ref)
+        # CONFIG (docs/protocol.md): init, retire, and this process's
+        # multiprocessing authkey once multiprocessing is imported here.
+        self.settings = {}
+        if init is not bool:
+            self.settings["init"] = init
+        if retire is not bool:
+            self.settings["retire"] = retire
+        self.by_ref = by_ref
+        self.config = self.config_key = None
+        self.keyless = set()  # started before this process had an authkey
         self.lock = threading.Lock()
         self.idle_cv = threading.Condition(self.lock)  # a prestarted worker came
         self.idle = []  # (worker, idle since), most recent last: LIFO
@@ -63,6 +81,7 @@ class WorkerCache:
         self.unchecked = set()  # workers whose preload answer is not read yet
         self.prestarting = 0  # prestarted workers not yet in the cache
         self.prestarter = None  # the thread starting them (FORKSERVER)
+        _caches.add(self)
 
     def statistics(self):
         with self.lock:
@@ -127,11 +146,31 @@ class WorkerCache:
             if self.preload_job is not None:
                 self.unchecked.add(w)
                 w.send(_JOB, self.preload_job)
-            if self.config is not None:
-                w.send(_core.FRAME_CONFIG, self.config)
+            key = authkey()
+            if key is None:
+                self.keyless.add(w)
+            if key is not None or self.settings:
+                if self.config is None or key != self.config_key:
+                    settings = dict(self.settings)
+                    if key is not None:
+                        settings["authkey"] = key
+                    self.config = pickle_into(as_bytes, _CONFIG, settings, self.by_ref)
+                    self.config_key = key
+                w.send(_CONFIG, self.config)
         except BrokenPipeError:
             pass  # it died already: its first job finds out why
         return w
+
+    def send_authkey(self, w):
+        """w started before this process imported multiprocessing: now it
+        has, w takes its authkey (a Manager's proxies need it)."""
+        key = authkey()
+        if key is not None:
+            self.keyless.discard(w)
+            try:
+                w.send(_CONFIG, as_bytes(_CONFIG, _dump, {"authkey": key}))
+            except BrokenPipeError:
+                pass
 
     # ------------------------------------------------------------ prestart
 
@@ -186,11 +225,33 @@ class WorkerCache:
             self.busy.discard(w)
             if keep and not self.closed:
                 self.idle.append((w, _monotonic()))
+                if not _watching:
+                    _watch()
                 return
         self.bury(w)
 
+    def prune(self):
+        """The reaper's pass: idle workers that died or outstayed the idle
+        timeout go, leaving ones are reaped.  True while there is anything
+        left to watch."""
+        if self.dying:
+            self.reap_dying()
+        with self.lock:
+            if self.closed:
+                return False
+            horizon = _monotonic() - self.idle_timeout
+            keep = []
+            for w, since in self.idle:
+                if since >= horizon and w.alive():
+                    keep.append((w, since))
+                else:
+                    self.bury(w, locked=True)
+            self.idle[:] = keep
+            return bool(keep or self.dying)
+
     def release_killed(self, w):
         self.unchecked.discard(w)
+        self.keyless.discard(w)
         kill(w)
         self.release(w, False)
 
@@ -198,6 +259,7 @@ class WorkerCache:
         """Lets w go: its pipes close (it exits at end of file) and its exit
         status is collected now or by a later reap_dying / close."""
         self.unchecked.discard(w)
+        self.keyless.discard(w)
         w.close()
         if w.reap(False) is None:
             if locked:
@@ -205,6 +267,8 @@ class WorkerCache:
             else:
                 with self.lock:
                     self.dying.append(w)
+            if not _watching:
+                _watch()
 
     def reap_dying(self):
         with self.lock:
@@ -223,6 +287,7 @@ class WorkerCache:
             dying, self.dying = self.dying, []
             for w in workers:
                 self.unchecked.discard(w)
+                self.keyless.discard(w)
         for w in workers:
             w.close()
         return workers, dying
@@ -237,3 +302,65 @@ class WorkerCache:
         for w in [w for w, _ in list(self.idle)] + list(self.busy) + list(self.dying):
             w.close()
         self.launcher.forget()
+
+
+# ------------------------------------------------------------------ reaper
+# One daemon thread per process, awake while some cache has idle or leaving
+# workers: every REAP_INTERVAL_S it prunes them (WorkerCache.prune) and
+# reaps the graveyard.  So a worker that exits on its idle timeout (or is
+# killed) leaves statistics() and is reaped within about a second, whether
+# or not the program calls again: no zombie stays behind.
+
+REAP_INTERVAL_S = 0.25
+_caches = weakref.WeakSet()
+_wake = threading.Event()
+_watching = False  # the reaper is looping: no need to wake it
+_reaper_pid = None
+
+
+def _watch():
+    """Wakes the reaper (starting it in this process if need be)."""
+    global _reaper_pid, _watching
+    _watching = True
+    if _reaper_pid != os.getpid():
+        _reaper_pid = os.getpid()
+        threading.Thread(target=_reap_forever, name="tpar-reaper", daemon=True).start()
+    _wake.set()
+
+
+def _prune_all():
+    busy = False
+    for cache in list(_caches):
+        busy |= cache.prune()
+    if graveyard:
+        reap_graveyard()
+    return busy or bool(graveyard)
+
+
+def _reap_forever():
+    global _watching
+    pid = os.getpid()
+    while True:
+        _wake.wait()
+        _wake.clear()
+        while True:
+            time.sleep(REAP_INTERVAL_S)
+            if os.getpid() != pid:
+                return
+            if _prune_all():
+                continue
+            # Nothing to watch: sleep until woken.  A release that saw
+            # _watching still true comes before this second look.
+            _watching = False
+            if not _prune_all():
+                break
+            _watching = True
+
+
+def forget_all():
+    """In a forked child: the reaper thread is not there."""
+    global _watching, _reaper_pid
+    _watching = False
+    _reaper_pid = None
+    _wake.clear()
+    _caches.clear()

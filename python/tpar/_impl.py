@@ -12,9 +12,9 @@ module (the run path, shutdown, the default context, the public API).
 """
 
 import atexit
-import contextvars
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -29,16 +29,16 @@ from trio.lowlevel import (
     enable_ki_protection,
 )
 
-from . import _core, _proc
+from . import _cache, _core, _proc
 from ._abc import (
     NO_KWARGS as _NO_KWARGS,
     RETIRING as _RETIRING,
     STATUS_MASK as _STATUS_MASK,
     OK as _OK,
     BrokenWorkerError,
-    RemoteTraceback,  # noqa: F401 - the cause of a job's exception
     WorkerContextStatistics,
     WorkerType,
+    broken as _broken_error,
     note as _note,
     outcome as _outcome,
     pickle_into as _pickle_into,
@@ -48,6 +48,8 @@ from ._locate import main_path, worker_argv  # noqa: F401 - worker_argv: tests
 from ._proc import bury as _bury, collect as _collect, finish as _finish
 
 _JOB = _core.FRAME_JOB_PICKLE
+_MP_PROCESS = "multiprocessing.process"
+_modules = sys.modules
 SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
 _monotonic = time.monotonic
 
@@ -97,8 +99,20 @@ def _check_params(idle_timeout, init, retire, grace_period, worker_type):
     for name, value in (("init", init), ("retire", retire)):
         if not callable(value):
             raise TypeError(f"{name} must be callable, got {value!r}")
-    if not isinstance(worker_type, WorkerType):
-        raise ValueError(f"worker_type must be a member of WorkerType, got {worker_type!r}")
+    return _worker_type(worker_type)
+
+
+def _worker_type(value):
+    """A WorkerType, or its value ("spawn"...) -> the WorkerType."""
+    if isinstance(value, WorkerType):
+        return value
+    if isinstance(value, str):
+        try:
+            return WorkerType(value)
+        except ValueError:
+            pass
+    raise ValueError(f"worker_type must be a member of WorkerType (or its value: "
+                     f"{', '.join(repr(t.value) for t in WorkerType)}), got {value!r}")
 
 
 
@@ -108,26 +122,38 @@ class WorkerContext:
     """A context for running synchronous functions in an isolated cache of
     worker processes.  Made by `open_worker_context`, never directly."""
 
-    __slots__ = ("idle_timeout", "init", "retire", "grace_period", "worker_type",
-                 "preload", "_cache", "_by_ref", "_closing", "_replaced", "__weakref__")
+    __slots__ = ("_idle_timeout", "_init", "_retire", "_grace_period", "_worker_type",
+                 "_preload", "_cache", "_by_ref", "_closing", "_replaced", "__weakref__")
+
+    # Read-only, as trio-parallel's (a frozen attrs class).
+    idle_timeout = property(lambda self: self._idle_timeout,
+                            doc="Seconds an idle worker waits for a job.")
+    init = property(lambda self: self._init, doc="Called in each worker before its first job.")
+    retire = property(lambda self: self._retire,
+                      doc="Called in the worker after each job; true retires it.")
+    grace_period = property(lambda self: self._grace_period,
+                            doc="Seconds workers get to exit cleanly at close.")
+    worker_type = property(lambda self: self._worker_type, doc="The WorkerType.")
+    preload = property(lambda self: self._preload,
+                       doc="Modules every worker imports before its first job.")
 
     def __init__(self, *args, **kwargs):
         raise TypeError("WorkerContext has no public constructor: use tpar.open_worker_context()")
 
     @classmethod
-    def _create(cls, idle_timeout=600, init=bool, retire=bool, grace_period=30,
+    def _create(cls, idle_timeout=600.0, init=bool, retire=bool, grace_period=30.0,
                 worker_type=WorkerType.SPAWN, preload=()):
-        _check_params(idle_timeout, init, retire, grace_period, worker_type)
+        worker_type = _check_params(idle_timeout, init, retire, grace_period, worker_type)
         preload = _check_preload(preload)
         self = object.__new__(cls)
-        self.idle_timeout = idle_timeout
-        self.init = init
-        self.retire = retire
-        self.grace_period = grace_period
-        self.worker_type = worker_type
-        self.preload = preload
+        self._idle_timeout = float(idle_timeout)
+        self._init = init
+        self._retire = retire
+        self._grace_period = float(grace_period)
+        self._worker_type = worker_type
+        self._preload = preload
         self._by_ref = main_path() is not None
-        self._cache = WorkerCache(worker_type, idle_timeout, preload, init, retire,
+        self._cache = WorkerCache(worker_type, self._idle_timeout, preload, init, retire,
                                   self._by_ref)
         self._closing = False  # no new call is taken (closing, or closed)
         self._replaced = False  # a default context replaced by configure_default_context
@@ -192,6 +218,8 @@ class WorkerContext:
             return await _get_default_context()._run(fn, args, kill_on_cancel, spin)
         if cache.unchecked and w in cache.unchecked:
             await self._await_preload(w)
+        if cache.keyless and _MP_PROCESS in _modules and w in cache.keyless:
+            cache.send_authkey(w)  # multiprocessing was imported after w started
         try:
             # Pickled straight into the worker's frame (a large job into
             # shared memory); a job that will not pickle leaves the worker
@@ -287,8 +315,9 @@ class WorkerContext:
                     w.reap(True)
         finally:  # a KeyboardInterrupt in the sleep too: the worker goes
             self._cache.release(w, False)
-        raise BrokenWorkerError(
-            f"worker process {w.pid} died unexpectedly: {_core.describe_status(w.status)}")
+        raise _broken_error(
+            f"worker process {w.pid} died unexpectedly: {_core.describe_status(w.status)}",
+            w.pid, w.status)
 
     # ------------------------------------------------------------- shutdown
 
@@ -343,22 +372,49 @@ class WorkerContext:
 _live_contexts = weakref.WeakSet()
 _default_lock = threading.Lock()
 _default_ctx = None
-_default_params = {"idle_timeout": 600, "init": bool, "retire": bool,
-                   "grace_period": 30, "worker_type": WorkerType.SPAWN, "preload": ()}
+_default_params = {"idle_timeout": 600.0, "init": bool, "retire": bool,
+                   "grace_period": 30.0, "worker_type": WorkerType.SPAWN, "preload": ()}
 _default_prestart = 0
-_scope = contextvars.ContextVar("tpar_cache_scope", default=None)
 _limiter_var = RunVar("tpar_default_worker_limiter")
+
+# cache_scope is a tree variable, as trio-parallel's: a task sees the scope
+# that was open where its nursery was opened, not where it was spawned
+# from.  _scopes maps a task to the scopes open in it (innermost last),
+# each with the nurseries the task had open before that scope began: a
+# nursery of that task not among them was opened inside the scope.
+
+
+class _Scope:
+    __slots__ = ("ctx", "before")
+
+    def __init__(self, ctx, before):
+        self.ctx = ctx
+        self.before = before
+
+
+_scopes = {}  # trio Task -> [_Scope]
 
 
 def _scoped_context():
-    """The innermost cache_scope's context, or None.  A task started from
-    inside a scope into a nursery outside it can outlive the scope: once
-    the scope's context is closing, such a task gets the default context,
-    as with trio-parallel (whose scope is a tree variable)."""
-    ctx = _scope.get()
-    if ctx is None or ctx._closing:
+    """The context of the innermost cache_scope this task is in, or None."""
+    if not _scopes:
         return None
-    return ctx
+    try:
+        task = _current_task()
+    except RuntimeError:  # not in a Trio task
+        return None
+    own = _scopes.get(task)
+    if own:
+        return own[-1].ctx
+    nursery = task.parent_nursery
+    while nursery is not None:
+        parent = nursery.parent_task
+        for scope in reversed(_scopes.get(parent, ())):
+            if nursery not in scope.before:
+                return scope.ctx  # the nursery was opened inside this scope
+        # opened before any scope of the parent's: what the parent inherits
+        nursery = parent.parent_nursery
+    return None
 
 
 def _get_default_context():
@@ -436,14 +492,12 @@ async def run_sync(sync_fn, *args, cancellable=False, kill_on_cancel=False, limi
         traceback as its ``__cause__``.
       BrokenWorkerError: The worker died unexpectedly.
     """
-    ctx = _scope.get()
-    if ctx is None or ctx._closing:  # see _scoped_context
-        ctx = _default_ctx or _get_default_context()
+    ctx = (_scopes and _scoped_context()) or _default_ctx or _get_default_context()
     return await ctx._run_sync(sync_fn, args, kill_on_cancel or cancellable, limiter)
 
 
 @asynccontextmanager
-async def open_worker_context(idle_timeout=600, init=bool, retire=bool, grace_period=30,
+async def open_worker_context(idle_timeout=600.0, init=bool, retire=bool, grace_period=30.0,
                               worker_type=WorkerType.SPAWN, preload=(), prestart=0):
     """Create a new, customized worker context with isolated workers.
 
@@ -492,40 +546,53 @@ async def open_worker_context(idle_timeout=600, init=bool, retire=bool, grace_pe
 
 
 @asynccontextmanager
-async def cache_scope(idle_timeout=600, init=bool, retire=bool, grace_period=30,
+async def cache_scope(idle_timeout=600.0, init=bool, retire=bool, grace_period=30.0,
                       worker_type=WorkerType.SPAWN, preload=(), prestart=0):
-    """Override the configuration of `tpar.run_sync` in this task and all the
-    tasks it starts: they use a fresh cache with these parameters (see
-    `open_worker_context`, preload and prestart included), closed when the
-    scope exits.  A task started from inside the scope into a nursery
-    outside it uses the default context once the scope has exited."""
+    """Override the configuration of `tpar.run_sync` in this task and in the
+    tasks of the nurseries opened inside the scope: they use a fresh cache
+    with these parameters (see `open_worker_context`, preload and prestart
+    included), closed when the scope exits.  The scope follows the task
+    tree, as trio-parallel's: a task spawned (by any task) into a nursery
+    opened inside the scope uses it; a task spawned from inside the scope
+    into a nursery opened outside it does not."""
     prestart = _check_prestart(prestart)
     ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type,
                                 preload)
-    token = _scope.set(ctx)
+    task = _current_task()
+    scope = _Scope(ctx, frozenset(task.child_nurseries))
+    _scopes.setdefault(task, []).append(scope)
     try:
         ctx._prestart(prestart)
         yield
     finally:
-        _scope.reset(token)
+        own = _scopes[task]
+        own.remove(scope)
+        if not own:
+            del _scopes[task]
         await ctx._aclose()
 
 
-def configure_default_context(idle_timeout=600, init=bool, retire=bool, grace_period=30,
+def configure_default_context(idle_timeout=600.0, init=bool, retire=bool, grace_period=30.0,
                               worker_type=WorkerType.SPAWN, preload=(), prestart=0):
     """Configure the default context used by `tpar.run_sync` (the arguments
     are those of `open_worker_context`).  Meant to be called once, before
     the first job: idle workers made with the old configuration are shut
     down, running ones retire when their job ends.  With ``prestart=N``
     the new default cache is made now and N workers start in the
-    background (also outside `trio.run`); without it, on the first call."""
+    background (also outside `trio.run`); without it, on the first call.
+
+    Raises:
+      RuntimeError: called from a thread other than the main thread.
+      ValueError | TypeError: for an invalid argument."""
     global _default_ctx, _default_prestart
-    _check_params(idle_timeout, init, retire, grace_period, worker_type)
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("configure_default_context must be called from the main thread")
+    worker_type = _check_params(idle_timeout, init, retire, grace_period, worker_type)
     preload = _check_preload(preload)
     prestart = _check_prestart(prestart)
     with _default_lock:
-        _default_params.update(idle_timeout=idle_timeout, init=init, retire=retire,
-                               grace_period=grace_period, worker_type=worker_type,
+        _default_params.update(idle_timeout=float(idle_timeout), init=init, retire=retire,
+                               grace_period=float(grace_period), worker_type=worker_type,
                                preload=preload)
         _default_prestart = prestart
         old, _default_ctx = _default_ctx, None
@@ -545,11 +612,14 @@ def atexit_shutdown_grace_period(grace_period=-1.0):
     exit cleanly before they are killed with SIGKILL and `BrokenWorkerError`
     is raised.  Pass ``math.inf`` to wait forever; pass a negative value (the
     default) to only read the current value."""
+    if not isinstance(grace_period, Real) or isinstance(grace_period, bool) or math.isnan(
+            grace_period):
+        raise TypeError(f"grace_period must be a number of seconds, got {grace_period!r}")
     with _default_lock:
         if grace_period >= 0:
-            _default_params["grace_period"] = grace_period
+            _default_params["grace_period"] = float(grace_period)
             if _default_ctx is not None:
-                _default_ctx.grace_period = grace_period
+                _default_ctx._grace_period = float(grace_period)
         return _default_params["grace_period"]
 
 
@@ -595,6 +665,7 @@ def _after_fork_in_child():
     # taken: one may have been held by another thread at the fork.
     for ctx in list(_live_contexts):
         ctx._cache.forget()
+    _cache.forget_all()
     _proc.forget_parked()
     _owner_pid = os.getpid()
     _default_ctx = None

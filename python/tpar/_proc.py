@@ -12,7 +12,7 @@ import trio
 from trio.lowlevel import checkpoint, wait_readable, wait_writable
 
 from . import _core
-from ._abc import BrokenWorkerError, WorkerType, note
+from ._abc import WorkerType, broken, note
 from ._locate import worker_argv
 
 YIELD_SPIN_S = float(os.environ.get("TPAR_YIELD_SPIN_US", 50)) * 1e-6
@@ -255,9 +255,10 @@ def collect(workers, deadline):
 def raise_if_unclean(workers):
     bad = [w for w in workers if w.status != 0]
     if bad:
-        raise BrokenWorkerError(
+        raise broken(
             f"graceful shutdown failed: {len(bad)} worker(s) did not exit cleanly ("
-            + ", ".join(f"{w.pid} {_core.describe_status(w.status)}" for w in bad) + ")")
+            + ", ".join(f"{w.pid} {_core.describe_status(w.status)}" for w in bad) + ")",
+            bad[0].pid, bad[0].status)
 
 
 # ----------------------------------------------------------------- waiting

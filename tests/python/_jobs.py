@@ -127,3 +127,29 @@ def sigint_child():
     finally:
         p.kill()
         p.wait()
+
+
+def raise_chained():
+    """ValueError from KeyError: a cause, and the KeyError as context."""
+    try:
+        raise KeyError("inner")
+    except KeyError as e:
+        raise ValueError("outer") from e
+
+
+def raise_in_handler():
+    """ValueError raised while handling a KeyError: a context, no cause."""
+    try:
+        raise KeyError("first")
+    except KeyError:
+        raise ValueError("second")
+
+
+def set_event(ev):
+    """A Manager's Event proxy, set from the worker."""
+    ev.set()
+    return ev.is_set()
+
+
+def dict_set(d, key, value):
+    d[key] = value

@@ -24,3 +24,18 @@ def subprocess_env():
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
+
+
+def remote_traceback(exc):
+    """The worker's traceback text of an exception run_sync re-raised: a
+    note (3.11+), or the RemoteTraceback at the end of its chain (3.10)."""
+    notes = [n for n in getattr(exc, "__notes__", ()) if "tpar: raised in a worker" in n]
+    if notes:
+        return notes[0]
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "RemoteTraceback":
+            return str(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return None

@@ -5,6 +5,7 @@ import math
 import os
 import signal
 import threading
+import time
 
 import pytest
 import trio
@@ -19,7 +20,8 @@ from test_run_sync import counts, gone, zombie
     ({"grace_period": -0.5}, ValueError),
     ({"init": 5}, TypeError),
     ({"retire": "no"}, TypeError),
-    ({"worker_type": "spawn"}, ValueError),
+    ({"worker_type": "thread"}, ValueError),
+    ({"worker_type": 1}, ValueError),
 ])
 async def test_arguments_are_validated(kwargs, exc):
     with pytest.raises(exc):
@@ -176,12 +178,27 @@ def test_atexit_shutdown_grace_period_reads_and_sets():
         trio_parallel.atexit_shutdown_grace_period(old)
 
 
-async def test_idle_worker_exits_by_itself():
+async def test_idle_worker_goes_on_its_idle_timeout():
     async with trio_parallel.open_worker_context(idle_timeout=0.1) as ctx:
         pid = await ctx.run_sync(_jobs.pid)
         with trio.fail_after(20):
-            while not zombie(pid):  # exits 0 after ~0.6 s with no job
+            while not gone(pid):  # pruned, exits at end of file, reaped
                 await trio.sleep(0.05)
-        assert counts(ctx) == (1, 0)
+        assert counts(ctx) == (0, 0)
         assert await ctx.run_sync(_jobs.pid) != pid
-        assert gone(pid)
+
+
+def test_idle_worker_exits_by_itself(tmp_path):
+    """Its own idle timeout: a worker goes even when no parent prunes it
+    (here a bare worker outside any cache)."""
+    from tpar import _core, _impl
+    w = _core.spawn(_impl.worker_argv(("--idle-timeout", "0.3")))
+    try:
+        deadline = time.monotonic() + 20
+        while w.reap(False) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert w.status == 0
+    finally:
+        w.kill()
+        w.reap(True)
+        w.close()

@@ -124,4 +124,4 @@ def test_fork_workers_prestarted_by_the_default_context_can_use_tpar(tmp_path):
                 worker_type=trio_parallel.WorkerType.FORK, prestart=1)
             trio.run(main)
     """, timeout=30)
-    assert proc.stdout.strip() == "30"
+    assert proc.stdout.strip() == "30.0"

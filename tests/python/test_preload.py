@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import _jobs
+from conftest import remote_traceback
 import _pjobs
 import tpar as trio_parallel
 from conftest import subprocess_env
@@ -113,8 +114,7 @@ async def test_preload_of_a_failing_module_raises_its_error(wtype):
             with pytest.raises(ValueError, match="refuses to be imported") as info:
                 await ctx.run_sync(_jobs.pid)
     if wtype is not WT.FORK:
-        assert isinstance(info.value.__cause__, trio_parallel._impl.RemoteTraceback)
-        assert "_preload_bad.py" in str(info.value.__cause__)
+        assert "_preload_bad.py" in remote_traceback(info.value)
 
 
 async def test_cancelled_while_a_worker_preloads_keeps_the_worker():
@@ -176,7 +176,7 @@ async def test_closing_a_context_during_a_forkserver_prestart():
 
 async def test_cache_scope_prestart():
     async with trio_parallel.cache_scope(prestart=1):
-        ctx = trio_parallel._impl._scope.get()
+        ctx = trio_parallel._impl._scoped_context()
         started = {w.pid for w, _ in ctx._cache.idle}
         assert len(started) == 1  # SPAWN: spawned at once, READY read later
         assert await trio_parallel.run_sync(_jobs.pid) in started
