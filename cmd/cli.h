@@ -37,7 +37,8 @@ struct opts {
     const char **paths;       /* -I DIR, in order */
     int npaths;
     const char *joblog;
-    const char *resume;
+    const char *resume;       /* --resume or --resume-failed FILE */
+    int resume_failed;        /* --resume-failed: failed jobs run again */
     const char *output;       /* -o; NULL: stdout */
     int progress;             /* -1 auto, 0 off, 1 on */
     uint64_t total;           /* --total */
@@ -49,6 +50,8 @@ struct opts {
     int prestart;             /* --prestart N */
     const char *fn;           /* map / run: MOD:FN */
     int star;                 /* map --star */
+    int raw;                  /* --raw: each line or argument is a string */
+    int null;                 /* -0: input items end with NUL, not newline */
     const char *args, *kwargs;/* run */
     char **files;             /* input files; none: stdin */
     int nfiles;
@@ -62,7 +65,10 @@ void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* resume.c: a set of raw JSON id texts */
 struct idset;
-struct idset *idset_load(const char *path, int *err);     /* NULL + *err on failure */
+/* NULL + *err on failure; dies (exit 255) on a file that holds no records. */
+struct idset *idset_load(const char *path, const char *opt, int failed_too, int missing_ok,
+                         int *err);
+int idset_compact(const struct idset *s, const char *path, int failed_too);
 int idset_has(const struct idset *s, const char *id, size_t n);
 size_t idset_size(const struct idset *s);
 void idset_free(struct idset *s);

@@ -193,7 +193,7 @@ static void too_long(void)
 static void line(const char *s, size_t n)
 {
     IN.lineno++;
-    if (IN.lineno == 1 && n >= 3 && !memcmp(s, "\xEF\xBB\xBF", 3)) { /* a UTF-8 BOM */
+    if (IN.lineno == 1 && !IN.o->null && n >= 3 && !memcmp(s, "\xEF\xBB\xBF", 3)) { /* BOM */
         s += 3;
         n -= 3;
     }
@@ -201,7 +201,8 @@ static void line(const char *s, size_t n)
         too_long();
         return;
     }
-    if (blank(s, n))
+    /* --raw keeps a line of spaces (it may be a name); -0 has no BOM. */
+    if (IN.o->raw ? n == 0 : blank(s, n))
         return;
     job_from_line(s, n, ++IN.last_seq, IN.lineno, IN.name);
 }
@@ -215,7 +216,9 @@ static int take_line(void)
     size_t avail = in->len - in->start;
     /* Scan only what came in since the last look: a long line arrives in
      * many chunks (64 KiB each from a pipe). */
-    char *nl = avail > in->scanned ? memchr(s + in->scanned, '\n', avail - in->scanned) : NULL;
+    char *nl = avail > in->scanned
+                   ? memchr(s + in->scanned, IN.o->null ? 0 : '\n', avail - in->scanned)
+                   : NULL;
     in->scanned = avail;
     if (nl) {
         size_t n = (size_t)(nl - s);

@@ -103,9 +103,10 @@ static void bad_json(uint64_t seq, const struct origin *at, const tpar_jsonline_
 {
     char msg[512], file[256];
     if (err->syntax)
-        snprintf(msg, sizeof msg, "%sline %llu, column %zu: invalid JSON: %s",
+        snprintf(msg, sizeof msg, "%sline %llu, column %zu: invalid JSON: %s%s",
                  where(at, file, sizeof file), (unsigned long long)at->lineno, err->pos + 1,
-                 err->msg);
+                 err->msg, J.o->mode == MODE_MAP ? " (--raw passes each line as a string)"
+                                                 : "");
     else
         snprintf(msg, sizeof msg, "%sline %llu: %s", where(at, file, sizeof file),
                  (unsigned long long)at->lineno, err->msg);
@@ -196,9 +197,15 @@ static void stream_line(const char *s, size_t n, uint64_t seq, const struct orig
 
 static void map_line(const char *s, size_t n, uint64_t seq, const struct origin *at)
 {
+    static tpar_buf text; /* --raw: the line as a JSON string */
     tpar_jsonline_span v;
     tpar_jsonline_error err;
-    if (tpar_jsonline_value(s, n, &v, &err) < 0) {
+    if (J.o->raw) {
+        text.len = 0;
+        out_jstr(&text, s, n);
+        s = (const char *)text.data;
+        v = (tpar_jsonline_span){0, text.len, TPAR_JSON_STRING};
+    } else if (tpar_jsonline_value(s, n, &v, &err) < 0) {
         bad_json(seq, at, &err);
         return;
     }

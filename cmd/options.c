@@ -1,28 +1,35 @@
 /* Command line parsing for tpar.  Every usage error is one line on stderr
  * and exit status 255. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "jsonline.h"
 
 #ifndef TPAR_VERSION
 #define TPAR_VERSION "0.0"
 #endif
 
 static const char help_text[] =
-    "usage: tpar [OPTIONS] [FILE...]          run JSON-lines jobs (stdin or FILEs)\n"
-    "       tpar map MOD:FN [--star] [FILE...] call MOD:FN on each JSON line\n"
-    "       tpar run MOD:FN [--args JSON] [--kwargs JSON]\n"
+    "usage: tpar [OPTIONS] [FILE...]           run JSON-lines jobs (stdin or FILEs)\n"
+    "       tpar map MOD:FN [FILE...]           call MOD:FN on each line's JSON value\n"
+    "       tpar map MOD:FN ::: VALUE... [::: VALUE...] [:::: ARGFILE...]\n"
+    "       tpar run MOD:FN [ARG...] [--args JSON] [--kwargs JSON]\n"
     "\n"
     "A job line: {\"id\": ..., \"fn\": \"mod:fn\", \"args\": [...], \"kwargs\": {...}}\n"
-    "Common options: -j N, -k, --timeout DUR, --retries N, --halt SPEC, -o FILE,\n"
-    "--joblog FILE, --resume FILE, --progress, --summary, -I DIR, --init MOD:FN,\n"
-    "--worker-type spawn|forkserver, --preload MODS, --prestart N.\n"
+    "Input: --raw (lines and arguments are strings, not JSON), -0 (NUL-separated),\n"
+    "--star (map: a JSON array is the arguments).\n"
+    "Common options: -j N|N%|+N|-N|0, -k, --timeout DUR, --retries N, --halt SPEC,\n"
+    "-o FILE, --joblog FILE, --resume FILE, --resume-failed FILE, --progress,\n"
+    "--summary, -I DIR, --init MOD:FN, --worker-type spawn|forkserver, --preload MODS,\n"
+    "--prestart N.\n"
     "\n"
     "See the manual for every option, the record formats and exit statuses:\n"
     "  man tpar\n";
@@ -55,7 +62,7 @@ enum {
     O_TIMEOUT = 256, O_RETRIES, O_RETRY_ON, O_HALT, O_MAX_TASKS, O_MAX_RSS,
     O_IDLE, O_INIT, O_JOBLOG, O_RESUME, O_PROGRESS, O_NO_PROGRESS, O_TOTAL,
     O_SUMMARY, O_MAX_LINE, O_STAR, O_ARGS, O_KWARGS, O_WORKER_TYPE, O_PRELOAD,
-    O_PRESTART,
+    O_PRESTART, O_RAW, O_RESUME_FAILED,
 };
 
 static const struct option longopts[] = {
@@ -72,6 +79,7 @@ static const struct option longopts[] = {
     {"path", required_argument, 0, 'I'},
     {"joblog", required_argument, 0, O_JOBLOG},
     {"resume", required_argument, 0, O_RESUME},
+    {"resume-failed", required_argument, 0, O_RESUME_FAILED},
     {"progress", no_argument, 0, O_PROGRESS},
     {"no-progress", no_argument, 0, O_NO_PROGRESS},
     {"total", required_argument, 0, O_TOTAL},
@@ -85,6 +93,8 @@ static const struct option longopts[] = {
     {"worker-type", required_argument, 0, O_WORKER_TYPE},
     {"preload", required_argument, 0, O_PRELOAD},
     {"prestart", required_argument, 0, O_PRESTART},
+    {"raw", no_argument, 0, O_RAW},
+    {"null", no_argument, 0, '0'},
     {"help", no_argument, 0, 'h'},
     {"version", no_argument, 0, 'V'},
     {0, 0, 0, 0},
@@ -150,19 +160,41 @@ static uint64_t parse_size(const char *opt, const char *s)
     return (uint64_t)(v * mult);
 }
 
+/* -j in GNU parallel's forms: N; N% of the CPUs (at least 1); +N and -N,
+ * the CPUs plus or minus N (at least 1); 0, as many as can be useful,
+ * which tpar caps at JOBS_ZERO workers. */
+#define JOBS_MAX 4096
+#define JOBS_ZERO 256
+
 static int parse_jobs(const char *s)
 {
-    char *end;
-    double v = parse_number("-j", s, &end);
     int ncpu = tpar_cpu_count();
-    if (!strcmp(end, "%"))
+    int sign = s[0] == '+' ? 1 : s[0] == '-' ? -1 : 0;
+    const char *p = s + (sign != 0);
+    if (*p < '0' || *p > '9')
+        cli_die(EXIT_USAGE, "-j: expected N, N%%, +N, -N or 0, got '%s'", s);
+    char *end;
+    errno = 0;
+    double v = strtod(p, &end);
+    if (errno == ERANGE || !isfinite(v))
+        cli_die(EXIT_USAGE, "-j: expected N, N%%, +N, -N or 0, got '%s'", s);
+    if (!strcmp(end, "%")) {
+        if (sign)
+            cli_die(EXIT_USAGE, "-j: expected N%% without a sign, got '%s'", s);
         v = floor(ncpu * v / 100);
-    else if (*end)
-        cli_die(EXIT_USAGE, "-j: expected N or N%%, got '%s'", s);
-    if (v < 1 && !strcmp(end, "%"))
-        v = 1;
-    if (v < 1 || v > 4096 || (v != floor(v)))
-        cli_die(EXIT_USAGE, "-j: expected a whole number from 1 to 4096, got '%s'", s);
+        if (v < 1)
+            v = 1;
+    } else if (*end || v != floor(v)) {
+        cli_die(EXIT_USAGE, "-j: expected N, N%%, +N, -N or 0 (whole numbers), got '%s'", s);
+    } else if (sign) {
+        v = ncpu + sign * v;
+        if (v < 1)
+            v = 1;
+    } else if (v == 0) {
+        v = JOBS_ZERO;
+    }
+    if (v > JOBS_MAX)
+        cli_die(EXIT_USAGE, "-j: at most %d workers, got '%s' (%.0f)", JOBS_MAX, s, v);
     return (int)v;
 }
 
@@ -267,7 +299,13 @@ static void option(struct opts *o, int c, const char *arg)
         break;
     case 'I': add_path(o, arg); break;
     case O_JOBLOG: o->joblog = arg; break;
-    case O_RESUME: o->resume = arg; break;
+    case O_RESUME:
+    case O_RESUME_FAILED:
+        if (o->resume)
+            cli_die(EXIT_USAGE, "--resume and --resume-failed: give one of them, once");
+        o->resume = arg;
+        o->resume_failed = c == O_RESUME_FAILED;
+        break;
     case O_PROGRESS: o->progress = 1; break;
     case O_NO_PROGRESS: o->progress = 0; break;
     case O_TOTAL: o->total = (uint64_t)parse_long("--total", arg); break;
@@ -292,6 +330,8 @@ static void option(struct opts *o, int c, const char *arg)
         break;
     case O_PRELOAD: o->preload = arg; break;
     case O_PRESTART: o->prestart = (int)parse_long("--prestart", arg); break;
+    case O_RAW: o->raw = 1; break;
+    case '0': o->null = 1; break;
     case 'h': fputs(help_text, stdout); exit(0);
     case 'V': printf("tpar %s\n", TPAR_VERSION); exit(0);
     }
@@ -305,6 +345,206 @@ static void bad_option(int argc, char **argv, int c)
     if (optopt && optopt < 256)
         cli_die(EXIT_USAGE, "unknown option -%c (see tpar --help)", optopt);
     cli_die(EXIT_USAGE, "unknown option %s (see tpar --help)", arg);
+}
+
+/* One argument value as JSON text into b: with --raw the text as a JSON
+ * string, else the text itself, which must be one JSON value.  what names
+ * it in the message. */
+static void arg_value(const struct opts *o, tpar_buf *b, const char *s, size_t n,
+                      const char *what)
+{
+    if (o->raw) {
+        out_jstr(b, s, n);
+        return;
+    }
+    tpar_jsonline_span v;
+    tpar_jsonline_error err;
+    if (tpar_jsonline_value(s, n, &v, &err) < 0)
+        cli_die(EXIT_USAGE, "%s '%.*s' is not JSON (%s); --raw passes arguments as strings",
+                what, (int)(n > 60 ? 60 : n), s, err.msg);
+    out_lit(b, s + v.off, v.len);
+}
+
+/* tpar run MOD:FN ARG...: the --args array of the positional arguments. */
+static const char *run_args(const struct opts *o, int n, char **v)
+{
+    tpar_buf b = {0};
+    OUT_LIT(&b, "[");
+    for (int i = 0; i < n; i++) {
+        if (i)
+            OUT_LIT(&b, ",");
+        arg_value(o, &b, v[i], strlen(v[i]), "run: argument");
+    }
+    OUT_LIT(&b, "]");
+    out_lit(&b, "", 1);
+    return (const char *)b.data; /* lives as long as the program */
+}
+
+/* ::: and :::: input sources, as GNU parallel has them: each ::: starts a
+ * source of the values that follow it, each FILE after :::: is a source of
+ * its lines (NUL-separated with -0).  Jobs are every combination, the last
+ * source varying fastest; a job's arguments are one value of each source. */
+struct source {
+    tpar_buf vals;  /* JSON texts, each followed by a NUL */
+    size_t n;
+};
+
+static void source_add(const struct opts *o, struct source *src, const char *s, size_t n,
+                       const char *what)
+{
+    arg_value(o, &src->vals, s, n, what);
+    out_lit(&src->vals, "", 1);
+    src->n++;
+}
+
+static int blank_text(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+            return 0;
+    return 1;
+}
+
+static void source_file(const struct opts *o, struct source *src, const char *path)
+{
+    FILE *f = strcmp(path, "-") ? fopen(path, "re") : stdin;
+    if (!f)
+        cli_die(EXIT_USAGE, "::::: cannot read %s: %s", path, strerror(errno));
+    char *line = NULL, what[512];
+    size_t cap = 0;
+    ssize_t len;
+    unsigned long lineno = 0;
+    while ((len = getdelim(&line, &cap, o->null ? 0 : '\n', f)) >= 0) {
+        lineno++;
+        if (len > 0 && line[len - 1] == (o->null ? 0 : '\n'))
+            len--;
+        if (!o->null && blank_text(line, (size_t)len))
+            continue;
+        snprintf(what, sizeof what, ":::: %s, line %lu:", path, lineno);
+        source_add(o, src, line, (size_t)len, what);
+    }
+    if (ferror(f))
+        cli_die(EXIT_USAGE, ":::: cannot read %s: %s", path, strerror(errno));
+    free(line);
+    if (f != stdin)
+        fclose(f);
+}
+
+static void write_buf(int fd, tpar_buf *b)
+{
+    for (size_t off = 0; off < b->len;) {
+        ssize_t w = write(fd, b->data + off, b->len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            cli_die(EXIT_USAGE, "::: needs memory for its jobs: %s", strerror(errno));
+        off += (size_t)w;
+    }
+    b->len = 0;
+}
+
+/* Writes every combination, one JSON array of arguments a line (with
+ * --star and one source: the value itself), into a memfd that becomes
+ * the input. */
+static void sources_to_input(struct opts *o, struct source *src, int k)
+{
+    size_t *idx = calloc((size_t)k, sizeof *idx);
+    const char **at = calloc((size_t)k, sizeof *at);
+    int fd = memfd_create("tpar-arguments", MFD_CLOEXEC);
+    if (!idx || !at || fd < 0)
+        cli_die(EXIT_USAGE, "::: needs memory for its jobs: %s", strerror(errno ? errno : ENOMEM));
+    int bare = o->star && k == 1, empty = 0;
+    for (int i = 0; i < k; i++) {
+        empty |= !src[i].n;
+        at[i] = (const char *)src[i].vals.data;
+    }
+    tpar_buf b = {0};
+    while (!empty) {
+        if (!bare)
+            OUT_LIT(&b, "[");
+        for (int i = 0; i < k; i++) {
+            if (i)
+                OUT_LIT(&b, ",");
+            out_lit(&b, at[i], strlen(at[i]));
+        }
+        if (bare)
+            OUT_LIT(&b, "\n");
+        else
+            OUT_LIT(&b, "]\n");
+        if (b.len >= 65536)
+            write_buf(fd, &b);
+        int i = k - 1; /* the next combination: the last source fastest */
+        for (; i >= 0; i--) {
+            at[i] += strlen(at[i]) + 1;
+            if (++idx[i] < src[i].n)
+                break;
+            idx[i] = 0;
+            at[i] = (const char *)src[i].vals.data;
+        }
+        if (i < 0)
+            break;
+    }
+    write_buf(fd, &b);
+    tpar_buf_free(&b);
+    for (int i = 0; i < k; i++)
+        tpar_buf_free(&src[i].vals);
+    free(idx);
+    free(at);
+    lseek(fd, 0, SEEK_SET);
+    static char name[32];
+    static char *files[1];
+    snprintf(name, sizeof name, "/proc/self/fd/%d", fd);
+    files[0] = name;
+    o->files = files;
+    o->nfiles = 1;
+    o->star = !bare;
+    o->raw = o->null = 0; /* the lines made here are JSON, one a line */
+}
+
+/* Where ::: or :::: first appears in argv (argc if nowhere): getopt sees
+ * only what comes before, so values after ::: may start with '-'. */
+static int sources_start(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], ":::") || !strcmp(argv[i], "::::"))
+            return i;
+    return argc;
+}
+
+static void sources(struct opts *o, int n, char **v)
+{
+    struct source *src = NULL;
+    int k = 0, files = 0;
+    for (int i = 0; i < n; i++) {
+        int sep3 = !strcmp(v[i], ":::"), sep4 = !strcmp(v[i], "::::");
+        if (sep3 || sep4)
+            files = sep4;
+        if (sep4)
+            continue;
+        if (sep3 || files) {
+            if (!(src = realloc(src, (size_t)(k + 1) * sizeof *src)))
+                cli_die(EXIT_USAGE, "out of memory");
+            memset(&src[k++], 0, sizeof *src);
+        }
+        if (files)
+            source_file(o, &src[k - 1], v[i]);
+        else if (!sep3)
+            source_add(o, &src[k - 1], v[i], strlen(v[i]), "::: argument");
+        if (sep3 && (i + 1 == n || !strcmp(v[i + 1], ":::") || !strcmp(v[i + 1], "::::")))
+            cli_die(EXIT_USAGE, "::: needs values after it");
+    }
+    if (!k)
+        cli_die(EXIT_USAGE, ":::: needs a FILE after it");
+    if (o->mode != MODE_MAP)
+        cli_die(EXIT_USAGE, "::: and :::: go with 'tpar map MOD:FN'");
+    if (o->nfiles)
+        cli_die(EXIT_USAGE, "::: and :::: take the place of input FILEs; got '%s' too",
+                o->files[0]);
+    if (o->star && k > 1)
+        cli_die(EXIT_USAGE, "--star goes with one ::: source (several already make the "
+                            "arguments)");
+    sources_to_input(o, src, k);
+    free(src);
 }
 
 /* The first operand names a subcommand (run, map) or is the first FILE. */
@@ -321,13 +561,22 @@ static void operands(struct opts *o, int n, char **v)
             cli_die(EXIT_USAGE, "%s: expected MOD:FN (module, colon, function), got '%s'",
                     v[0], o->fn);
         v += 2, n -= 2;
-        if (o->mode == MODE_RUN && n > 0)
-            cli_die(EXIT_USAGE, "run: unexpected argument '%s' (see tpar --help)", v[0]);
+        if (o->mode == MODE_RUN && n > 0) {
+            if (o->args)
+                cli_die(EXIT_USAGE, "run: arguments go either after MOD:FN or in --args, "
+                                    "not both");
+            o->args = run_args(o, n, v);
+            n = 0;
+        }
     }
     if ((o->args || o->kwargs) && o->mode != MODE_RUN)
         cli_die(EXIT_USAGE, "--args and --kwargs go with 'tpar run'");
     if (o->star && o->mode != MODE_MAP)
         cli_die(EXIT_USAGE, "--star goes with 'tpar map'");
+    if (o->null && o->mode != MODE_MAP)
+        cli_die(EXIT_USAGE, "-0 goes with 'tpar map'");
+    if (o->raw && o->mode == MODE_STREAM)
+        cli_die(EXIT_USAGE, "--raw goes with 'tpar map' or 'tpar run' (job lines are JSON)");
     o->files = v;
     o->nfiles = n;
 }
@@ -336,13 +585,17 @@ int opts_parse(struct opts *o, int argc, char **argv)
 {
     defaults(o);
     opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, ":j:kI:o:qhV", longopts, NULL)) != -1) {
+    int c, end = sources_start(argc, argv);
+    while ((c = getopt_long(end, argv, ":j:kI:o:qhV0", longopts, NULL)) != -1) {
         if (c == '?' || c == ':')
-            bad_option(argc, argv, c);
+            bad_option(end, argv, c);
         option(o, c, optarg);
     }
-    operands(o, argc - optind, argv + optind);
+    if (o->null)
+        o->raw = 1; /* as xargs -0: each item is text */
+    operands(o, end - optind, argv + optind);
+    if (end < argc)
+        sources(o, argc - end, argv + end);
     if (o->preload && !o->forkserver)
         cli_die(EXIT_USAGE, "--preload goes with --worker-type forkserver");
     if (o->mode == MODE_RUN)

@@ -115,11 +115,21 @@ static int open_out(const char *path, int append)
 void setup_files(const struct opts *o, struct idset **resume, int *out_fd, int *log_fd)
 {
     *resume = NULL;
+    const char *ropt = o->resume_failed ? "--resume-failed" : "--resume";
+    int resume_is_out = o->resume && o->output &&
+                        (!strcmp(o->output, o->resume) || same_file(o->output, o->resume));
     if (o->resume) {
         int err = 0;
-        *resume = idset_load(o->resume, &err);
+        if (o->joblog && (!strcmp(o->joblog, o->resume) || same_file(o->joblog, o->resume)))
+            cli_die(EXIT_USAGE, "%s %s is also the --joblog", ropt, o->resume);
+        /* Missing: the first run of `--resume R -o R`; else a typo. */
+        *resume = idset_load(o->resume, ropt, !o->resume_failed, resume_is_out, &err);
         if (!*resume)
-            cli_die(EXIT_USAGE, "cannot read --resume %s: %s", o->resume, tpar_strerror(err));
+            cli_die(EXIT_USAGE, "cannot read %s %s: %s", ropt, o->resume, tpar_strerror(err));
+        /* R is also the output: keep one record per skipped id, so the
+         * records appended make one final record per id. */
+        if (resume_is_out && (err = idset_compact(*resume, o->resume, !o->resume_failed)) < 0)
+            cli_die(EXIT_USAGE, "cannot rewrite %s %s: %s", ropt, o->resume, tpar_strerror(err));
     }
     if (o->output)
         refuse_input_as_output(o, o->output, "-o");
@@ -127,7 +137,7 @@ void setup_files(const struct opts *o, struct idset **resume, int *out_fd, int *
         refuse_input_as_output(o, o->joblog, "--joblog");
     *out_fd = 1;
     if (o->output)
-        *out_fd = open_out(o->output, o->resume && same_file(o->output, o->resume));
+        *out_fd = open_out(o->output, resume_is_out);
     *log_fd = -1;
     if (o->joblog)
         *log_fd = open_out(o->joblog, o->resume != NULL);

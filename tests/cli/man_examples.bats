@@ -48,7 +48,8 @@ examples() {
              --max-tasks-per-worker --max-worker-rss --idle-timeout --init \
              -I --path --joblog --resume --progress --total -o --output \
              -q --quiet --summary --max-line --star --args --kwargs --help \
-             --worker-type --preload --prestart --no-progress -V --version; do
+             --worker-type --preload --prestart --no-progress -V --version \
+             --resume-failed --raw -0 --null; do
         grep -qE -- "^ {7}(.*, )?$o( |,|\$)" <<<"$text" ||
             fail "option $o has no entry of its own"
     done

@@ -230,10 +230,14 @@ two_running() {
     [ -e "$D/started.c" ] || fail "job c did not run again"
     run -0 jq -s -r 'map("\(.id)=\(.status)") | sort | join(" ")' "$D/run2"
     assert_output 'c=ok d=ok e=error'
-    # A third run with both outputs has nothing left but the failure.
+    # A third run with both outputs has nothing left but the failure, which
+    # --resume-failed runs again (--resume counts it as done).
     rm -f "$D/ran" "$D"/started.*
     cat "$D/run1" "$D/run2" >"$D/both"
-    run -1 tpar -I "$FIXTURES" --resume "$D/both" -o "$D/run3" "$D/in"
+    run -0 tpar -I "$FIXTURES" --resume "$D/both" -o "$D/run3" "$D/in"
+    run -0 cat "$D/run3"
+    assert_output ''
+    run -1 tpar -I "$FIXTURES" --resume-failed "$D/both" -o "$D/run3" "$D/in"
     [ ! -e "$D/ran" ] && [ ! -e "$D/started.c" ] || fail "an ok job ran again"
     run -0 jq -s -r 'map("\(.id)=\(.status)") | join(" ")' "$D/run3"
     assert_output 'e=error'

@@ -368,7 +368,6 @@ usage_error() {
 
 @test "exit: 255 for usage errors, each with a one-line message" {
     usage_error --bogus
-    usage_error -j 0
     usage_error -j abc
     usage_error -j
     usage_error --timeout soon

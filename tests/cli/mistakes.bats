@@ -1,0 +1,93 @@
+#!/usr/bin/env bats
+# Mistakes must not pass silently (issue 14): --resume's checks,
+# --resume-failed, unknown job keys, --preload failures, the end-of-run
+# error summary, trimmed tracebacks.
+
+load test_helper
+
+setup() {
+    D="$BATS_TEST_TMPDIR"
+}
+
+usage_error() {
+    run -255 --separate-stderr tpar "$@" </dev/null
+    assert_equal "$output" ""
+    [ "${#stderr_lines[@]}" -eq 1 ] ||
+        fail "expected one line on stderr, got ${#stderr_lines[@]}: $stderr"
+}
+
+# four jobs: a and c ok, b an error, d ok
+four_jobs() {
+    {
+        job jobs:ident '["a"]' '' '"a"'
+        job jobs:fail '[]' '' '"b"'
+        job jobs:ident '["c"]' '' '"c"'
+        job jobs:ident '["d"]' '' '"d"'
+    } >"$D/in"
+}
+
+@test "--resume refuses a joblog, the job input, and a file of other lines" {
+    four_jobs
+    run -1 tpar -I "$FIXTURES" --joblog "$D/log" -o "$D/out" "$D/in"
+    run -255 --separate-stderr tpar -I "$FIXTURES" --resume "$D/log" "$D/in"
+    assert_regex "$stderr" "is a joblog"
+    # GNU parallel's habit: --resume as a flag beside --joblog.
+    run -255 --separate-stderr tpar -I "$FIXTURES" --joblog "$D/log2" --resume "$D/in"
+    assert_regex "$stderr" "holds job lines, not result records"
+    [ ! -e "$D/log2" ] || [ ! -s "$D/log2" ] || fail "it ran jobs"
+    printf 'hello\nworld\n' >"$D/text"
+    usage_error -I "$FIXTURES" --resume "$D/text" "$D/in"
+    usage_error -I "$FIXTURES" --resume "$D/nonexistent" "$D/in"
+    usage_error -I "$FIXTURES" --resume "$D/out" --joblog "$D/out" "$D/in"
+    usage_error --resume "$D/out" --resume-failed "$D/out" "$D/in"
+}
+
+@test "--resume skips jobs that ran to their end, failed ones too; --resume-failed reruns those" {
+    four_jobs
+    run -1 tpar -I "$FIXTURES" -o "$D/out" "$D/in"
+    # A killed run's output: c's record is missing, d was cancelled.
+    jq -c 'select(.id != "c") | if .id == "d" then .status = "cancelled" else . end' "$D/out" >"$D/cut"
+    run -0 tpar -I "$FIXTURES" --resume "$D/cut" --summary -o "$D/r1" "$D/in"
+    run -0 jq -s -r 'map(select(.type == "result") | .id) | sort | join(" ")' "$D/r1"
+    assert_output 'c d'
+    run -1 tpar -I "$FIXTURES" --resume-failed "$D/cut" -o "$D/r2" "$D/in"
+    run -0 jq -s -r 'map(select(.type == "result") | .id) | sort | join(" ")' "$D/r2"
+    assert_output 'b c d'
+}
+
+@test "--resume R -o R: the file ends with exactly one final record per id" {
+    four_jobs
+    # First run of a resumable job: R does not exist yet.
+    run -1 tpar -I "$FIXTURES" --resume-failed "$D/R" -o "$D/R" --summary "$D/in"
+    # b keeps failing: rerun twice more; a partial line from a killed run too.
+    printf '{"type":"result","id":"x' >>"$D/R"
+    run -1 tpar -I "$FIXTURES" --resume-failed "$D/R" -o "$D/R" --summary "$D/in"
+    run -1 tpar -I "$FIXTURES" --resume-failed "$D/R" -o "$D/R" "$D/in"
+    assert_jsonl "$D/R"
+    run -0 jq -s -r 'map(select(.type == "result") | "\(.id)=\(.status)") | sort | join(" ")' "$D/R"
+    assert_output 'a=ok b=error c=ok d=ok'
+    run -0 jq -s 'map(select(.type == "summary")) | length' "$D/R"
+    assert_output 0
+    # With --resume (failed jobs count as done) nothing runs again.
+    run -0 tpar -I "$FIXTURES" --resume "$D/R" -o "$D/R" "$D/in"
+    run -0 jq -s -r 'map("\(.id)=\(.status)") | sort | join(" ")' "$D/R"
+    assert_output 'a=ok b=error c=ok d=ok'
+}
+
+@test "tracebacks hold the job's frames, not tpar's or importlib's" {
+    run -1 tpar run nosuchmod_xyz:f
+    run -0 jq -r '.error.traceback' <<<"$output"
+    assert_output "ModuleNotFoundError: No module named 'nosuchmod_xyz'"
+    # An error raised while the user's module is imported keeps its frame.
+    printf 'import os\nraise RuntimeError("at import")\n' >"$D/badimport.py"
+    run -1 tpar run badimport:f -I "$D"
+    run -0 jq -r '.error.traceback' <<<"$output"
+    assert_line --partial "badimport.py\", line 2, in <module>"
+    refute_output --partial '_tpar_worker'
+    refute_output --partial 'importlib'
+    run -1 tpar run jobs:fail -I "$FIXTURES"
+    run -0 jq -r '.error.traceback' <<<"$output"
+    assert_line --index 0 'Traceback (most recent call last):'
+    assert_output --partial 'jobs.py'
+    refute_output --partial '_tpar_worker'
+}
