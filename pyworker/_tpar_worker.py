@@ -161,13 +161,47 @@ def _cut(text):
     return f"{text[:ERROR_TEXT_MAX]}... ({len(text) - ERROR_TEXT_MAX} more characters)"
 
 
-def error_info(exc, with_tb=True):
-    """The {"type", "message", "traceback"} record of an exception."""
+def _internal_frame(filename):
+    """A frame of tpar's own code or of importlib, which only says how the
+    job's function was found."""
+    if filename == "_tpar_worker.py" or filename.startswith("<frozen importlib"):
+        return True
+    import importlib
+
+    return os.path.dirname(filename) == os.path.dirname(importlib.__file__)
+
+
+def _trim(te, seen):
+    """Drops the internal frames of a TracebackException, its causes,
+    contexts and group members."""
     import traceback
 
+    if te is None or id(te) in seen:
+        return
+    seen.add(id(te))
+    if any(_internal_frame(f.filename) for f in te.stack):
+        te.stack = traceback.StackSummary.from_list(
+            [f for f in te.stack if not _internal_frame(f.filename)])
+    _trim(te.__cause__, seen)
+    _trim(te.__context__, seen)
+    for sub in getattr(te, "exceptions", None) or ():
+        _trim(sub, seen)
+
+
+def format_tb(exc):
+    """The traceback text of exc, without tpar's and importlib's frames."""
+    import traceback
+
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    _trim(te, set())
+    return "".join(te.format())
+
+
+def error_info(exc, with_tb=True):
+    """The {"type", "message", "traceback"} record of an exception."""
     tb = ""
     if with_tb:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        tb = format_tb(exc)
     try:
         message = str(exc)
     except BaseException:
