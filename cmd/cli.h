@@ -53,6 +53,7 @@ struct opts {
     int raw;                  /* --raw: each line or argument is a string */
     int null;                 /* -0: input items end with NUL, not newline */
     const char *args, *kwargs;/* run */
+    char *args_buf;           /* run ARG...: the --args made of them */
     char **files;             /* input files; none: stdin */
     int nfiles;
 };

@@ -10,5 +10,6 @@ int main(int argc, char **argv)
     opts_parse(&o, argc, argv);
     int rc = stream_main(&o);
     free(o.paths);
+    free(o.args_buf);
     return rc;
 }

@@ -377,7 +377,7 @@ static const char *run_args(const struct opts *o, int n, char **v)
     }
     OUT_LIT(&b, "]");
     out_lit(&b, "", 1);
-    return (const char *)b.data; /* lives as long as the program */
+    return (const char *)b.data; /* main frees it (opts.args_buf) */
 }
 
 /* ::: and :::: input sources, as GNU parallel has them: each ::: starts a
@@ -565,7 +565,7 @@ static void operands(struct opts *o, int n, char **v)
             if (o->args)
                 cli_die(EXIT_USAGE, "run: arguments go either after MOD:FN or in --args, "
                                     "not both");
-            o->args = run_args(o, n, v);
+            o->args = o->args_buf = (char *)run_args(o, n, v);
             n = 0;
         }
     }

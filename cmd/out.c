@@ -12,8 +12,11 @@ const char *const status_names[ST_COUNT] = {
 
 static void reserve(tpar_buf *b, size_t n)
 {
-    if (b->cap - b->len < n && tpar_buf_reserve(b, n) < 0)
-        cli_die(EXIT_USAGE, "out of memory");
+    if (b->cap - b->len < n && tpar_buf_reserve(b, n) < 0) {
+        /* Not cli_die: options.c formats with out.c, so out.c stays a leaf. */
+        fputs("tpar: out of memory\n", stderr);
+        exit(EXIT_USAGE);
+    }
 }
 
 void out_lit(tpar_buf *b, const char *s, size_t n)
