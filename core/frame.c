@@ -247,3 +247,54 @@ void tpar_buf_free(tpar_buf *b)
     b->data = b->base = NULL;
     b->len = b->cap = 0;
 }
+
+uint64_t tpar_get_u64le(const uint8_t *p)
+{
+    uint64_t u = 0;
+    for (int i = 7; i >= 0; i--)
+        u = u << 8 | p[i];
+    return u;
+}
+
+void tpar_put_u64le(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+int tpar_buf_takeback(tpar_buf *b, uint64_t n)
+{
+    uint8_t p[8];
+    tpar_put_u64le(p, n);
+    return tpar_buf_frame(b, TPAR_FRAME_TAKEBACK, 0, p, sizeof p);
+}
+
+int tpar_buf_giveback(tpar_buf *b, uint64_t from, uint64_t to)
+{
+    uint8_t p[16];
+    if (from > to)
+        return TPAR_EBADFRAME;
+    tpar_put_u64le(p, from);
+    tpar_put_u64le(p + 8, to);
+    return tpar_buf_frame(b, TPAR_FRAME_GIVEBACK, 0, p, sizeof p);
+}
+
+int tpar_takeback_parse(const tpar_frame *f, uint64_t *n)
+{
+    if (f->kind != TPAR_FRAME_TAKEBACK || f->len != 8 || !f->payload)
+        return TPAR_EBADFRAME;
+    *n = tpar_get_u64le(f->payload);
+    return 0;
+}
+
+int tpar_giveback_parse(const tpar_frame *f, uint64_t *from, uint64_t *to)
+{
+    if (f->kind != TPAR_FRAME_GIVEBACK || f->len != 16 || !f->payload)
+        return TPAR_EBADFRAME;
+    uint64_t a = tpar_get_u64le(f->payload), z = tpar_get_u64le(f->payload + 8);
+    if (a > z)
+        return TPAR_EBADFRAME;
+    *from = a;
+    *to = z;
+    return 0;
+}

@@ -185,6 +185,70 @@ void tpar_lane_done(tpar_lane *l)
     atomic_store_explicit(state(l), FREE, memory_order_release);
 }
 
+/* The progress words sit in the state page, a cache line away from the
+ * state word (the worker stores them at every job). */
+#define PROGRESS_OFF 64
+
+static _Atomic uint64_t *progress(tpar_lane *l)
+{
+    return (_Atomic uint64_t *)(void *)(l->map + PROGRESS_OFF);
+}
+
+int tpar_lane_progress_set(tpar_lane *l, uint64_t started, uint64_t finished)
+{
+    if (l->fd < 0)
+        return -ENOENT;
+    if (!l->map) {
+        int rc = map_at_least(l, TPAR_LANE_HDR);
+        if (rc < 0)
+            return rc;
+    }
+    atomic_store_explicit(&progress(l)[0], started, memory_order_release);
+    atomic_store_explicit(&progress(l)[1], finished, memory_order_release);
+    return 0;
+}
+
+int tpar_lane_progress_get(tpar_lane *l, uint64_t *started, uint64_t *finished)
+{
+    if (l->fd < 0)
+        return -ENOENT;
+    int rc = map_at_least(l, TPAR_LANE_HDR);
+    if (rc < 0)
+        return rc;
+    *finished = atomic_load_explicit(&progress(l)[1], memory_order_acquire);
+    *started = atomic_load_explicit(&progress(l)[0], memory_order_acquire);
+    return 0;
+}
+
+#define DOORBELL_OFF 128
+
+static _Atomic uint64_t *doorbell(tpar_lane *l)
+{
+    return (_Atomic uint64_t *)(void *)(l->map + DOORBELL_OFF);
+}
+
+int tpar_lane_ring(tpar_lane *l)
+{
+    if (l->fd < 0)
+        return -ENOENT;
+    int rc = map_at_least(l, TPAR_LANE_HDR);
+    if (rc < 0)
+        return rc;
+    atomic_fetch_add_explicit(doorbell(l), 1, memory_order_release);
+    return 0;
+}
+
+int tpar_lane_rang(tpar_lane *l, uint64_t *seen)
+{
+    if (l->fd < 0 || map_at_least(l, TPAR_LANE_HDR) < 0)
+        return 0;
+    uint64_t v = atomic_load_explicit(doorbell(l), memory_order_acquire);
+    if (v == *seen)
+        return 0;
+    *seen = v;
+    return 1;
+}
+
 int tpar_lane_trim(tpar_lane *l)
 {
     struct stat st;

@@ -55,6 +55,10 @@ enum tpar_frame_kind {
     TPAR_FRAME_SHUTDOWN = 6,   /* p->w: finish the queued jobs, then exit 0 */
     TPAR_FRAME_AUTH = 7,       /* both ways, before any other frame on a
                                   socket: the handshake (tpar_auth below) */
+    TPAR_FRAME_TAKEBACK = 8,   /* p->w: u64 n (LE), the job frames sent before
+                                  this one: give back those not started */
+    TPAR_FRAME_GIVEBACK = 9,   /* w->p: u64 from, u64 to (LE): the job frames
+                                  from..to-1 never started and never will */
 };
 
 /* Status byte of a TPAR_FRAME_RESULT. */
@@ -72,6 +76,11 @@ enum tpar_result_status {
  * worker).  A worker that honours it sets this bit in READY's status. */
 #define TPAR_JOB_FLUSH_FIRST 0x01
 #define TPAR_READY_FLUSH_FIRST 0x01
+/* READY status bits: the worker answers TAKEBACK with GIVEBACK (even while
+ * a job runs), and publishes its progress in its up lane (below). */
+#define TPAR_READY_TAKEBACK 0x02
+#define TPAR_READY_PROGRESS 0x04
+
 
 /* Flag in a header's byte 6 (zero otherwise): the payload is not on the
  * pipe but in the sender's lane (below); only the 8-byte header travels. */
@@ -161,6 +170,25 @@ int tpar_buf_frame(tpar_buf *b, uint8_t kind, uint8_t status, const void *p,
 void tpar_buf_consume(tpar_buf *b, size_t n); /* drops the first n bytes, O(1) */
 void tpar_buf_free(tpar_buf *b);
 
+/* Take-back (docs/protocol.md, "Taking back queued jobs").  Job frames
+ * (JOB_JSON, JOB_PICKLE) are numbered 0, 1, 2, ... in the order the parent
+ * sends them, on both sides.  TAKEBACK carries n, the number of job frames
+ * sent before it.  The worker answers with exactly one GIVEBACK(from, to),
+ * to == n: jobs from..to-1 never started and never will (none when from ==
+ * to); every job before `from` started, or was given back by an earlier
+ * GIVEBACK, and gets its RESULT as usual (possibly after the GIVEBACK).
+ * Jobs sent after the TAKEBACK are not affected. */
+int tpar_buf_takeback(tpar_buf *b, uint64_t n);
+int tpar_buf_giveback(tpar_buf *b, uint64_t from, uint64_t to);
+/* Decode a frame of that kind: 0, or TPAR_EBADFRAME (wrong kind, length,
+ * or from > to). */
+int tpar_takeback_parse(const tpar_frame *f, uint64_t *n);
+int tpar_giveback_parse(const tpar_frame *f, uint64_t *from, uint64_t *to);
+
+/* u64 little endian. */
+uint64_t tpar_get_u64le(const uint8_t *p);
+void tpar_put_u64le(uint8_t *p, uint64_t v);
+
 /* ------------------------------------------------------------------- lanes */
 
 /* A lane carries large frame payloads past the pipe: a memfd that both
@@ -212,6 +240,29 @@ int tpar_lane_put(tpar_lane *l, const void *p, size_t n);
  * tpar_lane_done.  TPAR_EBADFRAME when the writer did not publish one. */
 int tpar_lane_view(tpar_lane *l, size_t len, const uint8_t **data);
 void tpar_lane_done(tpar_lane *l);
+
+/* Progress: a worker with lanes publishes, in its up lane's state page,
+ * how far it got through its job frames (numbered as for TAKEBACK):
+ * started = 1 + the index of the last job it started, finished = 1 + the
+ * index of the last job whose call returned (its result may still be held
+ * in the worker).  They survive the worker: after its death the parent
+ * reads them to know which job was running (finished <= i < started: at
+ * most one, started - 1), which ran to the end with their results lost
+ * (i < finished) and which never started (i >= started).  The worker
+ * stores them (release) before the call starts and after it returns.
+ * set: the worker; 0, or -errno when the lane cannot be mapped (or is
+ * absent: -ENOENT).  get: the parent; the same errors. */
+int tpar_lane_progress_set(tpar_lane *l, uint64_t started, uint64_t finished);
+int tpar_lane_progress_get(tpar_lane *l, uint64_t *started, uint64_t *finished);
+
+/* Doorbell: the parent rings its down lane's doorbell right after it
+ * queues a TAKEBACK; a worker checks it before each job (one atomic load)
+ * and, when it rang, reads its input at once.  Then a TAKEBACK overtakes
+ * a batch of short jobs the worker has already read, instead of waiting
+ * behind them.  ring: 0, or -errno (-ENOENT: no lane).  rang: 1 when it
+ * rang since *seen (updated), else 0. */
+int tpar_lane_ring(tpar_lane *l);
+int tpar_lane_rang(tpar_lane *l, uint64_t *seen);
 
 /* Gives the lane's pages back when nobody holds it: 1 when trimmed, 0 when
  * it was already small, -EBUSY when held, -errno on failure. */

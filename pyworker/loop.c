@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -41,7 +42,18 @@ static struct {
     long max_tasks;
     int idle_ms;        /* poll timeout while idle; -1: none */
     int retiring;
-} W = {.down = TPAR_LANE_NONE, .up = TPAR_LANE_NONE};
+    /* Take-back (docs/protocol.md).  Job frames are numbered from 0 in the
+     * order they come; all of these are guarded by out_mu. */
+    uint64_t jobs_in;    /* job frames seen by scan_input */
+    uint64_t jobs_taken; /* job frames handled (started or given back) */
+    uint64_t skip_to;    /* jobs below this index, not yet handled, were given back */
+    uint64_t started, finished; /* published in the up lane (progress) */
+    int progress;        /* the up lane carries them */
+    tpar_buf ahead;      /* input the flusher read while a job ran */
+    int in_eof;          /* the flusher saw the end of the input (or an error) */
+    int wake_fd;         /* eventfd: the job the flusher watches has ended */
+    uint64_t bell_seen;  /* the down lane's doorbell, as last seen */
+} W = {.down = TPAR_LANE_NONE, .up = TPAR_LANE_NONE, .wake_fd = -1};
 
 void tpar__worker_die(int code, const char *what)
 {
@@ -274,9 +286,140 @@ static pthread_cond_t out_cv;
 static struct {
     int running;     /* a job is running */
     int idle;        /* the flusher waits for a job to start */
+    int watching;    /* the flusher polls the input (out_mu released) */
     uint64_t gen;    /* jobs started */
     struct timespec started;
 } J;
+
+/* ------------------------------------------------------------ take-back
+ *
+ * Every byte of input passes through scan_input as it is read (by the main
+ * thread, or by the flusher while a job runs), under out_mu: it counts the
+ * job frames and answers a TAKEBACK at once, before the frames ahead of it
+ * are decoded.  The jobs given back are skipped when the main thread
+ * reaches them.  So a TAKEBACK is answered while a long job runs, not
+ * after it. */
+#define AHEAD_MAX (8u << 20) /* the flusher reads no further ahead */
+
+static struct {
+    uint8_t hdr[TPAR_FRAME_HEADER];
+    size_t hdr_have;
+    uint64_t left;   /* payload bytes of the current frame not yet seen */
+    int takeback;    /* the current frame is a TAKEBACK: keep its payload */
+    uint8_t arg[8];
+    size_t arg_have;
+} S;
+
+static void take_back(uint64_t n)
+{
+    if (n != W.jobs_in)
+        tpar__worker_die(EXIT_PROTOCOL, "TAKEBACK counts a different number of jobs");
+    uint64_t from = W.jobs_taken > W.skip_to ? W.jobs_taken : W.skip_to;
+    W.skip_to = n;
+    if (tpar_buf_giveback(&W.out, from, n) < 0)
+        oom();
+}
+
+static void scan_input(const uint8_t *p, size_t n)
+{
+    while (n) {
+        if (S.left) {
+            size_t k = n < S.left ? n : (size_t)S.left;
+            if (S.takeback) {
+                size_t c = k < 8 - S.arg_have ? k : 8 - S.arg_have;
+                memcpy(S.arg + S.arg_have, p, c);
+                S.arg_have += c;
+            }
+            p += k;
+            n -= k;
+            S.left -= k;
+            if (!S.left && S.takeback) {
+                S.takeback = 0;
+                take_back(tpar_get_u64le(S.arg));
+            }
+            continue;
+        }
+        size_t k = TPAR_FRAME_HEADER - S.hdr_have;
+        if (k > n)
+            k = n;
+        memcpy(S.hdr + S.hdr_have, p, k);
+        S.hdr_have += k;
+        p += k;
+        n -= k;
+        if (S.hdr_have < TPAR_FRAME_HEADER)
+            break;
+        S.hdr_have = 0;
+        uint8_t kind = S.hdr[4];
+        uint32_t len = (uint32_t)S.hdr[0] | (uint32_t)S.hdr[1] << 8 |
+                       (uint32_t)S.hdr[2] << 16 | (uint32_t)S.hdr[3] << 24;
+        int in_lane = S.hdr[6] & TPAR_FRAME_IN_LANE;
+        if (kind == TPAR_FRAME_JOB_JSON || kind == TPAR_FRAME_JOB_PICKLE) {
+            W.jobs_in++;
+        } else if (kind == TPAR_FRAME_TAKEBACK) {
+            if (len != 8 || in_lane)
+                tpar__worker_die(EXIT_PROTOCOL, "malformed TAKEBACK frame");
+            S.takeback = 1;
+            S.arg_have = 0;
+        }
+        S.left = in_lane ? 0 : len;
+    }
+}
+
+/* The flusher, while a job runs: reads what the parent sent into W.ahead
+ * (the main thread decodes it after what it read itself). */
+static void read_ahead(void)
+{
+    if (tpar_buf_reserve(&W.ahead, READ_CHUNK) < 0)
+        return; /* left in the pipe: the main thread reads it later */
+    ssize_t n = read(W.in_fd, W.ahead.data + W.ahead.len, READ_CHUNK);
+    if (n > 0) {
+        scan_input(W.ahead.data + W.ahead.len, (size_t)n);
+        W.ahead.len += (size_t)n;
+    } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        W.in_eof = 1;
+    }
+}
+
+/* The job begun as generation gen still runs. */
+static int same_job(uint64_t gen)
+{
+    return J.running && J.gen == gen;
+}
+
+static void flush_held(void)
+{
+    if (W.out.len) {
+        write_all(W.out.data, W.out.len, NULL, 0); /* blocks the job's end, not the job */
+        W.out.len = 0;
+    }
+}
+
+/* While the job runs: answers a TAKEBACK, and writes what it answered. */
+static void watch_input(uint64_t gen)
+{
+    while (same_job(gen)) {
+        int can_read = !W.in_eof && W.ahead.len < AHEAD_MAX;
+        struct pollfd p[2] = {{.fd = W.wake_fd, .events = POLLIN},
+                              {.fd = can_read ? W.in_fd : -1, .events = POLLIN}};
+        if (W.wake_fd < 0 && !can_read)
+            return;
+        J.watching = 1;
+        pthread_mutex_unlock(&out_mu);
+        int r = poll(p, 2, W.wake_fd < 0 ? 10 : -1);
+        pthread_mutex_lock(&out_mu);
+        J.watching = 0;
+        if (r > 0 && p[0].revents) {
+            uint64_t v;
+            while (read(W.wake_fd, &v, sizeof v) < 0 && errno == EINTR)
+                ;
+        }
+        if (!same_job(gen))
+            return;
+        if (r > 0 && p[1].revents)
+            read_ahead();
+        flush_held();
+    }
+}
 
 static void ts_add_ns(struct timespec *t, long ns)
 {
@@ -292,19 +435,19 @@ static void *flusher(void *arg)
     pthread_mutex_lock(&out_mu);
     for (;;) {
         J.idle = 1;
-        while (!(J.running && W.out.len))
+        while (!J.running)
             pthread_cond_wait(&out_cv, &out_mu);
         J.idle = 0;
         uint64_t gen = J.gen;
         struct timespec deadline = J.started;
         ts_add_ns(&deadline, FLUSH_AFTER_NS);
         int rc = 0;
-        while (J.running && J.gen == gen && rc != ETIMEDOUT)
+        while (same_job(gen) && rc != ETIMEDOUT)
             rc = pthread_cond_timedwait(&out_cv, &out_mu, &deadline);
-        if (J.running && J.gen == gen && W.out.len) {
-            write_all(W.out.data, W.out.len, NULL, 0); /* blocks the job's end, not the job */
-            W.out.len = 0;
-        }
+        if (!same_job(gen))
+            continue;
+        flush_held();
+        watch_input(gen);
     }
     return NULL;
 }
@@ -318,6 +461,8 @@ static void start_flusher(void)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&out_cv, &ca);
+    if (W.wake_fd < 0) /* without it the flusher polls every 10 ms */
+        W.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     pthread_condattr_destroy(&ca);
     pthread_attr_init(&ta);
     pthread_attr_setstacksize(&ta, 64 * 1024);
@@ -337,9 +482,20 @@ static void job_begin(void)
 {
     J.gen++;
     J.running = 1;
+    W.started = W.jobs_taken; /* 1 + the index of this job */
+    if (W.progress)
+        tpar_lane_progress_set(&W.up, W.started, W.finished);
     clock_gettime(CLOCK_MONOTONIC, &J.started);
-    if (J.idle && W.out.len)
+    if (J.idle)
         pthread_cond_signal(&out_cv);
+    /* The flusher still watches the input for an earlier job: move it on
+     * to this one.  Done here, not when that job ended: woken then, it
+     * would take the CPU from the result being written. */
+    if (J.watching && W.wake_fd >= 0) {
+        uint64_t one = 1;
+        while (write(W.wake_fd, &one, sizeof one) < 0 && errno == EINTR)
+            ;
+    }
     pthread_mutex_unlock(&out_mu);
 }
 
@@ -347,6 +503,9 @@ static void job_end(void)
 {
     pthread_mutex_lock(&out_mu);
     J.running = 0;
+    W.finished = W.started;
+    if (W.progress)
+        tpar_lane_progress_set(&W.up, W.started, W.finished);
     W.trim_due = 1; /* the job may have freed memory the heap keeps */
 }
 
@@ -667,6 +826,21 @@ static int handle(const tpar_frame *in)
         lane = 1;
         W.trim_due = 1;
     }
+    if (f.kind == TPAR_FRAME_JOB_JSON || f.kind == TPAR_FRAME_JOB_PICKLE) {
+        /* A TAKEBACK waits in the pipe: read it before starting this job. */
+        if (tpar_lane_rang(&W.down, &W.bell_seen)) {
+            size_t held = W.out.len;
+            for (size_t had = (size_t)-1; !W.in_eof && W.ahead.len != had &&
+                                          W.ahead.len < AHEAD_MAX;)
+                had = W.ahead.len, read_ahead();
+            if (W.out.len != held)
+                flush_out(NULL, 0); /* the GIVEBACK, and the results before it */
+        }
+        if (W.jobs_taken++ < W.skip_to) { /* given back: never started */
+            lane_release(&lane);
+            return 1;
+        }
+    }
     switch (f.kind) {
     case TPAR_FRAME_JOB_JSON:
         if (f.status & TPAR_JOB_FLUSH_FIRST)
@@ -680,6 +854,7 @@ static int handle(const tpar_frame *in)
         break;
     case TPAR_FRAME_CONFIG: run_config(&f); break;
     case TPAR_FRAME_SHUTDOWN: return 0;
+    case TPAR_FRAME_TAKEBACK: break; /* answered by scan_input when read */
     default: tpar__worker_die(EXIT_PROTOCOL, "unexpected frame kind");
     }
     lane_release(&lane);
@@ -795,7 +970,7 @@ static int feed(tpar_decoder *dec, const uint8_t *buf, size_t n)
  * returned from the job into this loop would answer jobs itself. */
 static void drop_fds_in_forked_child(void)
 {
-    int *fds[] = {&W.in_fd, &W.out_fd, &W.down.fd, &W.up.fd};
+    int *fds[] = {&W.in_fd, &W.out_fd, &W.down.fd, &W.up.fd, &W.wake_fd};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++) {
         if (*fds[i] >= 0)
             close(*fds[i]);
@@ -808,6 +983,7 @@ static int serve(long spin_max)
     tpar_decoder dec;
     tpar_frame f;
     uint8_t *buf = malloc(READ_CHUNK), *dst;
+    tpar_buf mine = {0}; /* input the flusher read, being decoded */
     long spin = spin_max;
     static int atfork_set;
     if (!buf)
@@ -816,6 +992,19 @@ static int serve(long spin_max)
         atfork_set = 1;
     tpar_decoder_init(&dec, 0);
     for (;;) {
+        if (W.ahead.len) { /* read by the flusher, after what we read */
+            tpar_buf t = mine;
+            mine = W.ahead;
+            W.ahead = t;
+            int stop = feed(&dec, mine.data, mine.len);
+            mine.len = 0;
+            flush_out(NULL, 0);
+            if (stop)
+                return 0;
+            continue;
+        }
+        if (W.in_eof)
+            return tpar_decoder_partial(&dec) ? EXIT_PROTOCOL : 0;
         /* The rest of a large frame goes straight into the decoder. */
         size_t room = tpar_decoder_room(&dec, &dst);
         int direct = room >= READ_CHUNK;
@@ -823,6 +1012,10 @@ static int serve(long spin_max)
                            : read_input(&dec, buf, READ_CHUNK, &spin, spin_max);
         if (n <= 0)
             return n < 0 || tpar_decoder_partial(&dec) ? EXIT_PROTOCOL : 0;
+        size_t answers = W.out.len;
+        scan_input(direct ? dst : buf, (size_t)n);
+        if (W.out.len != answers)
+            flush_out(NULL, 0); /* a GIVEBACK: the parent waits for it */
         int stop = direct ? tpar_decoder_commit(&dec, (size_t)n, &f) && !handle(&f)
                           : feed(&dec, buf, (size_t)n);
         flush_out(NULL, 0);
@@ -834,9 +1027,12 @@ static int serve(long spin_max)
 static void send_ready(void)
 {
     uint32_t pid = (uint32_t)getpid();
+    W.progress = tpar_lane_progress_set(&W.up, 0, 0) == 0;
+    uint8_t status = TPAR_READY_FLUSH_FIRST | TPAR_READY_TAKEBACK |
+                     (W.progress ? TPAR_READY_PROGRESS : 0);
     uint8_t le[4] = {(uint8_t)pid, (uint8_t)(pid >> 8), (uint8_t)(pid >> 16),
                      (uint8_t)(pid >> 24)};
-    if (tpar_buf_frame(&W.out, TPAR_FRAME_READY, TPAR_READY_FLUSH_FIRST, le, 4) < 0)
+    if (tpar_buf_frame(&W.out, TPAR_FRAME_READY, status, le, 4) < 0)
         oom();
     write_all(W.out.data, W.out.len, NULL, 0);
     W.out.len = 0;
@@ -933,6 +1129,11 @@ static _Noreturn void forked_child(const struct tpar__chan *c,
     W.out.len = 0;
     W.tasks = 0;
     W.retiring = 0;
+    W.jobs_in = W.jobs_taken = W.skip_to = W.started = W.finished = 0;
+    W.bell_seen = 0;
+    W.ahead.len = 0;
+    W.in_eof = 0;
+    memset(&S, 0, sizeof S);
     tpar__worker_work(o);
 }
 

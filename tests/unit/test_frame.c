@@ -325,9 +325,77 @@ static void test_strerror(void)
     CHECK(strcmp(tpar_strerror(-2), "No such file or directory") == 0);
 }
 
+/* TAKEBACK and GIVEBACK: round trips through the decoder, values that
+ * need all 64 bits, and every malformed form refused. */
+static void test_takeback_giveback(void)
+{
+    tpar_buf b = {0};
+    tpar_decoder d;
+    tpar_frame f;
+    int got;
+    uint64_t n = 0, from = 0, to = 0;
+    CHECK_EQ(tpar_buf_takeback(&b, 0x0102030405060708ull), 0);
+    CHECK_EQ(tpar_buf_giveback(&b, 3, 0xfedcba9876543210ull), 0);
+    CHECK_EQ(tpar_buf_giveback(&b, 7, 7), 0); /* nothing given back */
+    CHECK_EQ(tpar_buf_giveback(&b, 8, 7), TPAR_EBADFRAME);
+    CHECK_EQ(b.len, 3 * TPAR_FRAME_HEADER + 8 + 16 + 16);
+    tpar_decoder_init(&d, 1024);
+    size_t off = 0;
+    ptrdiff_t r = tpar_decoder_feed(&d, b.data, b.len, &f, &got);
+    CHECK(r > 0 && got);
+    off += (size_t)r;
+    CHECK_EQ(f.kind, TPAR_FRAME_TAKEBACK);
+    CHECK_EQ(tpar_takeback_parse(&f, &n), 0);
+    CHECK(n == 0x0102030405060708ull);
+    CHECK_EQ(tpar_giveback_parse(&f, &from, &to), TPAR_EBADFRAME); /* wrong kind */
+    r = tpar_decoder_feed(&d, b.data + off, b.len - off, &f, &got);
+    CHECK(r > 0 && got);
+    off += (size_t)r;
+    CHECK_EQ(tpar_giveback_parse(&f, &from, &to), 0);
+    CHECK_EQ(from, 3);
+    CHECK(to == 0xfedcba9876543210ull);
+    CHECK_EQ(tpar_takeback_parse(&f, &n), TPAR_EBADFRAME);
+    r = tpar_decoder_feed(&d, b.data + off, b.len - off, &f, &got);
+    CHECK(r > 0 && got);
+    CHECK_EQ(tpar_giveback_parse(&f, &from, &to), 0);
+    CHECK_EQ(from, 7);
+    CHECK_EQ(to, 7);
+    tpar_decoder_free(&d);
+
+    /* Wrong lengths, from > to, a lane frame (no payload on the pipe). */
+    uint8_t p[17] = {0};
+    tpar_frame bad = {.kind = TPAR_FRAME_GIVEBACK, .len = 15, .payload = p};
+    CHECK_EQ(tpar_giveback_parse(&bad, &from, &to), TPAR_EBADFRAME);
+    bad.len = 17;
+    CHECK_EQ(tpar_giveback_parse(&bad, &from, &to), TPAR_EBADFRAME);
+    bad.len = 16;
+    tpar_put_u64le(p, 9);
+    tpar_put_u64le(p + 8, 8);
+    CHECK_EQ(tpar_giveback_parse(&bad, &from, &to), TPAR_EBADFRAME);
+    bad.payload = NULL;
+    CHECK_EQ(tpar_giveback_parse(&bad, &from, &to), TPAR_EBADFRAME);
+    tpar_frame tb = {.kind = TPAR_FRAME_TAKEBACK, .len = 7, .payload = p};
+    CHECK_EQ(tpar_takeback_parse(&tb, &n), TPAR_EBADFRAME);
+    tb.len = 8;
+    CHECK_EQ(tpar_takeback_parse(&tb, &n), 0);
+    CHECK_EQ(n, 9);
+    tpar_buf_free(&b);
+}
+
+static void test_u64le(void)
+{
+    uint8_t p[8];
+    tpar_put_u64le(p, 0x8877665544332211ull);
+    for (int i = 0; i < 8; i++)
+        CHECK_EQ(p[i], 0x11 * (i + 1));
+    CHECK(tpar_get_u64le(p) == 0x8877665544332211ull);
+}
+
 int main(void)
 {
     build_sample();
+    RUN(test_takeback_giveback);
+    RUN(test_u64le);
     RUN(test_one_byte_at_a_time);
     RUN(test_every_split);
     RUN(test_whole_frame_is_zero_copy);

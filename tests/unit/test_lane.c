@@ -216,8 +216,43 @@ static void test_across_processes(void)
     tpar_lane_close(&up);
 }
 
+/* Progress survives the worker: a child that publishes and is killed
+ * leaves the counts for its parent; trimming keeps them; no lane: -ENOENT. */
+static void test_progress(void)
+{
+    tpar_lane up, none = TPAR_LANE_NONE;
+    uint64_t s = 1, f = 1;
+    CHECK_EQ(tpar_lane_create(&up), 0);
+    CHECK_EQ(tpar_lane_progress_get(&up, &s, &f), 0);
+    CHECK_EQ(s, 0); /* a fresh lane: nothing started */
+    CHECK_EQ(f, 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        tpar_lane mine;
+        tpar_lane_adopt(&mine, dup(up.fd)); /* its own mapping, as a worker */
+        uint8_t *dst;
+        if (tpar_lane_progress_set(&mine, 41, 40) < 0 || tpar_lane_claim(&mine) != 1 ||
+            tpar_lane_reserve(&mine, 3 * TPAR_LANE_HDR, &dst) < 0)
+            _exit(3);
+        tpar_lane_abort(&mine);
+        if (tpar_lane_trim(&mine) != 1 || tpar_lane_progress_set(&mine, 42, 41) < 0)
+            _exit(4);
+        raise(SIGKILL);
+    }
+    int st;
+    CHECK_EQ(waitpid(pid, &st, 0), pid);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    CHECK_EQ(tpar_lane_progress_get(&up, &s, &f), 0);
+    CHECK_EQ(s, 42);
+    CHECK_EQ(f, 41);
+    CHECK_EQ(tpar_lane_progress_get(&none, &s, &f), -ENOENT);
+    CHECK_EQ(tpar_lane_progress_set(&none, 1, 1), -ENOENT);
+    tpar_lane_close(&up);
+}
+
 int main(void)
 {
+    RUN(test_progress);
     RUN(test_write_then_read_in_place);
     RUN(test_view_past_the_end_refused);
     RUN(test_trim);
