@@ -18,6 +18,7 @@ struct job {
     int flush_first;      /* sent with TPAR_JOB_FLUSH_FIRST */
     int attempts;         /* attempts that have ended */
     int isolate;          /* runs alone on a worker (see settle_ring) */
+    uint64_t wseq;        /* its job frame's number on its worker (from 0) */
     uint32_t id_len;
     uint32_t payload_len;
     char data[];
@@ -56,6 +57,12 @@ struct worker {
     int wpoll_closed;
     int isolated;             /* holds an isolated job: send it nothing else */
     int honours_flush;        /* READY said it honours TPAR_JOB_FLUSH_FIRST */
+    int honours_takeback;     /* READY: it answers TAKEBACK */
+    int has_progress;         /* READY: it publishes progress in its up lane */
+    int takeback_pending;     /* a TAKEBACK sent, its GIVEBACK not yet seen */
+    int bell_due;             /* ring the doorbell once the TAKEBACK is written */
+    int prog_valid;           /* prog_* read at its death */
+    uint64_t prog_started, prog_finished;
     char *proven[16];         /* fns that have returned a result on it */
     uint32_t proven_len[16];
     int nproven;
@@ -196,6 +203,7 @@ void pool_flush(void);         /* writes queued frames */
 void pool_close_idle(void);    /* at the end: lets idle workers exit */
 void pool_kill_all(int why);   /* SIGKILL every worker */
 void pool_prestart(int n);     /* starts n workers now */
+void pool_take_back_all(void); /* stopping: takes back the queued jobs */
 
 /* ------------------------------------------------------------ input.c */
 

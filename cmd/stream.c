@@ -37,6 +37,8 @@ static void engine_stop(int how)
     jobs_cancel_pending();
     if (how >= STOP_NOW)
         pool_kill_all(ST_CANCELLED);
+    else /* soon: only the running jobs finish */
+        pool_take_back_all();
 }
 
 static void engine_fatal(void)

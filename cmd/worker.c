@@ -21,6 +21,7 @@
 #define READ_CHUNK (256 * 1024)
 #define SHORT_TIMEOUT 0.01    /* seconds: shorter timeouts run alone */
 #define ALONE_GAP 0.0002      /* seconds: see head_was_alone */
+#define STEAL_MIN 0.002       /* seconds: see steal */
 
 struct pool P;
 
@@ -283,6 +284,7 @@ static void send_job(struct worker *w, struct job *j, double now)
     w->out.len += sizeof hdr + inline_len;
     j->sent = now;
     j->sent_alone = w->rn == 0;
+    j->wseq = (uint64_t)w->sent;
     w->ring[(w->rhead + w->rn) % MAX_DEPTH] = j;
     w->rn++;
     w->sent++;
@@ -320,7 +322,8 @@ static int defer_fill(struct worker *w, double now)
 
 static void fill(struct worker *w, int d, double now)
 {
-    if (!can_take(w) || w->rn > (unsigned)d / 2 || w->isolated || defer_fill(w, now))
+    if (!can_take(w) || w->rn > (unsigned)d / 2 || w->isolated || w->takeback_pending ||
+        defer_fill(w, now))
         return;
     while (J.pending.n && w->rn < (unsigned)d && can_take(w)) {
         /* A job with a very short timeout runs alone too: its clock then
@@ -353,10 +356,127 @@ static struct worker *idle_worker(void)
     return best;
 }
 
+/* ----------------------------------------------------------- take-back */
+
+/* Asks w for the jobs it holds but has not started (docs/protocol.md,
+ * "Taking back queued jobs"); its GIVEBACK says which.  Nothing more is
+ * sent to it until then. */
+static int take_back(struct worker *w)
+{
+    if (!w->honours_takeback || w->takeback_pending || !w->rn || w->state == W_DEAD ||
+        w->proc.to_fd < 0)
+        return 0;
+    if (tpar_buf_takeback(&w->out, (uint64_t)w->sent) < 0) {
+        run_fatal("out of memory");
+        return 0;
+    }
+    w->takeback_pending = 1;
+    w->bell_due = 1; /* rung once the frame is in the pipe */
+    return 1;
+}
+
+static void cancel_unstarted(struct job *j)
+{
+    static const char body[] =
+        "{\"type\":\"Cancelled\",\"message\":\"job cancelled before it started\","
+        "\"traceback\":null}";
+    job_attempt_done(j, ST_CANCELLED, body, sizeof body - 1, 0, 0);
+}
+
+/* A job that never started: back to the queue, or cancelled when stopping. */
+static void never_started(struct job *j)
+{
+    if (RUN.stop != STOP_NONE)
+        cancel_unstarted(j);
+    else
+        jobq_push_front(&J.pending, j);
+}
+
+static void protocol_error(struct worker *w, const char *what);
+
+static void on_giveback(struct worker *w, const tpar_frame *f)
+{
+    uint64_t from, to;
+    if (tpar_giveback_parse(f, &from, &to) < 0 || !w->takeback_pending ||
+        to != (uint64_t)w->sent) {
+        protocol_error(w, "unexpected GIVEBACK");
+        return;
+    }
+    w->takeback_pending = 0;
+    /* The jobs given back are the last ones sent: nothing was sent since. */
+    while (w->rn) {
+        struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
+        if (j->wseq < from)
+            break;
+        w->rn--;
+        P.inflight--;
+        never_started(j);
+    }
+    if (!w->rn) {
+        w->isolated = 0;
+        became_idle(w);
+    }
+}
+
+void pool_take_back_all(void)
+{
+    for (int i = 0; i < P.nworkers; i++)
+        take_back(P.workers[i]);
+}
+
+/* Work stealing.  The depth suits a steady stream; when the jobs change
+ * (instant ones, then slow ones), a worker may hold several queued behind
+ * a job that runs far longer than the estimate, while another worker
+ * idles (or could be started).  Once the head has run twice the estimate
+ * (at least STEAL_MIN), take its queue back: the jobs go to the front of
+ * the queue and on to the idle workers, and the estimate becomes at least
+ * what the head has run, so the depth shrinks at once. */
+static uv_timer_t steal_timer;
+
+static void on_steal_timer(uv_timer_t *t)
+{ /* the loop's prepare step dispatches */
+}
+
+static void steal(double now)
+{
+    int idle = 0, live = 0;
+    if (J.pending.n || RUN.stop != STOP_NONE)
+        return;
+    for (int i = 0; i < P.nworkers; i++) {
+        struct worker *w = P.workers[i];
+        live += w->state <= W_READY;
+        idle |= w->rn == 0 && can_take(w);
+    }
+    if (!idle && live >= P.o->jobs)
+        return;
+    double est = 2 * P.cost > STEAL_MIN ? 2 * P.cost : STEAL_MIN, due = 0;
+    for (int i = 0; i < P.nworkers; i++) {
+        struct worker *w = P.workers[i];
+        if (w->rn < 2 || w->state != W_READY || !w->honours_takeback || w->takeback_pending)
+            continue;
+        double ran = now - head(w)->start;
+        if (ran >= est) {
+            if (take_back(w) && ran > P.cost)
+                P.cost = ran;
+        } else if (!due || head(w)->start + est < due) {
+            due = head(w)->start + est;
+        }
+    }
+    if (due) {
+        if (!steal_timer.loop)
+            uv_timer_init(P.loop, &steal_timer);
+        uv_timer_start(&steal_timer, on_steal_timer, (uint64_t)((due - now) * 1000) + 1, 0);
+    }
+}
+
 void pool_dispatch(void)
 {
-    if (!J.pending.n || RUN.stop >= STOP_NOW)
+    if (RUN.stop >= STOP_NOW)
         return;
+    if (!J.pending.n) {
+        steal(tpar_now());
+        return;
+    }
     double now = tpar_now();
     int d = depth();
     for (int i = 0; i < P.nworkers && J.pending.n; i++)
@@ -402,13 +522,17 @@ static int flush_worker(struct worker *w)
         uv_poll_stop(&w->wpoll);
         w->writing = 0;
     }
+    if (!w->out.len && w->bell_due && w->proc.to_fd >= 0) {
+        tpar_lane_ring(&w->proc.down); /* no lane: it reads the frame in time */
+        w->bell_due = 0;
+    }
     return 0;
 }
 
 void pool_flush(void)
 {
     for (int i = 0; i < P.nworkers; i++)
-        if (P.workers[i]->out.len)
+        if (P.workers[i]->out.len || P.workers[i]->bell_due)
             flush_worker(P.workers[i]);
 }
 
@@ -464,6 +588,8 @@ static void on_frame(struct worker *w, const tpar_frame *f, double now)
             w->state = W_READY;
             w->ready_seen = 1;
             w->honours_flush = (f->status & TPAR_READY_FLUSH_FIRST) != 0;
+            w->honours_takeback = (f->status & TPAR_READY_TAKEBACK) != 0;
+            w->has_progress = (f->status & TPAR_READY_PROGRESS) != 0;
             became_idle(w);
         }
         break;
@@ -479,6 +605,9 @@ static void on_frame(struct worker *w, const tpar_frame *f, double now)
             break;
         }
         on_result(w, f, now);
+        break;
+    case TPAR_FRAME_GIVEBACK:
+        on_giveback(w, f);
         break;
     default:
         protocol_error(w, "unexpected frame kind");
@@ -563,6 +692,10 @@ static void worker_eof(struct worker *w)
     if (w->state == W_DEAD)
         return;
     timer_clear(w);
+    /* Its progress outlives it in its up lane: read before the lane closes. */
+    if (w->has_progress &&
+        tpar_lane_progress_get(&w->proc.up, &w->prog_started, &w->prog_finished) == 0)
+        w->prog_valid = 1;
     uv_close((uv_handle_t *)&w->rpoll, handle_close_cb);
     close_wpoll(w);
     tpar_proc_close(&w->proc); /* after uv_close: libuv no longer polls them */
@@ -624,6 +757,39 @@ static int head_was_alone(struct worker *w)
     return h->sent_alone && n->sent - h->sent > ALONE_GAP;
 }
 
+/* With its progress (docs/protocol.md, "Progress") the worker said which
+ * of its jobs ran: the one running at its death ends with the death's
+ * status; those that ran to the end lost their result with it: they
+ * count an attempt and run again (a success, not a failure: no retry is
+ * used up); those that never started go back to the queue, counting
+ * nothing (cancelled when stopping).  Exact, whatever the pipelining. */
+static void settle_exact(struct worker *w, const char *desc)
+{
+    static tpar_buf b;
+    char msg[256];
+    while (w->rn) {
+        struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
+        w->rn--;
+        P.inflight--;
+        if (j->wseq >= w->prog_started) {
+            if (RUN.stop >= STOP_NOW)
+                cancel_unstarted(j);
+            else
+                never_started(j);
+        } else if (j->wseq >= w->prog_finished) {
+            end_head(w, j, desc);
+        } else if (RUN.stop == STOP_NONE) {
+            j->attempts++;
+            jobq_push_front(&J.pending, j);
+        } else { /* stopping: it is not run again */
+            snprintf(msg, sizeof msg, "worker %d %s before it sent this job's result",
+                     (int)w->proc.pid, desc);
+            error_body(&b, "BrokenWorkerError", msg);
+            job_attempt_done(j, ST_BROKEN, (const char *)b.data, b.len, 0, w->proc.pid);
+        }
+    }
+}
+
 /* With one job in flight, that job was running: it ends with the reason
  * the worker died.  With several, the first without a result was running
  * only if the worker had written every result it computed; it may hold a
@@ -633,6 +799,10 @@ static int head_was_alone(struct worker *w)
  * alone, and is blamed.  (When stopping, they are cancelled.) */
 static void settle_ring(struct worker *w, const char *desc)
 {
+    if (w->prog_valid) {
+        settle_exact(w, desc);
+        return;
+    }
     if (w->rn > 1 && RUN.stop < STOP_NOW && !w->retiring_seen && w->killed_for != ST_TIMEOUT &&
         !head_was_alone(w)) {
         while (w->rn) {
