@@ -26,3 +26,16 @@ def loop(seconds):
     while time.perf_counter() < deadline:
         i += 1
     return i
+
+
+def wait(seconds):
+    """A job of a given duration for the scheduling table: under 2 ms it
+    spins (a sleep that short lasts ~50 µs or more), longer ones sleep, so
+    the makespan measures the scheduling, not how the CPUs are shared."""
+    if seconds < 0.002:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+    else:
+        time.sleep(seconds)
+    return seconds

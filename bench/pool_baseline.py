@@ -1,6 +1,7 @@
 """The hand-written peer of `tpar`: what a user would write instead.
 
-    python3 pool_baseline.py [-j N] [--parse-in-parent] [--chunksize N] [FILE]
+    python3 pool_baseline.py [-j N] [--parse-in-parent] [--chunksize N]
+                             [--unordered] [FILE]
 
 Reads JSON-lines jobs {"id", "fn": "mod:fn", "args": [...], "kwargs": {...}},
 runs them with multiprocessing.Pool.imap(chunksize=1000) and writes one JSON
@@ -58,9 +59,13 @@ def main():
     args = sys.argv[1:]
     jobs = os.cpu_count()
     in_parent = False
+    unordered = False
     chunksize = 1000
-    while args[:1] in (["-j"], ["--parse-in-parent"], ["--chunksize"]):
-        if args[0] == "-j":
+    while args[:1] in (["-j"], ["--parse-in-parent"], ["--chunksize"],
+                       ["--unordered"]):
+        if args[0] == "--unordered":
+            unordered, args = True, args[1:]
+        elif args[0] == "-j":
             jobs, args = int(args[1]), args[2:]
         elif args[0] == "--chunksize":
             chunksize, args = int(args[1]), args[2:]
@@ -82,8 +87,9 @@ def main():
                                       key: value}))
                 out.write("\n")
         else:
-            for rec in pool.imap(run, (l for l in src if l.strip()),
-                                 chunksize=chunksize):
+            imap = pool.imap_unordered if unordered else pool.imap
+            for rec in imap(run, (l for l in src if l.strip()),
+                            chunksize=chunksize):
                 out.write(rec)
                 out.write("\n")
     out.flush()

@@ -128,10 +128,15 @@ def markdown(report):
         lines.append(f"| {t['target']} | {val} | {t['limit']} | {met} | "
                      f"{t['anchor']} |")
     titles = {"trio": "Trio package", "cli": "CLI",
-              "reference": "Reference points"}
+              "reference": "Reference points", "sched": "Scheduling"}
     for group, gtitle in titles.items():
         cases = [c for c in report["cases"] if c["group"] == group]
         if not cases:
+            continue
+        if group == "sched":
+            lines += ["", f"### {gtitle}", ""] + sched_table(cases)
+            lines += [""] + [f"- {c['title']}: {n}" for c in cases
+                             for n in c["notes"]]
             continue
         lines += ["", f"### {gtitle}", "",
                   f"![{gtitle}](/bench/results/bench-{group}.png)", ""]
@@ -144,6 +149,39 @@ def markdown(report):
         if group != "reference":
             lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
+
+
+def sched_table(cases):
+    """One row per case: tpar's makespan beside the Pool peer's (same
+    run) and the ideal."""
+    out = ["| jobs | ideal (s) | tpar (s) | tpar / ideal | Pool.imap_unordered"
+           "(chunksize=1) (s) | Pool / ideal | tpar / Pool |",
+           "|---|---|---|---|---|---|---|"]
+    for c in cases:
+        by = {r["subject"].split(" -j")[0].split("(")[0]: r
+              for r in c["results"]}
+        t, p, i = by.get("tpar"), by.get("Pool.imap_unordered"), \
+            by.get("ideal")
+
+        def med(r):
+            return None if r is None or "skipped" in r else r["median"]
+
+        def cell(r):
+            if r is None:
+                return "-"
+            if "skipped" in r:
+                return "skipped: " + r["skipped"][:60]
+            return f"{fmt(r['median'])} ({fmt(r['min'])}–{fmt(r['max'])})"
+
+        tv, pv, iv = med(t), med(p), med(i)
+        out.append(f"| {c['title']} | {fmt(iv) if iv else '-'} | {cell(t)} | "
+                   f"{fmt(tv / iv) if tv and iv else '-'} | {cell(p)} | "
+                   f"{fmt(pv / iv) if pv and iv else '-'} | "
+                   f"{fmt(tv / pv) if tv and pv else '-'} |")
+    out += ["", "Makespan, median (min–max) of the repetitions, both "
+            "subjects in the same run; target: within 10% of ideal, and "
+            "never slower than the Pool peer."]
+    return out
 
 
 def matrix(cases):
