@@ -50,6 +50,7 @@ static struct {
     uint64_t started, finished; /* published in the up lane (progress) */
     int progress;        /* the up lane carries them */
     tpar_buf ahead;      /* input the flusher read while a job ran */
+    tpar_buf mine;       /* such input, being decoded by the main thread */
     int in_eof;          /* the flusher saw the end of the input (or an error) */
     int wake_fd;         /* eventfd: the job the flusher watches has ended */
     uint64_t bell_seen;  /* the down lane's doorbell, as last seen */
@@ -873,6 +874,10 @@ static void trim(tpar_decoder *dec)
     tpar_decoder_shrink(dec);
     if (W.out.len == 0 && W.out.cap > TPAR_LANE_MIN)
         tpar_buf_free(&W.out);
+    if (W.ahead.len == 0 && W.ahead.cap > READ_CHUNK) /* held by out_mu, as we are */
+        tpar_buf_free(&W.ahead);
+    if (W.mine.cap > READ_CHUNK)
+        tpar_buf_free(&W.mine);
     malloc_trim(0);
     W.trim_due = held;
 }
@@ -983,7 +988,6 @@ static int serve(long spin_max)
     tpar_decoder dec;
     tpar_frame f;
     uint8_t *buf = malloc(READ_CHUNK), *dst;
-    tpar_buf mine = {0}; /* input the flusher read, being decoded */
     long spin = spin_max;
     static int atfork_set;
     if (!buf)
@@ -993,11 +997,11 @@ static int serve(long spin_max)
     tpar_decoder_init(&dec, 0);
     for (;;) {
         if (W.ahead.len) { /* read by the flusher, after what we read */
-            tpar_buf t = mine;
-            mine = W.ahead;
+            tpar_buf t = W.mine;
+            W.mine = W.ahead;
             W.ahead = t;
-            int stop = feed(&dec, mine.data, mine.len);
-            mine.len = 0;
+            int stop = feed(&dec, W.mine.data, W.mine.len);
+            W.mine.len = 0;
             flush_out(NULL, 0);
             if (stop)
                 return 0;
@@ -1131,7 +1135,7 @@ static _Noreturn void forked_child(const struct tpar__chan *c,
     W.retiring = 0;
     W.jobs_in = W.jobs_taken = W.skip_to = W.started = W.finished = 0;
     W.bell_seen = 0;
-    W.ahead.len = 0;
+    W.ahead.len = W.mine.len = 0;
     W.in_eof = 0;
     memset(&S, 0, sizeof S);
     tpar__worker_work(o);
