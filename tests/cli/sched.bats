@@ -108,6 +108,42 @@ slow_per_worker() {
     assert_regex "$output" '^[234] [234] $'
 }
 
+@test "stealing races: many take-backs, jobs near their estimate, each runs exactly once" {
+    # Batches of 100 instant jobs (the depth grows) and 6 of 2 to 7 ms,
+    # trickled in: at the end of each batch the queue is empty and one
+    # worker holds the slow jobs, so tpar takes them back, often while the
+    # head is ending (a job may start while the TAKEBACK is on its way).
+    local b
+    for b in $(seq 20); do
+        jq -nc --arg d "$D" --argjson b $b 'range(1; 107) | {id: ($b * 1000 + .),
+            fn: "schedjobs:counted", args: [$d, ($b * 1000 + .),
+            (if . <= 100 then 0 else 0.001 * (. - 99) end)]}' >"$D/in.$b"
+    done
+    cat "$D"/in.* >"$D/in"
+    { for b in $(seq 20); do cat "$D/in.$b"; sleep 0.05; done; } |
+        tpar -I "$FIXTURES" -j2 - >"$D/out"
+    assert_one_record_per_line "$D/in" "$D/out"
+    assert_equal "$(count_status "$D/out" ok)" 2120
+    local twice
+    twice=$(for f in "$D"/runs.*; do [ "$(wc -l <"$f")" -eq 1 ] || echo "$f"; done)
+    [ -z "$twice" ] || fail "ran more than once: $twice"
+    assert_attempts_exact "$D/out"
+}
+
+@test "stealing from a worker whose running job then kills it: exact attempts, one record each" {
+    {
+        jobs_n 20 schedjobs:counted "[\"$D\", .]"
+        jq -nc --arg d "$D" '{id: 500, fn: "schedjobs:die_once", args: [$d, 500, 0.3]}'
+        jq -nc --arg d "$D" 'range(21; 29) | {id: ., fn: "schedjobs:counted", args: [$d, ., 0.1]}'
+    } >"$D/in"
+    run -0 --separate-stderr tpar -I "$FIXTURES" -j2 --retries 1 "$D/in"
+    printf '%s\n' "$output" >"$D/out"
+    assert_one_record_per_line "$D/in" "$D/out"
+    assert_equal "$(count_status "$D/out" ok)" 29
+    assert_equal "$(runs_of 500)" 2
+    assert_attempts_exact "$D/out"
+}
+
 # Input for the cancel tests: 300 instant jobs (the pipelines grow 256 deep),
 # then 60 naps of 0.05 s logged to $D/slow, the FAIL_AT-th of which fails.
 deep_input() {
