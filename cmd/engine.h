@@ -155,6 +155,9 @@ void record_skipped(uint64_t seq);
 /* In -k mode, whether seq may be taken without overflowing the window. */
 int record_window_has_room(uint64_t seq);
 void record_summary(uint64_t workers);
+/* Lists on stderr the kinds of error the run had, with counts (not with
+ * -q, nor for tpar run). */
+void record_report_errors(void);
 void record_drop_output(void);  /* nobody reads the records any more */
 void output_flush(void);
 

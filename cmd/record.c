@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "jsonline.h"
 
 struct run RUN;
 struct recorder R;
@@ -169,6 +170,133 @@ static void count(int status)
     }
 }
 
+/* ------------------------------------------------------ distinct errors */
+
+/* The failures of the run by kind (status, error type, the first line of
+ * the message), for the report at the end: a misspelt module on a long
+ * stream is one line there, with its count, not a scroll of records. */
+#define ERR_KINDS 64
+#define ERR_TEXT 200
+
+static struct errkind {
+    char text[ERR_TEXT];
+    uint64_t n;
+} errs[ERR_KINDS];
+static int nerrs;
+static uint64_t errs_other; /* failures of kinds past ERR_KINDS */
+
+/* Appends the JSON string literal lit (validated) decoded, first line
+ * only, to buf[*at..cap); digit runs become N when squash is set (tpar's
+ * own messages name pids and seconds). */
+static void put_text(char *buf, size_t cap, size_t *at, const char *lit, size_t n, int squash)
+{
+    char small[ERR_TEXT * 2], *tmp = n <= sizeof small ? small : malloc(n);
+    if (!tmp)
+        return;
+    long len = tpar_jsonline_unescape(lit, n, tmp);
+    for (long i = 0; i < len && *at + 1 < cap; i++) {
+        char c = tmp[i];
+        if (c == '\n' || c == '\r')
+            break;
+        if (squash && c >= '0' && c <= '9') {
+            while (i + 1 < len && ((tmp[i + 1] >= '0' && tmp[i + 1] <= '9') || tmp[i + 1] == '.'))
+                i++;
+            c = 'N';
+        }
+        buf[(*at)++] = c;
+    }
+    if (tmp != small)
+        free(tmp);
+}
+
+static void tally_error(int status, const char *body, size_t n)
+{
+    static const char *const keys[] = {"type", "message"};
+    tpar_jsonline_span v[2];
+    tpar_jsonline_error err;
+    char text[ERR_TEXT];
+    size_t at = 0;
+    const char *st = status_names[status];
+    memcpy(text, st, strlen(st));
+    at = strlen(st);
+    text[at++] = ' ';
+    if (tpar_jsonline_object(body, n, keys, 2, v, &err) == 0) {
+        if (v[0].type == TPAR_JSON_STRING)
+            put_text(text, sizeof text, &at, body + v[0].off, v[0].len, 0);
+        if (v[1].type == TPAR_JSON_STRING && at + 2 < sizeof text) {
+            text[at++] = ':';
+            text[at++] = ' ';
+            const char *m = body + v[1].off;
+            size_t mn = v[1].len;
+            put_text(text, sizeof text, &at, m, mn, status != ST_ERROR);
+        }
+    }
+    while (at > 0 && ((unsigned char)text[at - 1] & 0xC0) == 0x80 && at + 1 >= sizeof text)
+        at--; /* a character cut at the end */
+    text[at] = 0;
+    for (int i = 0; i < nerrs; i++)
+        if (!strcmp(errs[i].text, text)) {
+            errs[i].n++;
+            return;
+        }
+    if (nerrs == ERR_KINDS) {
+        errs_other++;
+        return;
+    }
+    memcpy(errs[nerrs].text, text, at + 1);
+    errs[nerrs++].n = 1;
+}
+
+/* "BadInput: FILE, line 3, column 2: invalid JSON: ..." -> the kind
+ * without the place. */
+static void tally_bad_input(const char *msg)
+{
+    const char *p = strstr(msg, "line ");
+    const char *colon = p ? strstr(p, ": ") : NULL;
+    char text[ERR_TEXT];
+    snprintf(text, sizeof text, "bad_input BadInput: %s", colon ? colon + 2 : msg);
+    for (int i = 0; i < nerrs; i++)
+        if (!strcmp(errs[i].text, text)) {
+            errs[i].n++;
+            return;
+        }
+    if (nerrs == ERR_KINDS) {
+        errs_other++;
+        return;
+    }
+    strcpy(errs[nerrs].text, text);
+    errs[nerrs++].n = 1;
+}
+
+static int by_count(const void *a, const void *b)
+{
+    const struct errkind *x = a, *y = b;
+    return x->n < y->n ? 1 : x->n > y->n ? -1 : strcmp(x->text, y->text);
+}
+
+#define ERR_SHOWN 10
+
+void record_report_errors(void)
+{
+    if (!R.failed || R.o->quiet || R.o->mode == MODE_RUN)
+        return;
+    qsort(errs, (size_t)nerrs, sizeof *errs, by_count);
+    fprintf(stderr, "tpar: %llu of %llu job(s) failed:\n", (unsigned long long)R.failed,
+            (unsigned long long)R.finished);
+    uint64_t rest = errs_other;
+    int rest_kinds = errs_other ? 1 : 0;
+    for (int i = 0; i < nerrs; i++) {
+        if (i < ERR_SHOWN)
+            fprintf(stderr, "tpar: %8llu  %s\n", (unsigned long long)errs[i].n, errs[i].text);
+        else
+            rest += errs[i].n, rest_kinds++;
+    }
+    if (rest)
+        fprintf(stderr, "tpar: %8llu  (%s%d other kind%s of error)\n",
+                (unsigned long long)rest, errs_other ? "at least " : "", rest_kinds,
+                rest_kinds == 1 && !errs_other ? "" : "s");
+}
+
 /* ------------------------------------------------------------ records */
 
 static void put_id(tpar_buf *b, const struct job *j)
@@ -251,6 +379,8 @@ void record_result(const struct job *j, int status, const char *body, size_t n,
             stream_record(j, status, body, n, duration, pid);
         record_placed(j->seq, start);
     }
+    if (status != ST_OK)
+        tally_error(status, body, n);
     count(status);
 }
 
@@ -272,6 +402,7 @@ void record_bad_input(uint64_t seq, uint64_t line, const char *file, const char 
     }
     OUT_LIT(b, ",\"attempts\":0,\"duration\":0.0,\"worker\":null}\n");
     record_placed(seq, start);
+    tally_bad_input(msg);
     count(ST_BAD_INPUT);
 }
 

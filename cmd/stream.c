@@ -182,5 +182,7 @@ int stream_main(struct opts *o)
     output_flush();
     if (E.progress_on)
         progress_line(1);
+    if (RUN.stop != STOP_PIPE)
+        record_report_errors();
     return exit_status();
 }

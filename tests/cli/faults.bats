@@ -28,7 +28,7 @@ value_text() {
     printf 'def f():\n    return "b"\n' >"$BATS_TEST_TMPDIR/b/m.py"
     cd "$BATS_TEST_TMPDIR"
     printf '%s\n' '{"id":1,"fn":"a/m.py:f"}' '{"id":2,"fn":"b/m.py:f"}' >in.jsonl
-    run -1 tpar -j1 -k in.jsonl
+    run -1 --separate-stderr tpar -j1 -k in.jsonl
     run -0 jq -c '[.id, .status, .value // .error.type]' <<<"$output"
     assert_output "$(printf '%s\n' '[1,"error","m.Oops"]' '[2,"ok","b"]')"
 }

@@ -119,7 +119,7 @@ max_workers() {
 }
 
 @test "map: a line that is not JSON is bad input whose message names --raw" {
-    run -3 tpar map os.path:getsize < <(printf 'README.md\nx y\n{\n')
+    run -3 --separate-stderr tpar map os.path:getsize < <(printf 'README.md\nx y\n{\n')
     run -0 jq -r -s 'map(.status + " " + (.error.message | test("--raw passes each line as a string") | tostring)) | unique | .[]' <<<"$output"
     assert_output 'bad_input true'
 }

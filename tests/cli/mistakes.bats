@@ -91,3 +91,30 @@ four_jobs() {
     assert_output --partial 'jobs.py'
     refute_output --partial '_tpar_worker'
 }
+
+@test "end of run: stderr lists the distinct errors with counts, most frequent first" {
+    {
+        jobs_n 300 nosuchmod_xyz:f '[]'
+        job jobs:fail '["once"]'
+        printf 'not json\n'
+        job jobs:ident '[1]'
+    } >"$D/in"
+    run -101 --separate-stderr tpar -I "$FIXTURES" -o "$D/out" "$D/in"
+    assert_equal "${#stderr_lines[@]}" 4
+    assert_equal "${stderr_lines[0]}" "tpar: 302 of 303 job(s) failed:"
+    assert_regex "${stderr_lines[1]}" "^tpar: +300  error ModuleNotFoundError: No module named 'nosuchmod_xyz'\$"
+    assert_regex "$stderr" "tpar: +1  error ValueError: once"
+    assert_regex "$stderr" "tpar: +1  bad_input BadInput: invalid JSON"
+    # -q: nothing; no failure: nothing.
+    run -101 --separate-stderr tpar -q -I "$FIXTURES" -o "$D/out" "$D/in"
+    assert_equal "$stderr" ""
+    run -0 --separate-stderr tpar map math:sqrt ::: 1 4
+    assert_equal "$stderr" ""
+}
+
+@test "end of run: past 10 kinds of error the rest are counted on one line" {
+    seq 1 15 | jq -c '{fn: "jobs:fail", args: ["kind \(.)"]}' >"$D/in"
+    run -15 --separate-stderr tpar -I "$FIXTURES" -o "$D/out" "$D/in"
+    assert_equal "${#stderr_lines[@]}" 12
+    assert_regex "${stderr_lines[11]}" '^tpar: +5  \(5 other kinds of error\)$'
+}

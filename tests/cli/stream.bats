@@ -224,7 +224,7 @@ bad_line_number() {
 
 @test "stream: the parse error of a bad line says what is wrong" {
     printf '%s\n' '{"fn": "operator:add", "args": [1,' >"$D/in"
-    run -1 tpar <"$D/in"
+    run -1 --separate-stderr tpar <"$D/in"
     run -0 jq -r '.status, .error.message' <<<"$output"
     assert_line --index 0 bad_input
     assert_line --index 1 --regexp '(JSON|json|parse|expect|end of input)'
