@@ -7,7 +7,7 @@
 
 /* One job, from its input line to its record.  Allocated once with its
  * text: the id's raw JSON, then the JOB_JSON payload (fn NUL args NUL
- * kwargs), ready to copy into a frame. */
+ * kwargs), ready to copy into a frame, then the line's "meta" JSON. */
 struct job {
     struct job *next;     /* in the pending queue */
     uint64_t seq;
@@ -21,6 +21,7 @@ struct job {
     uint64_t wseq;        /* its job frame's number on its worker (from 0) */
     uint32_t id_len;
     uint32_t payload_len;
+    uint32_t meta_len;    /* the line's "meta" JSON, after the payload; 0: none */
     char data[];
 };
 

@@ -12,10 +12,12 @@
 
 struct jobs J;
 
-struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const parts[],
-                    const size_t lens[], int nparts)
+/* A job whose text is the id, the payload (the parts), then the job
+ * line's "meta" value (metan 0: none). */
+static struct job *job_make(uint64_t seq, const char *id, size_t idn, const char *const parts[],
+                            const size_t lens[], int nparts, const char *meta, size_t metan)
 {
-    size_t total = idn;
+    size_t total = idn + metan;
     for (int i = 0; i < nparts; i++)
         total += lens[i];
     struct job *j = malloc(sizeof *j + total);
@@ -28,7 +30,8 @@ struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const 
     j->attempts = 0;
     j->isolate = 0;
     j->id_len = (uint32_t)idn;
-    j->payload_len = (uint32_t)(total - idn);
+    j->payload_len = (uint32_t)(total - idn - metan);
+    j->meta_len = (uint32_t)metan;
     char *p = j->data;
     memcpy(p, id, idn);
     p += idn;
@@ -36,7 +39,15 @@ struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const 
         memcpy(p, parts[i], lens[i]);
         p += lens[i];
     }
+    if (metan)
+        memcpy(p, meta, metan);
     return j;
+}
+
+struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const parts[],
+                    const size_t lens[], int nparts)
+{
+    return job_make(seq, id, idn, parts, lens, nparts, NULL, 0);
 }
 
 void jobq_push(struct jobq *q, struct job *j)
@@ -121,6 +132,20 @@ static void bad(uint64_t seq, const struct origin *at, const char *what)
     record_bad_input(seq, at->lineno, at->file, msg);
 }
 
+/* A job line with a key tpar does not know: the key is named (up to 40
+ * bytes of its literal) with the keys there are. */
+static void unknown_key(uint64_t seq, const struct origin *at, const char *key, size_t left)
+{
+    size_t n = 1;
+    while (n < left && n < 40 && (key[n] != '"' || key[n - 1] == '\\'))
+        n++;
+    char what[160];
+    snprintf(what, sizeof what,
+             "unknown key %.*s%s (a job line has fn, args, kwargs, id, timeout, and meta "
+             "for data of your own)", (int)n, key, n < left && key[n] == '"' ? "\"" : "...");
+    bad(seq, at, what);
+}
+
 /* "MOD:FN" from a validated JSON string literal, into buf (>= n bytes);
  * returns its length or -1 when it is not MOD:FN. */
 static long fn_text(const char *lit, size_t n, char *buf)
@@ -160,7 +185,10 @@ static void stream_line(const char *s, size_t n, uint64_t seq, const struct orig
     tpar_jsonline_job jl;
     tpar_jsonline_error err;
     if (tpar_jsonline_job_parse(s, n, &jl, &err) < 0) {
-        bad_json(seq, at, &err);
+        if (err.msg == tpar_jsonline_unknown_key)
+            unknown_key(seq, at, s + err.pos, n - err.pos);
+        else
+            bad_json(seq, at, &err);
         return;
     }
     char fnbuf[512], *fn = jl.fn.len <= sizeof fnbuf ? fnbuf : malloc(jl.fn.len);
@@ -186,7 +214,8 @@ static void stream_line(const char *s, size_t n, uint64_t seq, const struct orig
         } else {
             const char *parts[] = {fn, "", s + jl.args.off, "", s + jl.kwargs.off};
             const size_t lens[] = {(size_t)fnlen, 1, jl.args.len, 1, jl.kwargs.len};
-            struct job *j = job_new(seq, id, idn, parts, lens, 5);
+            struct job *j = job_make(seq, id, idn, parts, lens, 5, s + jl.meta.off,
+                                     jl.meta.len);
             j->timeout = timeout;
             jobq_push(&J.pending, j);
         }

@@ -335,6 +335,10 @@ static void stream_record(const struct job *j, int status, const char *body, siz
     tpar_buf *b = &R.out;
     OUT_LIT(b, "{\"type\":\"result\",\"id\":");
     put_id(b, j);
+    if (j->meta_len) {
+        OUT_LIT(b, ",\"meta\":");
+        out_lit(b, j->data + j->id_len + j->payload_len, j->meta_len);
+    }
     OUT_LIT(b, ",\"seq\":");
     out_u64(b, j->seq);
     if (status == ST_OK) {

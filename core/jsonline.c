@@ -402,9 +402,12 @@ static int match_key(const uint8_t *k, size_t n, int bs, const char *const keys[
     return -1;
 }
 
-/* One "key": value member of the top-level object. */
+const char tpar_jsonline_unknown_key[] = "unknown key";
+
+/* One "key": value member of the top-level object; with strict, a key not
+ * in keys is an error (tpar_jsonline_unknown_key, at the key). */
 static int scan_member(struct scan *sc, const char *const keys[], size_t nkeys,
-                       tpar_jsonline_span vals[])
+                       tpar_jsonline_span vals[], int strict)
 {
     const uint8_t *k = sc->p;
     int bs = 0;
@@ -413,6 +416,11 @@ static int scan_member(struct scan *sc, const char *const keys[], size_t nkeys,
     if (scan_string(sc, &bs) < 0)
         return TPAR_EBADJSON;
     int idx = match_key(k, (size_t)(sc->p - k), bs, keys, nkeys);
+    if (idx < 0 && strict) {
+        fail(sc, k, tpar_jsonline_unknown_key);
+        sc->err->syntax = 0;
+        return TPAR_EBADJSON;
+    }
     skip_ws(sc);
     if (sc->p >= sc->end || *sc->p != ':')
         return fail(sc, sc->p, "expected ':'");
@@ -423,9 +431,8 @@ static int scan_member(struct scan *sc, const char *const keys[], size_t nkeys,
     return span_value(sc, idx >= 0 ? &vals[idx] : &tmp);
 }
 
-int tpar_jsonline_object(const char *s, size_t n, const char *const keys[],
-                         size_t nkeys, tpar_jsonline_span vals[],
-                         tpar_jsonline_error *err)
+static int object(const char *s, size_t n, const char *const keys[], size_t nkeys,
+                  tpar_jsonline_span vals[], tpar_jsonline_error *err, int strict)
 {
     struct scan sc;
     scan_init(&sc, s, n, err);
@@ -448,7 +455,7 @@ int tpar_jsonline_object(const char *s, size_t n, const char *const keys[],
         return expect_end(&sc);
     }
     for (;;) {
-        if (scan_member(&sc, keys, nkeys, vals) < 0)
+        if (scan_member(&sc, keys, nkeys, vals, strict) < 0)
             return TPAR_EBADJSON;
         skip_ws(&sc);
         if (sc.p < sc.end && *sc.p == ',') {
@@ -473,12 +480,19 @@ static int wrong_type(tpar_jsonline_error *err, const tpar_jsonline_span *v,
     return TPAR_EBADJSON;
 }
 
+int tpar_jsonline_object(const char *s, size_t n, const char *const keys[],
+                         size_t nkeys, tpar_jsonline_span vals[],
+                         tpar_jsonline_error *err)
+{
+    return object(s, n, keys, nkeys, vals, err, 0);
+}
+
 int tpar_jsonline_job_parse(const char *s, size_t n, tpar_jsonline_job *out,
                             tpar_jsonline_error *err)
 {
-    static const char *const keys[] = {"id", "fn", "args", "kwargs", "timeout"};
-    tpar_jsonline_span v[5];
-    if (tpar_jsonline_object(s, n, keys, 5, v, err) < 0)
+    static const char *const keys[] = {"id", "fn", "args", "kwargs", "timeout", "meta"};
+    tpar_jsonline_span v[6];
+    if (object(s, n, keys, 6, v, err, 1) < 0)
         return TPAR_EBADJSON;
     if (v[1].type == TPAR_JSON_NONE) {
         err->pos = 0;
@@ -502,5 +516,6 @@ int tpar_jsonline_job_parse(const char *s, size_t n, tpar_jsonline_job *out,
     out->args = v[2];
     out->kwargs = v[3];
     out->timeout = v[4];
+    out->meta = v[5];
     return 0;
 }

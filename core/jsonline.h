@@ -59,18 +59,25 @@ int tpar_jsonline_object(const char *s, size_t n, const char *const keys[],
                          tpar_jsonline_error *err);
 
 /* A job line: {"id": scalar, "fn": "MOD:FN", "args": [...], "kwargs": {...},
- * "timeout": number}; only fn is required. */
+ * "timeout": number, "meta": any}; only fn is required, and no other key
+ * is allowed (a misspelt "kwrags" must not run the job without its
+ * arguments). */
 typedef struct tpar_jsonline_job {
     tpar_jsonline_span id;      /* string, number, true, false or null */
     tpar_jsonline_span fn;      /* string (with its quotes) */
     tpar_jsonline_span args;    /* array */
     tpar_jsonline_span kwargs;  /* object */
     tpar_jsonline_span timeout; /* number or null */
+    tpar_jsonline_span meta;    /* any value: the user's, carried to the record */
 } tpar_jsonline_job;
 
-/* Scans a job line and checks the types of its known keys.  Returns 0 or
+/* err->msg of a key a job line may not have (compare the pointer); err->pos
+ * is the key's opening quote. */
+extern const char tpar_jsonline_unknown_key[];
+
+/* Scans a job line and checks the types of its keys.  Returns 0 or
  * TPAR_EBADJSON with *err filled: malformed JSON, not an object, no "fn",
- * or a known key of the wrong type. */
+ * a key of the wrong type, or an unknown key. */
 int tpar_jsonline_job_parse(const char *s, size_t n, tpar_jsonline_job *out,
                             tpar_jsonline_error *err);
 

@@ -118,3 +118,21 @@ four_jobs() {
     assert_equal "${#stderr_lines[@]}" 12
     assert_regex "${stderr_lines[11]}" '^tpar: +5  \(5 other kinds of error\)$'
 }
+
+@test "job lines: an unknown key (a misspelt kwargs) is bad input, not a run with default arguments" {
+    printf '%s\n' '{"id":"k","fn":"jobs:echo","args":[1],"kwrags":{"b":2}}' >"$D/in"
+    run -1 --separate-stderr tpar -I "$FIXTURES" "$D/in"
+    run -0 jq -r '[.status, .error.message] | join(" | ")' <<<"$output"
+    assert_output --regexp '^bad_input \| .*line 1: unknown key "kwrags" \(a job line has fn, args, kwargs, id, timeout, and meta'
+    [ ! -e "$D/ran" ]
+}
+
+@test "job lines: meta carries the user's own JSON untouched into the record" {
+    printf '%s\n' '{"id":1,"fn":"operator:add","args":[1,2],"meta":{"row":7,"big":123456789012345678901234567890,"f":1.50}}' \
+        '{"id":2,"fn":"jobs:fail","meta":"x","args":[]}' >"$D/in"
+    run -1 --separate-stderr tpar -k -I "$FIXTURES" "$D/in"
+    assert_line --index 0 --partial '"meta":{"row":7,"big":123456789012345678901234567890,"f":1.50}'
+    assert_line --index 1 --partial '"meta":"x"'
+    run -0 jq -c -s 'map([.id, .status])' <<<"$output"
+    assert_output '[[1,"ok"],[2,"error"]]'
+}

@@ -245,6 +245,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_span(s, size, &job.args);
         check_span(s, size, &job.kwargs);
         check_span(s, size, &job.timeout);
+        check_span(s, size, &job.meta);
         assert(job.fn.type == TPAR_JSON_STRING);
         assert(job.args.type == TPAR_JSON_NONE || job.args.type == TPAR_JSON_ARRAY);
         assert(job.kwargs.type == TPAR_JSON_NONE || job.kwargs.type == TPAR_JSON_OBJECT);

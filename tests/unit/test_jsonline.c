@@ -122,7 +122,7 @@ static void test_job(void)
     tpar_jsonline_job j;
     tpar_jsonline_error err;
     const char *s = "{\"id\": 12345678901234567890, \"fn\": \"operator:add\", "
-                    "\"args\": [1, {\"fn\": 2}], \"kwargs\": {}, \"x\": [[]], "
+                    "\"args\": [1, {\"fn\": 2}], \"kwargs\": {}, \"meta\": [[]], "
                     "\"timeout\": 2.5}";
     CHECK(job(s, &j, &err) == 0, "valid job: %s at %zu", err.msg, err.pos);
     CHECK(span_is(s, j.id, "12345678901234567890"), "id");
@@ -130,6 +130,7 @@ static void test_job(void)
     CHECK(span_is(s, j.args, "[1, {\"fn\": 2}]"), "args (nested fn key ignored)");
     CHECK(span_is(s, j.kwargs, "{}"), "kwargs");
     CHECK(span_is(s, j.timeout, "2.5"), "timeout");
+    CHECK(span_is(s, j.meta, "[[]]"), "meta");
 
     s = "{\"fn\":\"m:f\"}";
     CHECK(job(s, &j, &err) == 0, "minimal job");
@@ -194,8 +195,13 @@ static void test_bad_jobs(void)
         snprintf(line, sizeof line, "{\"id\":%s,\"fn\":\"m:f\"}", ids[i]);
         CHECK(job(line, &j, &err) == 0 && span_is(line, j.id, ids[i]), "id %s", ids[i]);
     }
-    /* Duplicates of keys we do not use are valid JSON and accepted. */
-    CHECK(job("{\"fn\":\"m:f\",\"x\":1,\"x\":2}", &j, &err) == 0, "other duplicates ok");
+    /* A key a job line does not have is an error at that key (a misspelt
+     * kwargs would run the job without its arguments). */
+    CHECK(job("{\"fn\":\"m:f\",\"kwrags\":{}}", &j, &err) == TPAR_EBADJSON &&
+              err.msg == tpar_jsonline_unknown_key && err.pos == 12 && err.syntax == 0,
+          "unknown key: %s at %zu", err.msg, err.pos);
+    CHECK(job("{\"fn\":\"m:f\",\"meta\":1,\"meta\":2}", &j, &err) == TPAR_EBADJSON,
+          "duplicate meta");
 }
 
 static void test_unescape(void)
