@@ -44,6 +44,7 @@ struct opts {
     uint64_t total;           /* --total */
     int quiet;
     int summary;
+    int dry_run;              /* --dry-run: show the jobs, run none */
     size_t max_line;
     int forkserver;           /* --worker-type forkserver */
     const char *preload;      /* --preload MOD,MOD */

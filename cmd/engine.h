@@ -153,6 +153,7 @@ void record_result(const struct job *j, int status, const char *body, size_t n,
                    double duration, pid_t pid);
 void record_bad_input(uint64_t seq, uint64_t line, const char *file, const char *msg);
 void record_skipped(uint64_t seq);
+void record_dry_run(const struct job *j);  /* --dry-run: what j would run */
 /* In -k mode, whether seq may be taken without overflowing the window. */
 int record_window_has_room(uint64_t seq);
 void record_summary(uint64_t workers);

@@ -180,6 +180,17 @@ static int parse_timeout(const char *s, size_t n, double *out)
     return 0;
 }
 
+/* A job ready to run: queued, or with --dry-run shown and dropped. */
+static void enqueue(struct job *j)
+{
+    if (J.o->dry_run) {
+        record_dry_run(j);
+        free(j);
+        return;
+    }
+    jobq_push(&J.pending, j);
+}
+
 static void stream_line(const char *s, size_t n, uint64_t seq, const struct origin *at)
 {
     tpar_jsonline_job jl;
@@ -217,7 +228,7 @@ static void stream_line(const char *s, size_t n, uint64_t seq, const struct orig
             struct job *j = job_make(seq, id, idn, parts, lens, 5, s + jl.meta.off,
                                      jl.meta.len);
             j->timeout = timeout;
-            jobq_push(&J.pending, j);
+            enqueue(j);
         }
     }
     if (fn != fnbuf)
@@ -251,7 +262,7 @@ static void map_line(const char *s, size_t n, uint64_t seq, const struct origin 
     const char *open = J.o->star ? "" : "[", *close = J.o->star ? "" : "]";
     const char *parts[] = {J.o->fn, "", open, s + v.off, close, ""};
     const size_t lens[] = {strlen(J.o->fn), 1, strlen(open), v.len, strlen(close), 1};
-    jobq_push(&J.pending, job_new(seq, idbuf, idn, parts, lens, 6));
+    enqueue(job_new(seq, idbuf, idn, parts, lens, 6));
 }
 
 void job_from_line(const char *s, size_t n, uint64_t seq, uint64_t lineno, const char *file)
@@ -283,7 +294,7 @@ int job_for_run(void)
     const char *kwargs = check_arg("--kwargs", J.o->kwargs, TPAR_JSON_OBJECT);
     const char *parts[] = {J.o->fn, "", args, "", kwargs};
     const size_t lens[] = {strlen(J.o->fn), 1, strlen(args), 1, strlen(kwargs)};
-    jobq_push(&J.pending, job_new(1, "1", 1, parts, lens, 5));
+    enqueue(job_new(1, "1", 1, parts, lens, 5));
     return 0;
 }
 

@@ -29,7 +29,7 @@ static const char help_text[] =
     "Common options: -j N|N%|+N|-N|0, -k, --timeout DUR, --retries N, --halt SPEC,\n"
     "-o FILE, --joblog FILE, --resume FILE, --resume-failed FILE, --progress,\n"
     "--summary, -I DIR, --init MOD:FN, --worker-type spawn|forkserver, --preload MODS,\n"
-    "--prestart N.\n"
+    "--prestart N, --dry-run (validate and show the jobs, run none).\n"
     "\n"
     "See the manual for every option, the record formats and exit statuses:\n"
     "  man tpar\n";
@@ -62,7 +62,7 @@ enum {
     O_TIMEOUT = 256, O_RETRIES, O_RETRY_ON, O_HALT, O_MAX_TASKS, O_MAX_RSS,
     O_IDLE, O_INIT, O_JOBLOG, O_RESUME, O_PROGRESS, O_NO_PROGRESS, O_TOTAL,
     O_SUMMARY, O_MAX_LINE, O_STAR, O_ARGS, O_KWARGS, O_WORKER_TYPE, O_PRELOAD,
-    O_PRESTART, O_RAW, O_RESUME_FAILED,
+    O_PRESTART, O_RAW, O_RESUME_FAILED, O_DRY_RUN,
 };
 
 static const struct option longopts[] = {
@@ -94,6 +94,7 @@ static const struct option longopts[] = {
     {"preload", required_argument, 0, O_PRELOAD},
     {"prestart", required_argument, 0, O_PRESTART},
     {"raw", no_argument, 0, O_RAW},
+    {"dry-run", no_argument, 0, O_DRY_RUN},
     {"null", no_argument, 0, '0'},
     {"help", no_argument, 0, 'h'},
     {"version", no_argument, 0, 'V'},
@@ -331,6 +332,7 @@ static void option(struct opts *o, int c, const char *arg)
     case O_PRELOAD: o->preload = arg; break;
     case O_PRESTART: o->prestart = (int)parse_long("--prestart", arg); break;
     case O_RAW: o->raw = 1; break;
+    case O_DRY_RUN: o->dry_run = 1; break;
     case '0': o->null = 1; break;
     case 'h': fputs(help_text, stdout); exit(0);
     case 'V': printf("tpar %s\n", TPAR_VERSION); exit(0);

@@ -388,6 +388,52 @@ void record_result(const struct job *j, int status, const char *body, size_t n,
     count(status);
 }
 
+/* --dry-run: what would run, in place of the job's result record. */
+void record_dry_run(const struct job *j)
+{
+    if (RUN.stop == STOP_PIPE)
+        return;
+    tpar_buf *b = &R.out;
+    size_t start = b->len;
+    const char *p = j->data + j->id_len, *end = p + j->payload_len;
+    const char *part[3] = {p, "", ""};
+    size_t len[3] = {j->payload_len, 0, 0};
+    for (int i = 0; i < 2; i++) { /* fn NUL args NUL kwargs */
+        const char *nul = memchr(part[i], 0, (size_t)(end - part[i]));
+        if (!nul)
+            break;
+        len[i] = (size_t)(nul - part[i]);
+        part[i + 1] = nul + 1;
+        len[i + 1] = (size_t)(end - nul - 1);
+    }
+    OUT_LIT(b, "{\"type\":\"dry_run\",\"id\":");
+    put_id(b, j);
+    if (j->meta_len) {
+        OUT_LIT(b, ",\"meta\":");
+        out_lit(b, end, j->meta_len);
+    }
+    OUT_LIT(b, ",\"seq\":");
+    out_u64(b, j->seq);
+    OUT_LIT(b, ",\"fn\":");
+    out_jstr(b, part[0], len[0]);
+    OUT_LIT(b, ",\"args\":");
+    if (len[1])
+        out_lit(b, part[1], len[1]);
+    else
+        OUT_LIT(b, "[]");
+    OUT_LIT(b, ",\"kwargs\":");
+    if (len[2])
+        out_lit(b, part[2], len[2]);
+    else
+        OUT_LIT(b, "{}");
+    if (j->timeout > 0) {
+        OUT_LIT(b, ",\"timeout\":");
+        out_secs(b, j->timeout);
+    }
+    OUT_LIT(b, "}\n");
+    record_placed(j->seq, start);
+}
+
 void record_bad_input(uint64_t seq, uint64_t line, const char *file, const char *msg)
 {
     tpar_buf *b = &R.out;

@@ -173,7 +173,8 @@ int stream_main(struct opts *o)
     setup_wargv(o, &P.wargv, &P.zargv);
     setup_loop(o);
     P.loop = E.loop;
-    pool_prestart(o->prestart);
+    if (!o->dry_run)
+        pool_prestart(o->prestart);
     uv_run(E.loop, UV_RUN_DEFAULT);
     if (P.zargv)
         tpar_zygote_stop(&P.zygote);

@@ -5,7 +5,7 @@
 _tpar_opts='-j --jobs -k --keep-order --timeout --retries --retry-on --halt
 --max-tasks-per-worker --max-worker-rss --idle-timeout --init -I --path
 --joblog --resume --resume-failed --progress --no-progress --total -o --output -q --quiet
---summary --max-line --star --args --kwargs --raw -0 --null --worker-type --preload
+--summary --max-line --star --args --kwargs --raw -0 --null --dry-run --worker-type --preload
 --prestart -h --help -V --version'
 
 _tpar()

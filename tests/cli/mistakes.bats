@@ -136,3 +136,18 @@ four_jobs() {
     run -0 jq -c -s 'map([.id, .status])' <<<"$output"
     assert_output '[[1,"ok"],[2,"error"]]'
 }
+
+@test "--dry-run: every line validated, what would run shown, no worker started" {
+    printf '%s\n' '{"id":"a","fn":"operator:add","args":[1,2],"timeout":1.5,"meta":{"m":1}}' \
+        '{"fn":"math:sqrt","kwrags":{}}' '{"fn":"jobs:ident","kwargs":{"x":1}}' >"$D/in"
+    # A worker that cannot start would make any real run exit 255.
+    TPAR_WORKER=/nonexistent/tpar-worker run -1 --separate-stderr tpar --dry-run -k --prestart 2 "$D/in"
+    assert_line --index 0 '{"type":"dry_run","id":"a","meta":{"m":1},"seq":1,"fn":"operator:add","args":[1,2],"kwargs":{},"timeout":1.5}'
+    run -0 jq -c -s 'map([.type, .status // .fn])' <<<"$output"
+    assert_output '[["dry_run","operator:add"],["result","bad_input"],["dry_run","jobs:ident"]]'
+    TPAR_WORKER=/nonexistent/tpar-worker run -0 tpar map --dry-run --raw builtins:len ::: a bc
+    run -0 jq -c -s 'map(.args)' <<<"$output"
+    assert_output '[["a"],["bc"]]'
+    TPAR_WORKER=/nonexistent/tpar-worker run -0 tpar run --dry-run math:factorial 5
+    assert_output '{"type":"dry_run","id":1,"seq":1,"fn":"math:factorial","args":[5],"kwargs":{}}'
+}
