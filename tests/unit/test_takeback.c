@@ -159,6 +159,39 @@ static void test_behind_a_running_job(void)
     tpar_buf_free(&b);
 }
 
+/* Two take-backs behind one running job: the second gives back only the
+ * jobs sent since the first (from = the first one's to), never a job twice;
+ * the jobs given back never run, the one sent after both does. */
+static void test_two_in_a_row(void)
+{
+    tpar_proc p;
+    reader r;
+    tpar_buf b = {0};
+    if (start(&p, &r) < 0) {
+        CHECK(0);
+        return;
+    }
+    add_job(&b, "time:sleep", "[0.5]");
+    for (int i = 1; i <= 3; i++)
+        add_job(&b, "os:_exit", "[9]");
+    send_buf(&p, &b);
+    usleep(100 * 1000);
+    CHECK_EQ(tpar_buf_takeback(&b, 4), 0);
+    send_buf(&p, &b);
+    expect_giveback(&p, &r, 1, 4);
+    add_job(&b, "os:_exit", "[9]");
+    add_job(&b, "os:_exit", "[9]");
+    CHECK_EQ(tpar_buf_takeback(&b, 6), 0);
+    send_buf(&p, &b);
+    expect_giveback(&p, &r, 4, 6);
+    expect_result(&p, &r, "null");
+    add_job(&b, "operator:add", "[5, 1]");
+    send_buf(&p, &b);
+    expect_result(&p, &r, "6");
+    finish(&p, &r, 0); /* no job given back ran (they would exit 9) */
+    tpar_buf_free(&b);
+}
+
 /* Jobs and the take-back in one write: the worker reads them together and
  * gives every job back before starting any. */
 static void test_before_any_started(void)
@@ -288,6 +321,7 @@ int main(int argc, char **argv)
     worker = argv[1];
     signal(SIGPIPE, SIG_IGN);
     RUN(test_behind_a_running_job);
+    RUN(test_two_in_a_row);
     RUN(test_before_any_started);
     RUN(test_doorbell_overtakes_a_batch);
     RUN(test_wrong_count);
