@@ -55,6 +55,10 @@ struct opts {
     int null;                 /* -0: input items end with NUL, not newline */
     const char *args, *kwargs;/* run */
     char *args_buf;           /* run ARG...: the --args made of them */
+    int jobs_set;             /* -j given */
+    const char *listen;       /* --listen ADDR:PORT */
+    const char *launcher;     /* --launcher CMD */
+    int slurm;                /* --slurm */
     char **files;             /* input files; none: stdin */
     int nfiles;
 };
@@ -81,6 +85,9 @@ void out_lit(tpar_buf *b, const char *s, size_t n);
 void out_u64(tpar_buf *b, uint64_t v);
 void out_secs(tpar_buf *b, double secs);
 void out_jstr(tpar_buf *b, const char *s, size_t n); /* a JSON string literal */
+
+/* Remote workers (--listen, --launcher, --slurm). */
+#define REMOTE(o) ((o)->launcher || (o)->slurm)
 
 /* stream.c: runs the whole program for MODE_STREAM / MAP / RUN */
 int stream_main(struct opts *o);

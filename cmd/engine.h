@@ -70,6 +70,9 @@ struct worker {
     long sent;                /* jobs sent in its life */
     uint64_t stamp;           /* when it last became idle (LIFO reuse) */
     double reap_start;
+    int remote;               /* connected over TCP: no process of ours */
+    int shutdown_sent;        /* remote: SHUTDOWN queued (how it is closed) */
+    char peer[TPAR_PEER_MAX]; /* remote: "host:port" it connected from */
 };
 
 struct input {
@@ -99,6 +102,7 @@ enum stop { STOP_NONE, STOP_SOON, STOP_NOW, STOP_PIPE };
  * layers below its own (scripts/layers.py checks the calls):
  *
  *   stream.c   the loop, signals, stopping, progress, the exit status
+ *   remote.c   remote workers: the listener, the launcher
  *   setup.c    the worker's path and argv, the output files
  *   input.c    reading FILEs into lines                  \ both feed job.c
  *   worker.c   the pool: spawn, dispatch, results, death  /
@@ -200,6 +204,7 @@ struct pool {
     uint64_t stamp;
     uint64_t inflight;        /* jobs sent and not yet ended */
     uint64_t started;         /* workers started */
+    int remote;               /* workers connect (--listen, --slurm); none spawned */
 };
 extern struct pool P;
 
@@ -209,6 +214,11 @@ void pool_close_idle(void);    /* at the end: lets idle workers exit */
 void pool_kill_all(int why);   /* SIGKILL every worker */
 void pool_prestart(int n);     /* starts n workers now */
 void pool_take_back_all(void); /* stopping: takes back the queued jobs */
+/* A remote worker's authenticated connection joins the pool (it takes
+ * fd).  Past -j live remote workers it is shut down at once.  0 or
+ * -ENOMEM (fd closed). */
+int pool_adopt_remote(int fd, const char *peer);
+int pool_live_remote(void);    /* remote workers that take or will take jobs */
 
 /* ------------------------------------------------------------ input.c */
 
@@ -219,6 +229,17 @@ int input_init(const struct opts *o, uv_loop_t *loop); /* checks every FILE */
 void input_pump(void);         /* parses lines while the engine wants jobs */
 void input_stop(void);
 int input_wants_more(void);
+
+/* ----------------------------------------------------------- remote.c */
+
+/* Listens, starts the launcher (--launcher, or srun for --slurm) and sets
+ * -j's default for remote workers; errors exit.  Workers that connect and
+ * authenticate join the pool (pool_adopt_remote); refused peers are
+ * reported on stderr.  When the launcher has ended and no worker is left
+ * while jobs remain, the run stops with run_fatal. */
+void remote_start(struct opts *o, uv_loop_t *loop, char *const wargv[]);
+void remote_close(void);  /* the run is ending: no more workers */
+void remote_finish(void); /* after the loop: waits for the launcher (or ends it) */
 
 /* ------------------------------------------------------------ setup.c */
 

@@ -30,6 +30,7 @@ static const char help_text[] =
     "-o FILE, --joblog FILE, --resume FILE, --resume-failed FILE, --progress,\n"
     "--summary, -I DIR, --init MOD:FN, --worker-type spawn|forkserver, --preload MODS,\n"
     "--prestart N, --dry-run (validate and show the jobs, run none).\n"
+    "Remote workers: --slurm (inside an allocation), --launcher CMD, --listen ADDR:PORT.\n"
     "\n"
     "See the manual for every option, the record formats and exit statuses:\n"
     "  man tpar\n";
@@ -62,7 +63,7 @@ enum {
     O_TIMEOUT = 256, O_RETRIES, O_RETRY_ON, O_HALT, O_MAX_TASKS, O_MAX_RSS,
     O_IDLE, O_INIT, O_JOBLOG, O_RESUME, O_PROGRESS, O_NO_PROGRESS, O_TOTAL,
     O_SUMMARY, O_MAX_LINE, O_STAR, O_ARGS, O_KWARGS, O_WORKER_TYPE, O_PRELOAD,
-    O_PRESTART, O_RAW, O_RESUME_FAILED, O_DRY_RUN,
+    O_PRESTART, O_RAW, O_RESUME_FAILED, O_DRY_RUN, O_LISTEN, O_LAUNCHER, O_SLURM,
 };
 
 static const struct option longopts[] = {
@@ -96,6 +97,9 @@ static const struct option longopts[] = {
     {"raw", no_argument, 0, O_RAW},
     {"dry-run", no_argument, 0, O_DRY_RUN},
     {"null", no_argument, 0, '0'},
+    {"listen", required_argument, 0, O_LISTEN},
+    {"launcher", required_argument, 0, O_LAUNCHER},
+    {"slurm", no_argument, 0, O_SLURM},
     {"help", no_argument, 0, 'h'},
     {"version", no_argument, 0, 'V'},
     {0, 0, 0, 0},
@@ -271,7 +275,7 @@ static void defaults(struct opts *o)
 static void option(struct opts *o, int c, const char *arg)
 {
     switch (c) {
-    case 'j': o->jobs = parse_jobs(arg); break;
+    case 'j': o->jobs = parse_jobs(arg), o->jobs_set = 1; break;
     case 'k': o->keep_order = 1; break;
     case O_TIMEOUT:
         o->timeout = parse_duration("--timeout", arg);
@@ -334,6 +338,17 @@ static void option(struct opts *o, int c, const char *arg)
     case O_RAW: o->raw = 1; break;
     case O_DRY_RUN: o->dry_run = 1; break;
     case '0': o->null = 1; break;
+    case O_LISTEN: {
+        char host[256];
+        unsigned port;
+        if (tpar_addr_split(arg, host, sizeof host, &port) < 0)
+            cli_die(EXIT_USAGE, "--listen: expected ADDR:PORT (port 0: any free one), got '%s'",
+                    arg);
+        o->listen = arg;
+        break;
+    }
+    case O_LAUNCHER: o->launcher = arg; break;
+    case O_SLURM: o->slurm = 1; break;
     case 'h': fputs(help_text, stdout); exit(0);
     case 'V': printf("tpar %s\n", TPAR_VERSION); exit(0);
     }
@@ -600,6 +615,13 @@ int opts_parse(struct opts *o, int argc, char **argv)
         sources(o, argc - end, argv + end);
     if (o->preload && !o->forkserver)
         cli_die(EXIT_USAGE, "--preload goes with --worker-type forkserver");
+    if (o->listen && !REMOTE(o))
+        cli_die(EXIT_USAGE, "--listen goes with --launcher or --slurm (the workers need "
+                            "the run's secret, which only a launcher tpar starts gets)");
+    if (REMOTE(o) && (o->forkserver || o->max_rss || o->prestart))
+        cli_die(EXIT_USAGE, "%s does not apply to remote workers (--launcher, --slurm)",
+                o->forkserver ? "--worker-type forkserver" : o->max_rss ? "--max-worker-rss"
+                                                                       : "--prestart");
     if (o->mode == MODE_RUN)
         o->jobs = 1;
     return 0;

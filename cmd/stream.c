@@ -107,6 +107,8 @@ static void on_prepare(uv_prepare_t *h)
         pool_dispatch();
         pool_flush();
     }
+    if (P.remote && (all_done() || RUN.stop >= STOP_NOW))
+        remote_close();
     if (all_done())
         pool_close_idle();
     output_flush();
@@ -173,9 +175,15 @@ int stream_main(struct opts *o)
     setup_wargv(o, &P.wargv, &P.zargv);
     setup_loop(o);
     P.loop = E.loop;
+    if (REMOTE(o) && !o->dry_run) {
+        P.remote = 1;
+        remote_start(o, E.loop, P.wargv);
+    }
     if (!o->dry_run)
         pool_prestart(o->prestart);
     uv_run(E.loop, UV_RUN_DEFAULT);
+    if (P.remote)
+        remote_finish();
     if (P.zargv)
         tpar_zygote_stop(&P.zygote);
     if (o->summary && RUN.stop != STOP_PIPE)

@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,7 +84,9 @@ static void head_started(struct worker *w, double now)
 static void became_idle(struct worker *w)
 {
     w->stamp = ++P.stamp;
-    if (RUN.stop == STOP_NONE && w->state == W_READY)
+    /* A remote worker is a slot of the allocation: it stays while the run
+     * lasts (once shut down, its supervisor would not start another). */
+    if (RUN.stop == STOP_NONE && w->state == W_READY && !w->remote)
         timer_set(w, T_IDLE, P.o->idle_timeout);
     else
         timer_clear(w);
@@ -96,6 +99,14 @@ static void kill_worker(struct worker *w, int why)
     if (!w->killed_for)
         w->killed_for = why;
     w->state = W_CLOSING;
+    if (w->remote) {
+        /* We cannot signal it: dropping the connection makes its
+         * supervisor SIGKILL it (and what its job started), and we read
+         * the end of the connection at once. */
+        if (w->proc.from_fd >= 0)
+            shutdown(w->proc.from_fd, SHUT_RDWR);
+        return;
+    }
     tpar_proc_kill(&w->proc, SIGKILL);
 }
 
@@ -118,6 +129,17 @@ static void close_wpoll(struct worker *w);
 
 static void close_input(struct worker *w)
 {
+    if (w->remote) {
+        /* A SHUTDOWN frame, not a close: its supervisor reads a close while
+         * the worker lives as "kill it" (pyworker/connect.h). */
+        if (!w->shutdown_sent && w->state != W_DEAD &&
+            tpar_buf_frame(&w->out, TPAR_FRAME_SHUTDOWN, 0, NULL, 0) == 0)
+            w->shutdown_sent = 1;
+        w->exit_expected = 1;
+        if (w->state != W_DEAD)
+            w->state = W_CLOSING;
+        return;
+    }
     if (w->proc.to_fd < 0)
         return;
     close_wpoll(w);
@@ -190,17 +212,9 @@ static int start_proc(tpar_proc *p)
     return -EPIPE;
 }
 
-static struct worker *spawn_worker(void)
+/* Puts a worker whose fds are open into the pool. */
+static void attach(struct worker *w)
 {
-    struct worker *w = calloc(1, sizeof *w);
-    if (!w)
-        run_fatal("out of memory");
-    int rc = w ? start_proc(&w->proc) : -ENOMEM;
-    if (rc < 0) {
-        free(w);
-        run_fatal("cannot start the worker %s: %s", P.wargv[0], tpar_strerror(rc));
-        return NULL;
-    }
     tpar_decoder_init(&w->dec, 0);
     uv_poll_init(P.loop, &w->rpoll, w->proc.from_fd);
     uv_poll_init(P.loop, &w->wpoll, w->proc.to_fd);
@@ -214,7 +228,54 @@ static struct worker *spawn_worker(void)
     P.workers = ws;
     P.workers[P.nworkers++] = w;
     P.started++;
+}
+
+static struct worker *spawn_worker(void)
+{
+    struct worker *w = calloc(1, sizeof *w);
+    if (!w)
+        run_fatal("out of memory");
+    int rc = w ? start_proc(&w->proc) : -ENOMEM;
+    if (rc < 0) {
+        free(w);
+        run_fatal("cannot start the worker %s: %s", P.wargv[0], tpar_strerror(rc));
+        return NULL;
+    }
+    attach(w);
     return w;
+}
+
+int pool_live_remote(void)
+{
+    int n = 0;
+    for (int i = 0; i < P.nworkers; i++)
+        n += P.workers[i]->remote && !P.workers[i]->shutdown_sent &&
+             P.workers[i]->state <= W_READY;
+    return n;
+}
+
+int pool_adopt_remote(int fd, const char *peer)
+{
+    struct worker *w = calloc(1, sizeof *w);
+    int wfd = w ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+    if (wfd < 0) {
+        free(w);
+        close(fd);
+        return -ENOMEM;
+    }
+    /* One socket, two fds: libuv polls each fd once, for one direction. */
+    w->proc.from_fd = fd;
+    w->proc.to_fd = wfd;
+    w->proc.down = w->proc.up = (tpar_lane)TPAR_LANE_NONE;
+    w->proc.reaped = 1; /* no process of ours: never signalled, never waited for */
+    w->proc.pid = 0;    /* its pid on its node, once READY says it */
+    w->remote = 1;
+    snprintf(w->peer, sizeof w->peer, "%s", peer);
+    int extra = pool_live_remote() >= P.o->jobs;
+    attach(w);
+    if (extra || RUN.stop != STOP_NONE)
+        close_input(w); /* more workers than -j, or the run is ending */
+    return 0;
 }
 
 /* ------------------------------------------------------------ dispatch */
@@ -491,7 +552,7 @@ void pool_dispatch(void)
         starting += P.workers[i]->state == W_STARTING;
         live += P.workers[i]->state <= W_READY;
     }
-    while (J.pending.n > (size_t)starting && live < P.o->jobs && !RUN.fatal) {
+    while (!P.remote && J.pending.n > (size_t)starting && live < P.o->jobs && !RUN.fatal) {
         if (!spawn_worker())
             return;
         starting++, live++;
@@ -585,6 +646,9 @@ static void on_frame(struct worker *w, const tpar_frame *f, double now)
     switch (f->kind) {
     case TPAR_FRAME_READY:
         if (w->state == W_STARTING) {
+            if (w->remote && f->len >= 4) /* its pid, on its node */
+                w->proc.pid = (pid_t)(f->payload[0] | f->payload[1] << 8 |
+                                      f->payload[2] << 16 | (uint32_t)f->payload[3] << 24);
             w->state = W_READY;
             w->ready_seen = 1;
             w->honours_flush = (f->status & TPAR_READY_FLUSH_FIRST) != 0;
@@ -668,7 +732,7 @@ static void on_readable(uv_poll_t *h, int status, int events)
         if ((size_t)n < sizeof buf)
             break;
     }
-    if (P.o->max_rss && w->state == W_READY)
+    if (P.o->max_rss && w->state == W_READY && !w->remote)
         check_rss(w);
     if (w->state == W_CLOSING && w->exit_expected && !w->rn)
         close_input(w);
@@ -838,8 +902,12 @@ static void settle_ring(struct worker *w, const char *desc)
 
 static void finalize(struct worker *w)
 {
-    char desc[128];
-    tpar_describe_status(w->proc.status, desc, sizeof desc);
+    char desc[192];
+    if (w->remote) /* its supervisor says more on its own stderr */
+        snprintf(desc, sizeof desc, "on %s: its connection ended%s", w->peer,
+                 w->killed_for ? "" : " (the worker died, or its node or launcher)");
+    else
+        tpar_describe_status(w->proc.status, desc, sizeof desc);
     for (int i = 0; i < P.nworkers; i++)
         if (P.workers[i] == w) {
             P.workers[i] = P.workers[--P.nworkers];
@@ -847,7 +915,8 @@ static void finalize(struct worker *w)
         }
     timer_clear(w);
     uv_close((uv_handle_t *)&w->timer, handle_close_cb);
-    if (!w->ready_seen && !w->killed_for && RUN.stop < STOP_NOW && !RUN.fatal) {
+    if (!w->ready_seen && !w->killed_for && !(w->remote && w->exit_expected) &&
+        RUN.stop < STOP_NOW && !RUN.fatal) {
         settle_ring(w, desc);
         run_fatal("worker %d failed to start: %s%s", (int)w->proc.pid, desc,
                      start_hint(w->proc.status));
@@ -864,8 +933,9 @@ void pool_close_idle(void)
 {
     for (int i = 0; i < P.nworkers; i++) {
         struct worker *w = P.workers[i];
-        if (!w->rn && w->state != W_DEAD && w->state != W_STARTING)
-            close_input(w);
+        if ((!w->rn || w->remote) && w->state != W_DEAD &&
+            (w->state != W_STARTING || w->remote))
+            close_input(w); /* a remote one finishes its jobs, then exits */
         else if (w->state == W_STARTING)
             kill_worker(w, ST_CANCELLED);
     }
@@ -879,6 +949,8 @@ void pool_kill_all(int why)
 
 void pool_prestart(int n)
 {
+    if (P.remote)
+        return;
     for (int i = 0; i < n && P.nworkers < P.o->jobs && !RUN.fatal; i++)
         if (!spawn_worker())
             return;
