@@ -6,7 +6,7 @@ _tpar_opts='-j --jobs -k --keep-order --timeout --retries --retry-on --halt
 --max-tasks-per-worker --max-worker-rss --idle-timeout --init -I --path
 --joblog --resume --resume-failed --progress --no-progress --total -o --output -q --quiet
 --summary --max-line --star --args --kwargs --raw -0 --null --dry-run --worker-type --preload
---prestart -h --help -V --version'
+--prestart --slurm --launcher --listen -h --help -V --version'
 
 _tpar()
 {
@@ -27,7 +27,8 @@ _tpar()
     -I|--path)
         mapfile -t COMPREPLY < <(compgen -d -- "$cur"); return ;;
     --timeout|--retries|--max-tasks-per-worker|--max-worker-rss|--idle-timeout|\
-    --init|--total|--max-line|--args|--kwargs|--preload|--prestart|--capture)
+    --init|--total|--max-line|--args|--kwargs|--preload|--prestart|--capture|\
+    --launcher|--listen)
         return ;;
     esac
     if [[ $cur == -* ]]; then
@@ -43,7 +44,7 @@ _tpar()
         --worker-type|--retry-on|--halt|-j|--jobs|-o|--output|--joblog|--resume|\
         --resume-failed|-I|--path|--timeout|--retries|--max-tasks-per-worker|\
         --max-worker-rss|--idle-timeout|--init|--total|--max-line|--args|--kwargs|\
-        --preload|--prestart|--capture) ((i++)) ;;
+        --preload|--prestart|--capture|--launcher|--listen) ((i++)) ;;
         -*) ;;
         *) words=$((words + 1)) ;;
         esac
