@@ -151,7 +151,8 @@ extern struct recorder R;
 /* Sets R up; out of memory exits. */
 void record_init(const struct opts *o, int out_fd, int log_fd);
 /* Writes j's joblog line for the attempt that just ended. */
-void record_attempt(const struct job *j, int status, double duration, pid_t pid);
+void record_attempt(const struct job *j, int status, const char *body, size_t n,
+                    double duration, pid_t pid);
 /* Writes j's record (unless the output is gone) and counts it. */
 void record_result(const struct job *j, int status, const char *body, size_t n,
                    double duration, pid_t pid);

@@ -303,7 +303,7 @@ void job_attempt_done(struct job *j, int status, const char *body, size_t n,
 {
     if (pid) {
         j->attempts++;
-        record_attempt(j, status, duration, pid);
+        record_attempt(j, status, body, n, duration, pid);
     }
     if (status != ST_OK && pid && (J.o->retry_on >> status & 1) &&
         j->attempts <= J.o->retries && RUN.stop == STOP_NONE) {

@@ -354,7 +354,31 @@ static void stream_record(const struct job *j, int status, const char *body, siz
     put_tail(b, dur, pid);
 }
 
-void record_attempt(const struct job *j, int status, double dur, pid_t pid)
+/* A failed attempt's error type, and how its worker ended when it died:
+ * copied from the error body into the joblog line. */
+static void put_attempt_error(tpar_buf *b, const char *body, size_t n)
+{
+    static const char *const keys[] = {"type", "exit", "signal"};
+    tpar_jsonline_span v[3];
+    tpar_jsonline_error err;
+    if (!n || tpar_jsonline_object(body, n, keys, 3, v, &err) < 0)
+        return;
+    if (v[0].type == TPAR_JSON_STRING) {
+        OUT_LIT(b, ",\"error\":");
+        out_lit(b, body + v[0].off, v[0].len);
+    }
+    if (v[1].type == TPAR_JSON_NUMBER) {
+        OUT_LIT(b, ",\"exit\":");
+        out_lit(b, body + v[1].off, v[1].len);
+    }
+    if (v[2].type == TPAR_JSON_NUMBER) {
+        OUT_LIT(b, ",\"signal\":");
+        out_lit(b, body + v[2].off, v[2].len);
+    }
+}
+
+void record_attempt(const struct job *j, int status, const char *body, size_t n, double dur,
+                    pid_t pid)
 {
     if (R.log_fd < 0)
         return;
@@ -367,7 +391,10 @@ void record_attempt(const struct job *j, int status, double dur, pid_t pid)
     out_u64(b, (uint64_t)j->attempts);
     OUT_LIT(b, ",\"status\":\"");
     out_lit(b, status_names[status], strlen(status_names[status]));
-    OUT_LIT(b, "\",\"start\":");
+    OUT_LIT(b, "\"");
+    if (status != ST_OK)
+        put_attempt_error(b, body, n);
+    OUT_LIT(b, ",\"start\":");
     out_secs(b, j->start > 0 ? R.wall0 + (j->start - R.t0) : 0);
     put_tail(b, dur, pid);
 }

@@ -807,6 +807,17 @@ static void end_head(struct worker *w, struct job *j, const char *desc)
         snprintf(msg, sizeof msg, "worker %d %s", (int)w->proc.pid, desc);
         error_body(&b, "BrokenWorkerError", msg);
     }
+    /* How the worker ended, for the record and the joblog. */
+    int ws = w->proc.status;
+    if (w->proc.reaped && (WIFEXITED(ws) || WIFSIGNALED(ws))) {
+        b.len--; /* the closing brace */
+        if (WIFEXITED(ws))
+            OUT_LIT(&b, ",\"exit\":");
+        else
+            OUT_LIT(&b, ",\"signal\":");
+        out_u64(&b, (uint64_t)(WIFEXITED(ws) ? WEXITSTATUS(ws) : WTERMSIG(ws)));
+        OUT_LIT(&b, "}");
+    }
     job_attempt_done(j, st, (const char *)b.data, b.len, dur, w->proc.pid);
 }
 

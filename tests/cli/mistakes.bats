@@ -151,3 +151,15 @@ four_jobs() {
     TPAR_WORKER=/nonexistent/tpar-worker run -0 tpar run --dry-run math:factorial 5
     assert_output '{"type":"dry_run","id":1,"seq":1,"fn":"math:factorial","args":[5],"kwargs":{}}'
 }
+
+@test "joblog: a failed attempt names its error type, and its worker's exit code or signal" {
+    printf '%s\n' '{"id":"k","fn":"jobs:sigkill"}' '{"id":"f","fn":"jobs:fail"}' \
+        '{"id":"x","fn":"jobs:exit3"}' '{"id":"t","fn":"time:sleep","args":[5],"timeout":0.2}' \
+        '{"id":"o","fn":"operator:add","args":[1,2]}' >"$D/in"
+    run -4 --separate-stderr tpar -I "$FIXTURES" -j1 --joblog "$D/log" -o "$D/out" "$D/in"
+    run -0 jq -c -s 'sort_by(.id) | map([.id, .status, .error, .exit, .signal, (.worker | type)])' "$D/log"
+    assert_output '[["f","error","ValueError",null,null,"number"],["k","broken","BrokenWorkerError",null,9,"number"],["o","ok",null,null,null,"number"],["t","timeout","TimeoutError",null,9,"number"],["x","broken","BrokenWorkerError",3,null,"number"]]'
+    # The records say it too.
+    run -0 jq -c -s 'sort_by(.id) | map(select(.status == "broken") | [.id, .error.exit, .error.signal])' "$D/out"
+    assert_output '[["k",null,9],["x",3,null]]'
+}
