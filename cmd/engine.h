@@ -124,6 +124,8 @@ struct run {
     int signo;                /* first signal received */
     void (*request_stop)(int how);  /* set by stream.c */
     void (*request_fatal)(void);    /* set by stream.c; the message is printed */
+    void (*before_output)(void);    /* stream.c's, or NULL: records are about
+                                       to be written (the progress line) */
 };
 extern struct run RUN;
 

@@ -85,8 +85,11 @@ static void write_all(int fd, tpar_buf *b, const char *what)
 
 void output_flush(void)
 {
-    if (R.out.len && RUN.stop != STOP_PIPE)
+    if (R.out.len && RUN.stop != STOP_PIPE) {
+        if (RUN.before_output)
+            RUN.before_output();
         write_all(R.out_fd, &R.out, R.o->output ? R.o->output : "stdout");
+    }
     R.out.len = 0;
     if (R.log.len)
         write_all(R.log_fd, &R.log, R.o->joblog);

@@ -17,7 +17,9 @@ static struct {
     uv_prepare_t prep;
     uv_signal_t sigint, sigterm;
     uv_timer_t progress;
-    int progress_on;
+    int progress_on;          /* a final progress line at the end */
+    int progress_drawn;       /* a progress line is on the terminal now */
+    int progress_len;         /* its width, in columns */
 } E;
 
 /* ------------------------------------------------------------ stopping */
@@ -67,12 +69,17 @@ static void on_signal(uv_signal_t *h, int signo)
 
 /* ------------------------------------------------------------- progress */
 
+static int use_color(void)
+{
+    return !getenv("NO_COLOR") || !*getenv("NO_COLOR");
+}
+
 static void progress_line(int final)
 {
     const struct opts *o = R.o;
     double el = tpar_now() - R.t0;
     double rate = el > 0 ? R.finished / el : 0;
-    int color = !getenv("NO_COLOR") || !*getenv("NO_COLOR");
+    int color = use_color();
     char eta[64] = "";
     if (o->total && rate > 0 && o->total > R.finished + R.skipped) {
         double left = (double)(o->total - R.finished - R.skipped) / rate;
@@ -81,11 +88,32 @@ static void progress_line(int final)
     char total[32] = "";
     if (o->total)
         snprintf(total, sizeof total, "/%llu", (unsigned long long)o->total);
-    fprintf(stderr, "\r%stpar: %llu%s done, %s%llu failed%s, %llu running, %.0f/s%s%s",
-            color ? "\033[K" : "", (unsigned long long)(R.finished + R.skipped), total,
-            color && R.failed ? "\033[31m" : "", (unsigned long long)R.failed,
-            color && R.failed ? "\033[0m" : "", (unsigned long long)P.inflight, rate, eta,
-            final ? "\n" : "");
+    char text[256];
+    int n = snprintf(text, sizeof text, "tpar: %llu%s done, %s%llu failed%s, %llu running, %.0f/s%s",
+                     (unsigned long long)(R.finished + R.skipped), total,
+                     color && R.failed ? "\033[31m" : "", (unsigned long long)R.failed,
+                     color && R.failed ? "\033[0m" : "", (unsigned long long)P.inflight, rate,
+                     eta);
+    int width = n - (color && R.failed ? 9 : 0); /* the colour codes take no column */
+    if (!color && E.progress_drawn && E.progress_len > width)
+        fprintf(stderr, "\r%*s", E.progress_len, ""); /* no \033[K: blank the old one */
+    fprintf(stderr, "\r%s%s%s", color ? "\033[K" : "", text, final ? "\n" : "");
+    E.progress_drawn = !final;
+    E.progress_len = width;
+}
+
+/* Before records go to the terminal the progress line is on: take it
+ * away, so a record never starts after it on the same line; the next tick
+ * draws it again below them. */
+static void progress_erase(void)
+{
+    if (!E.progress_drawn)
+        return;
+    if (use_color())
+        fputs("\r\033[K", stderr);
+    else
+        fprintf(stderr, "\r%*s\r", E.progress_len, "");
+    E.progress_drawn = 0;
 }
 
 static void on_progress(uv_timer_t *t)
@@ -116,7 +144,13 @@ static void on_prepare(uv_prepare_t *h)
         uv_stop(E.loop);
 }
 
-static void setup_loop(const struct opts *o)
+/* The progress line is redrawn in place on stderr every 200 ms.  By
+ * default only when stderr is a terminal that shows neither the records
+ * nor the typing of the job stream; with --progress, records going to the
+ * same terminal first take it away (progress_erase), and while the job
+ * stream is typed at the terminal it is never redrawn (a redraw would wipe
+ * the line being typed): only the final line is printed. */
+static void setup_loop(const struct opts *o, int out_fd, int typed_input)
 {
     E.loop = uv_default_loop();
     uv_prepare_init(E.loop, &E.prep);
@@ -125,11 +159,16 @@ static void setup_loop(const struct opts *o)
     uv_signal_start(&E.sigint, on_signal, SIGINT);
     uv_signal_init(E.loop, &E.sigterm);
     uv_signal_start(&E.sigterm, on_signal, SIGTERM);
-    int prog = o->progress < 0 ? isatty(2) : o->progress;
-    if (prog && !o->quiet && o->mode != MODE_RUN) {
+    int records_here = isatty(out_fd) && isatty(2);
+    int prog = o->progress < 0 ? isatty(2) && !records_here && !typed_input : o->progress;
+    if (prog && !o->quiet && o->mode != MODE_RUN && !o->dry_run) {
         E.progress_on = 1;
-        uv_timer_init(E.loop, &E.progress);
-        uv_timer_start(&E.progress, on_progress, 200, 200);
+        if (records_here)
+            RUN.before_output = progress_erase;
+        if (!typed_input) {
+            uv_timer_init(E.loop, &E.progress);
+            uv_timer_start(&E.progress, on_progress, 200, 200);
+        }
     }
 }
 
@@ -162,6 +201,12 @@ int stream_main(struct opts *o)
     R.rbase = 1;
     IN.name = "-";
     signal(SIGPIPE, SIG_IGN);
+    int typed_input = isatty(0) && o->mode != MODE_RUN;
+    if (o->nfiles) { /* stdin is read only as "-" */
+        typed_input = 0;
+        for (int i = 0; i < o->nfiles; i++)
+            typed_input |= !strcmp(o->files[i], "-") && isatty(0);
+    }
     input_hide_stdin();
     if (o->mode == MODE_RUN) {
         job_for_run();
@@ -173,7 +218,7 @@ int stream_main(struct opts *o)
     setup_files(o, &J.resume, &out_fd, &log_fd);
     record_init(o, out_fd, log_fd);
     setup_wargv(o, &P.wargv, &P.zargv);
-    setup_loop(o);
+    setup_loop(o, out_fd, typed_input);
     P.loop = E.loop;
     if (REMOTE(o) && !o->dry_run) {
         P.remote = 1;
