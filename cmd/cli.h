@@ -49,6 +49,7 @@ struct opts {
     int forkserver;           /* --worker-type forkserver */
     const char *preload;      /* --preload MOD,MOD */
     int prestart;             /* --prestart N */
+    const char *python;       /* --python PY; NULL: python_choose's default */
     const char *fn;           /* map / run: MOD:FN */
     int star;                 /* map --star */
     int raw;                  /* --raw: each line or argument is a string */
@@ -68,6 +69,12 @@ int opts_parse(struct opts *o, int argc, char **argv);   /* 0, or exits */
 void cli_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 void cli_vwarn(const char *fmt, va_list ap);
 void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* python.c: finds the interpreter the workers serve (--python, else
+ * $TPAR_PYTHON, the active venv's, python3 in PATH) and a worker core for
+ * it, or exits with a usage error that says what is missing.  The workers
+ * get it as TPAR_PYTHON, its real path (a pyenv shim is run once, here). */
+void python_choose(const struct opts *o);
 
 /* resume.c: a set of raw JSON id texts */
 struct idset;

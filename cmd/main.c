@@ -8,6 +8,7 @@ int main(int argc, char **argv)
 {
     struct opts o;
     opts_parse(&o, argc, argv);
+    python_choose(&o);
     int rc = stream_main(&o);
     free(o.paths);
     free(o.args_buf);

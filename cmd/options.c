@@ -29,7 +29,8 @@ static const char help_text[] =
     "Common options: -j N|N%|+N|-N|0, -k, --timeout DUR, --retries N, --halt SPEC,\n"
     "-o FILE, --joblog FILE, --resume FILE, --resume-failed FILE, --progress,\n"
     "--summary, -I DIR, --init MOD:FN, --worker-type spawn|forkserver, --preload MODS,\n"
-    "--prestart N, --dry-run (validate and show the jobs, run none).\n"
+    "--prestart N, --dry-run (validate and show the jobs, run none),\n"
+    "--python PY (default: $TPAR_PYTHON, the active venv's, python3 beside tpar, in PATH).\n"
     "Remote workers: --slurm (inside an allocation), --launcher CMD, --listen ADDR:PORT.\n"
     "\n"
     "See the manual for every option, the record formats and exit statuses:\n"
@@ -63,7 +64,7 @@ enum {
     O_TIMEOUT = 256, O_RETRIES, O_RETRY_ON, O_HALT, O_MAX_TASKS, O_MAX_RSS,
     O_IDLE, O_INIT, O_JOBLOG, O_RESUME, O_PROGRESS, O_NO_PROGRESS, O_TOTAL,
     O_SUMMARY, O_MAX_LINE, O_STAR, O_ARGS, O_KWARGS, O_WORKER_TYPE, O_PRELOAD,
-    O_PRESTART, O_RAW, O_RESUME_FAILED, O_DRY_RUN, O_LISTEN, O_LAUNCHER, O_SLURM,
+    O_PRESTART, O_RAW, O_RESUME_FAILED, O_DRY_RUN, O_LISTEN, O_LAUNCHER, O_SLURM, O_PYTHON,
 };
 
 static const struct option longopts[] = {
@@ -100,6 +101,7 @@ static const struct option longopts[] = {
     {"listen", required_argument, 0, O_LISTEN},
     {"launcher", required_argument, 0, O_LAUNCHER},
     {"slurm", no_argument, 0, O_SLURM},
+    {"python", required_argument, 0, O_PYTHON},
     {"help", no_argument, 0, 'h'},
     {"version", no_argument, 0, 'V'},
     {0, 0, 0, 0},
@@ -349,6 +351,11 @@ static void option(struct opts *o, int c, const char *arg)
     }
     case O_LAUNCHER: o->launcher = arg; break;
     case O_SLURM: o->slurm = 1; break;
+    case O_PYTHON:
+        if (!*arg)
+            cli_die(EXIT_USAGE, "--python: expected an interpreter's path");
+        o->python = arg;
+        break;
     case 'h': fputs(help_text, stdout); exit(0);
     case 'V': printf("tpar %s\n", TPAR_VERSION); exit(0);
     }

@@ -40,6 +40,8 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         {"connect", required_argument, 0, 'C'},
         {"connect-timeout", required_argument, 0, 'O'},
         {"workers", required_argument, 0, 'W'},
+        {"libpython", required_argument, 0, 'L'}, /* the launcher's */
+        {"core", required_argument, 0, 'K'},      /* the launcher's */
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->spin_us = -1;
@@ -64,6 +66,7 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         case 'C': o->connect = optarg; break;
         case 'O': o->connect_timeout = strtod(optarg, NULL); break;
         case 'W': o->connect_workers = (int)strtol(optarg, NULL, 10); break;
+        case 'L': case 'K': break;
         default: usage_error("bad option");
         }
     }
@@ -155,11 +158,20 @@ static void start_python(const struct tpar_worker_opts *o, const char *argv0)
     PyConfig_Clear(&cfg);
 }
 
-int main(int argc, char **argv)
+/* The worker core's version, which the launcher (interp.c) reads from the
+ * file: a core serves only a launcher of its own version. */
+__attribute__((used)) static const char core_tag[] = "\ntpar-worker-core " TPAR_VERSION "\n";
+
+/* Called by the launcher (launcher.c) with libpython loaded, Python not yet
+ * started; or, in a Python with no shared libpython, by _main() below from
+ * inside the running interpreter ("module mode").  Never returns. */
+__attribute__((visibility("default"))) int tpar_worker_main(int argc, char **argv);
+int tpar_worker_main(int argc, char **argv)
 {
     struct tpar_worker_opts o;
+    int embedded = !Py_IsInitialized();
     parse_opts(argc, argv, &o);
-    if (o.zygote) {
+    if (o.zygote && embedded) { /* in module mode the launcher did it before the exec */
         /* The zygote reads SIGCHLD from a signalfd: blocked before Python
          * starts, so that no thread started by site, a preload or the
          * parent's script (each inherits the mask) takes the signal and
@@ -184,7 +196,8 @@ int main(int argc, char **argv)
         setup_signals(o.pdeathsig);
         setup_fds(o.zygote);
     }
-    start_python(&o, argv[0]);
+    if (embedded)
+        start_python(&o, argv[0]);
     tpar__worker_setup(&o);
     if (o.zygote)
         tpar__zygote_serve(&o);
@@ -192,3 +205,56 @@ int main(int argc, char **argv)
     tpar__worker_work(&o);
 }
 
+
+/* tpar._worker._main(): runs the worker inside this interpreter, with
+ * sys.argv[2:] as its options (the launcher's `python -c LOADER CORE
+ * OPTIONS...`).  Never returns. */
+static PyObject *module_main(PyObject *self, PyObject *unused)
+{
+    PyObject *sys_argv = PySys_GetObject("argv"); /* borrowed */
+    Py_ssize_t n = sys_argv && PyList_Check(sys_argv) ? PyList_GET_SIZE(sys_argv) : 0;
+    if (n < 2) {
+        PyErr_SetString(PyExc_RuntimeError, "tpar._worker: started without a launcher");
+        return NULL;
+    }
+    char **argv = calloc((size_t)n, sizeof *argv);
+    if (!argv)
+        return PyErr_NoMemory();
+    int argc = 0;
+    argv[argc++] = "tpar-worker";
+    for (Py_ssize_t i = 2; i < n; i++) {
+        const char *a = PyUnicode_AsUTF8(PyList_GET_ITEM(sys_argv, i));
+        if (!a || !(argv[argc++] = strdup(a)))
+            return a ? PyErr_NoMemory() : NULL;
+    }
+    /* `python -c` put the current directory first in sys.path; an
+     * embedded worker does not have it (--cwd-path adds it on purpose). */
+    PyObject *path = PySys_GetObject("path");
+    if (path && PyList_Check(path) && PyList_GET_SIZE(path) > 0) {
+        PyObject *first = PyList_GET_ITEM(path, 0);
+        if (PyUnicode_Check(first) && PyUnicode_GET_LENGTH(first) == 0 &&
+            PySequence_DelItem(path, 0) < 0)
+            return NULL;
+    }
+    PyObject *one = Py_BuildValue("[s]", "-c");
+    if (!one || PySys_SetObject("argv", one) < 0)
+        return NULL;
+    Py_DECREF(one);
+    tpar_worker_main(argc, argv);
+    return NULL; /* not reached */
+}
+
+static PyMethodDef worker_methods[] = {
+    {"_main", module_main, METH_NOARGS, "Runs a tpar worker in this process (for tpar-worker)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef worker_module = {
+    PyModuleDef_HEAD_INIT, "tpar._worker",
+    "The tpar worker core: the job loop, for tpar-worker to run in this interpreter.",
+    -1, worker_methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__worker(void);
+PyMODINIT_FUNC PyInit__worker(void)
+{
+    return PyModule_Create(&worker_module);
+}
