@@ -3,6 +3,10 @@
 
     python bench/vs_build.py [--reps N] [--python PY] BUILD_A BUILD_B [...]
 
+A BUILD may end in `+VAR=VALUE` (repeatable) to run that build with VAR
+set: `build+TPAR_LIBPYTHON=` measures the workers run inside the
+interpreter's executable rather than embedding its libpython.
+
 Per build and repetition:
   run_ms      `tpar run operator:add` wall time (a worker's start-up and one job)
   cli_jobs_s  20,000 tiny operator:add jobs through `tpar -j2` (jobs/s)
@@ -25,6 +29,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def split_spec(spec):
+    """BUILD[+VAR=VALUE...] -> (BUILD, {VAR: VALUE})."""
+    parts = spec.split("+")
+    return parts[0], dict(p.split("=", 1) for p in parts[1:])
 
 
 def run_ms(tpar, env, k=5):
@@ -73,18 +83,20 @@ def main():
     env["TPAR_PYTHON"] = a.python  # ignored by a build that has no such thing
     samples = {b: {} for b in a.builds}
     for rep in range(a.reps):
-        for b in (a.builds if rep % 2 == 0 else a.builds[::-1]):
+        for spec in (a.builds if rep % 2 == 0 else a.builds[::-1]):
+            b, extra = split_spec(spec)
+            e = dict(env, **extra)
             tpar = os.path.join(b, "cmd", "tpar")
-            s = samples[b]
-            s.setdefault("run_ms", []).append(run_ms(tpar, env))
-            s.setdefault("cli_jobs_s", []).append(cli_jobs_s(tpar, env, path, n))
-            for k, v in package(b, env, a.python).items():
+            s = samples[spec]
+            s.setdefault("run_ms", []).append(run_ms(tpar, e))
+            s.setdefault("cli_jobs_s", []).append(cli_jobs_s(tpar, e, path, n))
+            for k, v in package(b, e, a.python).items():
                 s.setdefault(k, []).append(v)
         print(f"rep {rep + 1}/{a.reps} done", file=sys.stderr)
     keys = ["run_ms", "cli_jobs_s", "warm_us", "cold_ms", "idle_rss_mb"]
-    print("build".ljust(40) + "".join(k.rjust(13) for k in keys))
+    print("build".ljust(48) + "".join(k.rjust(13) for k in keys))
     for b in a.builds:
-        print(b.ljust(40) + "".join(f"{statistics.median(samples[b][k]):13.2f}" for k in keys))
+        print(b.ljust(48) + "".join(f"{statistics.median(samples[b][k]):13.2f}" for k in keys))
     print(json.dumps(samples))
 
 

@@ -6,7 +6,7 @@ _tpar_opts='-j --jobs -k --keep-order --timeout --retries --retry-on --halt
 --max-tasks-per-worker --max-worker-rss --idle-timeout --init -I --path
 --joblog --resume --resume-failed --progress --no-progress --total -o --output -q --quiet
 --summary --max-line --star --args --kwargs --raw -0 --null --dry-run --worker-type --preload
---prestart --slurm --launcher --listen -h --help -V --version'
+--prestart --python --slurm --launcher --listen -h --help -V --version'
 
 _tpar()
 {
@@ -22,7 +22,7 @@ _tpar()
         mapfile -t COMPREPLY < <(compgen -W 'never now,fail=1 soon,fail=1 now,fail=10% soon,fail=10%' -- "$cur"); return ;;
     -j|--jobs)
         mapfile -t COMPREPLY < <(compgen -W '1 2 4 8 0 +1 -1 50% 100%' -- "$cur"); return ;;
-    -o|--output|--joblog|--resume|--resume-failed|::::)
+    -o|--output|--joblog|--resume|--resume-failed|--python|::::)
         mapfile -t COMPREPLY < <(compgen -f -- "$cur"); return ;;
     -I|--path)
         mapfile -t COMPREPLY < <(compgen -d -- "$cur"); return ;;
@@ -42,7 +42,7 @@ _tpar()
         w=${COMP_WORDS[i]}
         case $w in
         --worker-type|--retry-on|--halt|-j|--jobs|-o|--output|--joblog|--resume|\
-        --resume-failed|-I|--path|--timeout|--retries|--max-tasks-per-worker|\
+        --resume-failed|--python|-I|--path|--timeout|--retries|--max-tasks-per-worker|\
         --max-worker-rss|--idle-timeout|--init|--total|--max-line|--args|--kwargs|\
         --preload|--prestart|--capture|--launcher|--listen) ((i++)) ;;
         -*) ;;

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "interp.h"
@@ -144,6 +145,14 @@ int main(int argc, char **argv)
      * (the signal mask) is done here. */
     if (!exe || !*exe)
         fail("no interpreter to run%s%s", "", "");
+    if (has_flag(argc, argv, "--pdeathsig")) {
+        /* Until the core sets its own handler: a parent that dies while
+         * the interpreter starts takes this process with it. */
+        pid_t parent = getppid();
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(EXIT_NOPYTHON);
+    }
     if (has_flag(argc, argv, "--zygote")) {
         sigset_t chld;
         sigemptyset(&chld);
