@@ -8,7 +8,8 @@ int main(int argc, char **argv)
 {
     struct opts o;
     opts_parse(&o, argc, argv);
-    python_choose(&o);
+    if (!o.dry_run) /* no worker starts */
+        python_choose(&o);
     int rc = stream_main(&o);
     free(o.paths);
     free(o.args_buf);
