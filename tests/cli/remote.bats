@@ -43,9 +43,9 @@ strip() {
 mixed_jobs() {
     for i in $(seq 1 60); do
         case $((i % 6)) in
-            0) job jobs:fail '["no"]' '' "$i" ;;
+            0) printf '{"id": %d, "fn": "jobs:fail", "args": ["no"]}\n' "$i" ;;
             1) echo "{\"id\": $i, \"fn\": 12}" ;;
-            *) job jobs:add "[$i, 1]" '' "$i" ;;
+            *) printf '{"id": %d, "fn": "jobs:add", "args": [%d, 1]}\n' "$i" "$i" ;;
         esac
     done
     job jobs:big '[]' '' '"big"'
@@ -69,7 +69,7 @@ mixed_jobs() {
 }
 
 @test "remote: -j bounds the remote workers used; extra ones are shut down" {
-    for i in $(seq 1 40); do job jobs:pid '[]' '' "$i"; done >"$D/in.jsonl"
+    for i in $(seq 1 40); do printf '{"id": %d, "fn": "jobs:pid"}\n' "$i"; done >"$D/in.jsonl"
     run tpar --launcher "$WORKER --connect {addr} --workers 4 -I $FIXTURES" -j 2 \
         -o "$D/out.jsonl" "$D/in.jsonl"
     [ "$status" -eq 0 ]
@@ -82,7 +82,7 @@ mixed_jobs() {
     mkdir "$D/b"
     {
         job jobs:block "[\"$D/b\", \"k\"]" '' '"victim"'
-        for i in $(seq 1 200); do job jobs:add "[$i, 0]" '' "$i"; done
+        for i in $(seq 1 200); do printf '{"id": %d, "fn": "jobs:add", "args": [%d, 0]}\n' "$i" "$i"; done
     } >"$D/in.jsonl"
     start_tpar "$D/in.jsonl" "$D/out.jsonl" "$D/err" \
         --launcher "$WORKER --connect {addr} --workers 2 -I $FIXTURES" --retries 1
@@ -102,7 +102,7 @@ mixed_jobs() {
     mkdir "$D/b"
     {
         job jobs:child_block "[\"$D/b\", \"t\"]" '' '"slow"'
-        for i in $(seq 1 20); do job jobs:add "[$i, 0]" '' "$i"; done
+        for i in $(seq 1 20); do printf '{"id": %d, "fn": "jobs:add", "args": [%d, 0]}\n' "$i" "$i"; done
     } >"$D/in.jsonl"
     start_tpar "$D/in.jsonl" "$D/out.jsonl" "$D/err" \
         --launcher "$WORKER --connect {addr} --workers 1 -I $FIXTURES" --timeout 1
@@ -123,7 +123,7 @@ mixed_jobs() {
 }
 
 @test "remote: a launcher that starts no worker: a message and 255, one record per job read" {
-    for i in $(seq 1 5); do job jobs:add "[$i, 0]" '' "$i"; done >"$D/in.jsonl"
+    for i in $(seq 1 5); do printf '{"id": %d, "fn": "jobs:add", "args": [%d, 0]}\n' "$i" "$i"; done >"$D/in.jsonl"
     run -255 tpar --launcher "sh -c 'exit 3' {addr}" -o "$D/out.jsonl" "$D/in.jsonl"
     assert_output --partial "the launcher sh exited with code 3, and no worker connected"
     assert_jsonl "$D/out.jsonl"
@@ -134,7 +134,7 @@ mixed_jobs() {
     mkdir "$D/b"
     {
         job jobs:block "[\"$D/b\", \"a\"]" '' '"a"'
-        for i in $(seq 1 50); do job jobs:add "[$i, 0]" '' "$i"; done
+        for i in $(seq 1 50); do printf '{"id": %d, "fn": "jobs:add", "args": [%d, 0]}\n' "$i" "$i"; done
     } >"$D/in.jsonl"
     start_tpar "$D/in.jsonl" "$D/out.jsonl" "$D/err" \
         --launcher "$WORKER --connect {addr} --workers 1 -I $FIXTURES"
@@ -170,7 +170,7 @@ mixed_jobs() {
 }
 
 @test "remote: peers without the secret are refused and logged; the run completes" {
-    for i in $(seq 1 30); do job jobs:add "[$i, 1]" '' "$i"; done >"$D/in.jsonl"
+    for i in $(seq 1 30); do printf '{"id": %d, "fn": "jobs:add", "args": [%d, 1]}\n' "$i" "$i"; done >"$D/in.jsonl"
     cat >"$D/launch.sh" <<EOF
 #!/bin/sh
 # Bad peers first, then a real worker; the secret is on our stdin.
