@@ -34,6 +34,12 @@ TARGETS = [
     ("`tpar run operator:add`, Python without .pth start-up code",
      "ref.tpar_run_clean", "tpar run operator:add --args '[1,2]'", "<", 20,
      "ms", "-"),
+    ("Remote tiny jobs/s, --slurm vs local workers", "remote.tiny:ratio",
+     "tpar --slurm (salloc -n 2)", ">=", 0.5, "×", "-"),
+    ("Remote tiny jobs/s, loopback TCP vs local workers", "remote.tiny:ratio",
+     "tpar --launcher (2 workers, loopback TCP)", ">=", 0.5, "×", "-"),
+    ("10 MB round trip over loopback TCP", "remote.payload",
+     "tpar --launcher (1 worker, loopback TCP)", ">=", 300, "MB/s", "-"),
 ]
 
 
@@ -128,7 +134,8 @@ def markdown(report):
         lines.append(f"| {t['target']} | {val} | {t['limit']} | {met} | "
                      f"{t['anchor']} |")
     titles = {"trio": "Trio package", "cli": "CLI",
-              "reference": "Reference points", "sched": "Scheduling"}
+              "reference": "Reference points", "sched": "Scheduling",
+              "remote": "Remote workers"}
     for group, gtitle in titles.items():
         cases = [c for c in report["cases"] if c["group"] == group]
         if not cases:
@@ -216,6 +223,7 @@ def matrix(cases):
         "cli": "the Pool.imap script that parses in the parent, with "
         "chunksize=1000, except for the CPU-bound jobs, where it is the "
         "same script with chunksize=1",
+        "remote": "tpar with local workers, the same stream and worker count",
     }[cases[0]["group"]]
     out += ["", "Median of the repetitions; in brackets the ratio to the "
             f"peer ({peers}). ↓ lower is better, ↑ higher is better."]
@@ -246,7 +254,7 @@ def plots(report, outdir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     files = []
-    for group in ("trio", "cli", "reference"):
+    for group in ("trio", "cli", "reference", "remote"):
         cases = [c for c in report["cases"] if c["group"] == group]
         if not cases:
             continue

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cases_cli  # noqa: E402
 import cases_ref  # noqa: E402
+import cases_remote  # noqa: E402
 import cases_sched  # noqa: E402
 import cases_trio  # noqa: E402
 import report  # noqa: E402
@@ -19,7 +20,7 @@ from common import (BENCH_DIR, PYTHON, build_dir, deps_dir, git_commit,  # noqa
                     machine_info)
 
 GROUPS = {"reference": cases_ref, "cli": cases_cli, "trio": cases_trio,
-          "sched": cases_sched}
+          "sched": cases_sched, "remote": cases_remote}
 REPS = {"smoke": 1, "quick": 2, "full": 3}
 
 
@@ -36,9 +37,9 @@ def parse_args():
     mode.add_argument("--quick", action="store_const", dest="mode",
                       const="quick", help="under 2 minutes, for development")
     ap.add_argument("--reps", type=int, help="repetitions per figure")
-    ap.add_argument("--only", default="reference,cli,trio,sched",
+    ap.add_argument("--only", default="reference,cli,trio,sched,remote",
                     help="comma-separated groups (reference, cli, trio, "
-                    "sched)")
+                    "sched, remote)")
     ap.add_argument("--out", type=Path, help="output dir (default: "
                     "bench/results for the full run, whose report is "
                     "committed; bench/results/tmp/MODE for --smoke/--quick)")
