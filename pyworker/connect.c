@@ -19,6 +19,10 @@
 
 #include "tpar.h"
 
+/* Exit codes of a worker that could not start (pyworker/loop.h): another
+ * would not start either. */
+enum { EXIT_INIT_FAILED = 70, EXIT_NO_PYTHON = 72 };
+
 static int redialling; /* a first connection worked: later failures are quiet */
 
 static _Noreturn void fail(const char *fmt, ...)
@@ -307,7 +311,8 @@ static void ended(int i, int st)
     sl->pid = 0;
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
         sl->done = 1; /* SHUTDOWN or end of input */
-    } else if (WIFEXITED(st) && WEXITSTATUS(st) != EXIT_RETIRED) {
+    } else if (WIFEXITED(st) && (WEXITSTATUS(st) == EXIT_INIT_FAILED ||
+                                 WEXITSTATUS(st) == EXIT_NO_PYTHON)) {
         char d[64];
         describe(st, d, sizeof d);
         fprintf(stderr, "tpar-worker[%d]: its worker %s\n", (int)getpid(), d);

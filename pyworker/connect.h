@@ -16,9 +16,11 @@ enum { EXIT_CONNECT = 73, EXIT_RETIRED = 74 };
  * the worker's process group at once, so no job outlives its parent, and
  * dials again for a fresh worker (if the parent is gone, that fails and
  * the supervisor exits 0).  When the worker dies on its own (a job crashed
- * it) it closes its copy, so the parent sees the connection drop, and
- * dials again; when the worker exits 0 (SHUTDOWN or end of input) it exits
- * 0 too, and with the worker's own code when the worker could not start.
+ * it, it exited with any code but these) it closes its copy, so the
+ * parent sees the connection drop, and dials again; when the worker exits
+ * 0 (SHUTDOWN or end of input) the slot is done; when it could not start
+ * (70: its --init failed, 72: no Python) the slot is done too, and the
+ * supervisor exits with that code once every slot is.
  * So a launcher's slot keeps serving the run however its workers end.
  * With `workers` > 1 it keeps that many workers, each on a connection of
  * its own, and exits when every one of them is done.

@@ -15,6 +15,7 @@ from ._impl import (
     open_worker_context,
     run_sync,
 )
+from ._remote import RemoteContext, open_remote_context
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,8 @@ __all__ = [
     "default_context_statistics",
     "open_worker_context",
     "run_sync",
+    "RemoteContext",
+    "open_remote_context",
 ]
 
 # Public objects say they are tpar's (reprs, docs, pickles by reference),

@@ -16,11 +16,13 @@
 #include "tpar.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -30,6 +32,7 @@ typedef struct {
     PyTypeObject *worker_type;
     PyTypeObject *zygote_type;
     PyTypeObject *sink_type;
+    PyTypeObject *listener_type;
 } core_state;
 
 /* A forkserver (core/zygote.c).  Its workers keep it alive; every use of
@@ -54,6 +57,9 @@ typedef struct {
     int ready;       /* the READY frame came */
     int lane_held;   /* a result's body is in the up lane, not yet done */
     ZygoteObject *zygote; /* the forkserver it came from (owned), or NULL */
+    int remote;      /* a connection from tpar-worker --connect: no process
+                        of ours (pid 0: never signalled nor waited for) */
+    uint32_t rpid;   /* remote: its pid on its node, from READY */
 } WorkerObject;
 
 /* PyLong_AsInt is 3.13+. */
@@ -128,6 +134,11 @@ static void kill_worker(WorkerObject *w, int sig)
 {
     if (w->owner != getpid())
         return;
+    if (w->remote) { /* its supervisor kills it when the connection drops */
+        if (w->proc.from_fd >= 0)
+            shutdown(w->proc.from_fd, SHUT_RDWR);
+        return;
+    }
     if (!w->zygote) {
         tpar_proc_kill(&w->proc, sig);
         return;
@@ -329,6 +340,9 @@ static int on_frame(WorkerObject *w, const tpar_frame *f, PyObject **out)
 {
     if (f->kind == TPAR_FRAME_READY) {
         w->ready = 1;
+        if (w->remote && f->len >= 4)
+            w->rpid = (uint32_t)f->payload[0] | (uint32_t)f->payload[1] << 8 |
+                      (uint32_t)f->payload[2] << 16 | (uint32_t)f->payload[3] << 24;
         return 0;
     }
     if (f->kind != TPAR_FRAME_RESULT || f->len < 8) {
@@ -508,6 +522,8 @@ static PyObject *Worker_reap(WorkerObject *self, PyObject *arg)
         PyErr_SetString(PyExc_RuntimeError, "worker belongs to another process");
         return NULL;
     }
+    if (self->remote) /* nothing to wait for here */
+        return PyLong_FromLong(0);
     if (self->zygote) {
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&self->zygote->lock);
@@ -539,7 +555,7 @@ static PyObject *Worker_close(WorkerObject *self, PyObject *unused)
 
 static PyObject *Worker_get_pid(WorkerObject *self, void *c)
 {
-    return PyLong_FromLong(self->proc.pid);
+    return PyLong_FromLong(self->remote ? (long)self->rpid : (long)self->proc.pid);
 }
 
 static PyObject *Worker_get_to_fd(WorkerObject *self, void *c)
@@ -654,6 +670,172 @@ static PyType_Spec Worker_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
              Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = Worker_slots,
+};
+
+/* ----------------------------------------------------------------- remote
+ *
+ * Remote workers (tpar-worker --connect): a Listener authenticates their
+ * connections (core/net.c) and hands each out as a Worker whose frames go
+ * over the socket, inline; kill() drops the connection, which makes the
+ * worker's supervisor kill it. */
+typedef struct {
+    PyObject_HEAD
+    tpar_listener *l;
+    char hex[TPAR_SECRET_HEX + 1]; /* the run's secret, for the launcher */
+} ListenerObject;
+
+static WorkerObject *new_worker(core_state *st);
+
+static PyObject *Listener_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"host", "port", "auth_timeout", NULL};
+    const char *host = "";
+    unsigned port = 0;
+    double timeout = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|sId", names, &host, &port, &timeout))
+        return NULL;
+    ListenerObject *self = (ListenerObject *)tp->tp_alloc(tp, 0);
+    if (!self)
+        return NULL;
+    uint8_t key[TPAR_SECRET_LEN];
+    tpar_listen_opts o = {.auth_timeout = timeout};
+    int rc = tpar_secret_new(key, self->hex);
+    if (rc == 0) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = tpar_listener_open(&self->l, host, port, key, &o);
+        Py_END_ALLOW_THREADS
+    }
+    explicit_bzero(key, sizeof key);
+    if (rc < 0) {
+        Py_DECREF(self);
+        return set_errno(rc);
+    }
+    return (PyObject *)self;
+}
+
+static int listener_open(ListenerObject *self)
+{
+    if (!self->l) {
+        PyErr_SetString(PyExc_ValueError, "listener is closed");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(lnext_doc,
+"next() -> tuple | None\n\nAccepts, reads and answers what is ready without\n"
+"blocking: (\"worker\", Worker, peer) for an authenticated connection,\n"
+"(\"refused\", peer, reason) for a peer dropped, (\"error\", reason, errno);\n"
+"None when there is nothing more now (wait for fileno() or deadline()).");
+
+static PyObject *Listener_next(ListenerObject *self, PyObject *unused)
+{
+    tpar_listen_event ev;
+    if (listener_open(self) < 0)
+        return NULL;
+    int rc = tpar_listener_next(self->l, &ev);
+    if (rc < 0)
+        return set_errno(rc);
+    if (rc == 0)
+        Py_RETURN_NONE;
+    if (ev.kind == TPAR_LISTEN_REFUSED)
+        return Py_BuildValue("(sss)", "refused", ev.peer, ev.reason);
+    if (ev.kind == TPAR_LISTEN_ERROR)
+        return Py_BuildValue("(ssi)", "error", ev.reason, -ev.err);
+    core_state *st = get_state(PyType_GetModule(Py_TYPE(self)));
+    WorkerObject *w = new_worker(st);
+    int wfd = w ? fcntl(ev.fd, F_DUPFD_CLOEXEC, 3) : -1;
+    if (wfd < 0) {
+        close(ev.fd);
+        Py_XDECREF(w);
+        return w ? set_errno(-errno) : NULL;
+    }
+    /* One socket, two fds: Trio waits on each for one direction. */
+    w->remote = 1;
+    w->proc.pid = 0;
+    w->proc.from_fd = ev.fd;
+    w->proc.to_fd = wfd;
+    return Py_BuildValue("(sNs)", "worker", (PyObject *)w, ev.peer);
+}
+
+static PyObject *Listener_fileno(ListenerObject *self, PyObject *unused)
+{
+    if (listener_open(self) < 0)
+        return NULL;
+    return PyLong_FromLong(tpar_listener_fd(self->l));
+}
+
+PyDoc_STRVAR(ldeadline_doc,
+"deadline() -> float\n\nWhen (time.monotonic()) the next waiting connection\n"
+"times out; 0.0 when none waits.");
+
+static PyObject *Listener_deadline(ListenerObject *self, PyObject *unused)
+{
+    if (listener_open(self) < 0)
+        return NULL;
+    return PyFloat_FromDouble(tpar_listener_deadline(self->l));
+}
+
+static PyObject *Listener_close(ListenerObject *self, PyObject *unused)
+{
+    tpar_listener_free(self->l);
+    self->l = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Listener_get_port(ListenerObject *self, void *c)
+{
+    if (listener_open(self) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(tpar_listener_port(self->l));
+}
+
+static PyObject *Listener_get_secret(ListenerObject *self, void *c)
+{
+    return PyUnicode_FromString(self->hex);
+}
+
+static void Listener_dealloc(ListenerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    tpar_listener_free(self->l);
+    explicit_bzero(self->hex, sizeof self->hex);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef Listener_methods[] = {
+    {"next", (PyCFunction)Listener_next, METH_NOARGS, lnext_doc},
+    {"fileno", (PyCFunction)Listener_fileno, METH_NOARGS, "The fd to wait on (readable)."},
+    {"deadline", (PyCFunction)Listener_deadline, METH_NOARGS, ldeadline_doc},
+    {"close", (PyCFunction)Listener_close, METH_NOARGS, "Closes it (idempotent)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Listener_getset[] = {
+    {"port", (getter)Listener_get_port, NULL, "the port bound", NULL},
+    {"secret", (getter)Listener_get_secret, NULL, "the run's secret, 64 hex digits", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpedantic" /* function in a void * slot */
+static PyType_Slot Listener_slots[] = {
+    {Py_tp_new, Listener_new},
+    {Py_tp_dealloc, Listener_dealloc},
+    {Py_tp_methods, Listener_methods},
+    {Py_tp_getset, Listener_getset},
+    {Py_tp_doc, "Listener(host='', port=0, auth_timeout=0.0): remote workers' "
+                "connections, authenticated with a fresh secret."},
+    {0, NULL},
+};
+#pragma GCC diagnostic pop
+
+static PyType_Spec Listener_spec = {
+    .name = "tpar._core.Listener",
+    .basicsize = sizeof(ListenerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Listener_slots,
 };
 
 /* ----------------------------------------------------------------- zygote */
@@ -935,6 +1117,7 @@ static int add_constants(PyObject *m)
     return PyModule_AddIntConstant(m, "FRAME_JOB_PICKLE", TPAR_FRAME_JOB_PICKLE) ||
            PyModule_AddIntConstant(m, "FRAME_CONFIG", TPAR_FRAME_CONFIG) ||
            PyModule_AddIntConstant(m, "FRAME_SHUTDOWN", TPAR_FRAME_SHUTDOWN) ||
+           PyModule_AddStringConstant(m, "SECRET_ENV", TPAR_SECRET_ENV) ||
            PyModule_AddIntConstant(m, "RESULT_OK", TPAR_RESULT_OK) ||
            PyModule_AddIntConstant(m, "RESULT_ERROR", TPAR_RESULT_ERROR) ||
            PyModule_AddIntConstant(m, "RESULT_RETIRING", TPAR_RESULT_RETIRING) ||
@@ -956,6 +1139,10 @@ static int core_exec(PyObject *m)
     st->sink_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &tpar_sink_spec, NULL);
     if (!st->sink_type)
         return -1;
+    st->listener_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(m, &Listener_spec, NULL);
+    if (!st->listener_type || PyModule_AddType(m, st->listener_type) < 0)
+        return -1;
     return add_constants(m);
 }
 
@@ -964,6 +1151,7 @@ static int core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(get_state(m)->worker_type);
     Py_VISIT(get_state(m)->zygote_type);
     Py_VISIT(get_state(m)->sink_type);
+    Py_VISIT(get_state(m)->listener_type);
     return 0;
 }
 
@@ -972,6 +1160,7 @@ static int core_clear(PyObject *m)
     Py_CLEAR(get_state(m)->worker_type);
     Py_CLEAR(get_state(m)->zygote_type);
     Py_CLEAR(get_state(m)->sink_type);
+    Py_CLEAR(get_state(m)->listener_type);
     return 0;
 }
 

@@ -123,3 +123,13 @@ mixed_jobs() {
     assert_pids_gone "$child"
     assert_all_gone
 }
+
+@test "slurm: the Trio package: run_sync on srun tasks, kill_on_cancel, BrokenWorkerError; nothing left" {
+    run timeout 90 env TPAR_WORKER="$WORKER" \
+        PYTHONPATH="$BUILD_DIR/python:$REPO_ROOT/tests/python${PYTHONPATH:+:$PYTHONPATH}" \
+        salloc -n 3 "$(real_python)" "$REPO_ROOT/tests/slurm/trio_remote.py"
+    echo "$output"
+    [ "$status" -eq 0 ]
+    assert_output --partial OK
+    assert_all_gone
+}

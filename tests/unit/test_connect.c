@@ -290,6 +290,15 @@ static void test_dropped_connection_kills_and_redials(void)
     fd = next_worker(l, 20);
     CHECK(fd >= 0);
     conn_init(&c, fd);
+    ready_pid(&c);
+    /* One that exits with a code of its own (not a start-up failure): the
+     * same. */
+    CHECK_EQ(send_job(&c, "os:_exit", "[3]", 3), 0);
+    CHECK_EQ(recv_frame(&c, out, sizeof out, NULL, 10), -EPIPE);
+    conn_close(&c);
+    fd = next_worker(l, 20);
+    CHECK(fd >= 0);
+    conn_init(&c, fd);
     uint32_t wpid3 = ready_pid(&c);
     /* tpar goes away mid-job: listener closed, connection closed. */
     CHECK_EQ(send_job(&c, "time:sleep", "[60]", 4), 0);
