@@ -8,13 +8,14 @@ round trip (a 10 MB string argument, returned whole: 20 MB moved per job)
 on one worker, in MB/s, from the difference between a run of 1 job and a
 run of 1 + N jobs, so that the workers' start-up and the allocation do not
 count."""
+import json
 import os
 import shutil
 import subprocess
 import time
 
 from cases_cli import check_output, measure, out_file, tpar_stream
-from common import BENCH_DIR, Skip, bench_build_dir
+from common import BENCH_DIR, PYTHON, Skip, bench_build_dir, build_dir
 from model import Case
 
 LOCAL = "tpar -j2 (local workers)"
@@ -23,6 +24,8 @@ SLURM = "tpar --slurm (salloc -n 2)"
 LOCAL1 = "tpar -j1 (local worker: lanes)"
 TCP1 = "tpar --launcher (1 worker, loopback TCP)"
 SLURM1 = "tpar --slurm (salloc -n 1)"
+TRIO_LOCAL = "tpar run_sync, SPAWN context (lanes)"
+TRIO_TCP = "tpar run_sync, open_remote_context (loopback TCP)"
 
 SIZES = {
     "smoke": dict(tiny_n=5000, big_n=2, big_mb=2, timeout=60),
@@ -104,27 +107,36 @@ def timed(argv, n, timeout):
     return dt
 
 
+def joblog_rate(argv, n, timeout):
+    """Jobs per second between the first job's start and the last one's
+    (the joblog's clock): the dispatch rate, without the workers' start-up
+    (nor salloc's)."""
+    log = bench_build_dir() / "tmp" / "remote-joblog.jsonl"
+    log.parent.mkdir(exist_ok=True)
+    if log.exists():
+        log.unlink()
+    timed(argv[:-1] + ["--joblog", str(log)] + argv[-1:], n, timeout)
+    starts = [json.loads(ln)["start"] for ln in open(log) if ln.strip()]
+    if len(starts) != n or max(starts) <= min(starts):
+        raise Skip(f"joblog: {len(starts)} attempts for {n} jobs")
+    return (n - 1) / (max(starts) - min(starts))
+
+
 def case_tiny(sz, reps, log):
     n = sz["tiny_n"]
     c = Case("remote", "remote.tiny", f"{n:,} tiny operator:add jobs, 2 workers",
              "jobs/s", better="higher", baseline=LOCAL,
-             note=f"(n - 1) / (time of {n:,} jobs - time of 1 job): the "
-             "workers' start (and salloc's) does not count; remote workers "
-             "run on this machine, so the figure is the transport's and the "
-             "parent's, not a network's")
-    path, one = tiny_file(n), tiny_file(1)
+             note="(n - 1) / (last start - first start) from --joblog: the "
+             "parent's dispatch rate, without the workers' start-up (and "
+             "salloc's); remote workers run on this machine, so the figure "
+             "is the transport's and the parent's, not a network's")
+    path = tiny_file(n)
     for s in (LOCAL, TCP, SLURM):
         c.subject(s)
     for rep in range(reps):
         log(f"remote tiny rep {rep + 1}/{reps}")
         for s in (LOCAL, TCP, SLURM):
-            def rate():
-                t1 = timed(argv_for(s, 2, one), 1, sz["timeout"])
-                tn = timed(argv_for(s, 2, path), n, sz["timeout"])
-                if tn <= t1:
-                    raise Skip("noise: the longer run was not longer")
-                return (n - 1) / (tn - t1)
-            measure(c, s, rate)
+            measure(c, s, lambda: joblog_rate(argv_for(s, 2, path), n, sz["timeout"]))
     return c
 
 
@@ -152,6 +164,34 @@ def case_payload(sz, reps, log):
     return c
 
 
+def trio_rate(kind, mb, n, timeout):
+    env = dict(os.environ, TPAR_BUILD_DIR=str(build_dir()),
+               TPAR_WORKER=str(build_dir() / "pyworker" / "tpar-worker"))
+    cp = subprocess.run([PYTHON, str(BENCH_DIR / "remote_case.py"), kind, str(mb), str(n)],
+                        capture_output=True, env=env, cwd=str(BENCH_DIR), timeout=timeout)
+    try:
+        return json.loads(cp.stdout.decode().strip().splitlines()[-1])["rate"]
+    except (ValueError, IndexError, KeyError):
+        err = cp.stderr.decode(errors="replace").strip().splitlines()
+        raise Skip(f"remote_case exited {cp.returncode}: {err[-1] if err else 'no output'}")
+
+
+def case_trio_payload(sz, reps, log):
+    n, mb = sz["big_n"], sz["big_mb"]
+    c = Case("remote", "remote.trio_payload", f"{mb} MB round trip, run_sync(bytes, "
+             "payload), one worker", "MB/s", better="higher", baseline=TRIO_LOCAL,
+             note=f"{2 * mb} MB moved per call (pickled bytes: no JSON); {n} calls "
+             "after a warm-up call; the transport's own rate")
+    for s in (TRIO_LOCAL, TRIO_TCP):
+        c.subject(s)
+    for rep in range(reps):
+        log(f"remote trio payload rep {rep + 1}/{reps}")
+        measure(c, TRIO_LOCAL, lambda: trio_rate("local", mb, n, sz["timeout"]))
+        measure(c, TRIO_TCP, lambda: trio_rate("tcp", mb, n, sz["timeout"]))
+    return c
+
+
 def run(mode, reps, log):
     sz = SIZES[mode]
-    return [case_tiny(sz, reps, log), case_payload(sz, reps, log)]
+    return [case_tiny(sz, reps, log), case_payload(sz, reps, log),
+            case_trio_payload(sz, reps, log)]
