@@ -214,13 +214,14 @@ static ssize_t read_all(int fd, char *buf, size_t cap)
     return (ssize_t)got;
 }
 
-static int cache_read(const char *file, const char *key, struct tpar_interp *ip)
+/* buf: scratch of size cap. */
+static int cache_read(const char *file, const char *key, struct tpar_interp *ip, char *buf,
+                      size_t cap)
 {
-    char buf[6 * TPAR_INTERP_PATH];
     int fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    ssize_t len = read_all(fd, buf, sizeof buf);
+    ssize_t len = read_all(fd, buf, cap);
     close(fd);
     size_t hl = strlen(CACHE_MAGIC) + 1 + strlen(key) + 1;
     if (len < (ssize_t)hl || memcmp(buf, CACHE_MAGIC "\n", strlen(CACHE_MAGIC) + 1) != 0 ||
@@ -294,41 +295,59 @@ static int run_probe(const char *abs, const char *shown, char *out, size_t cap, 
     return 0;
 }
 
-int tpar__interp_probe(const char *python, struct tpar_interp *ip, char *err, size_t n)
+/* The probe's scratch, on the heap: a worker's stack pages stay resident
+ * for its whole life, malloc_trim gives these back. */
+struct scratch {
+    char abs[TPAR_INTERP_PATH], real[PATH_MAX], dir[TPAR_INTERP_PATH];
+    char file[TPAR_INTERP_PATH + 32], key[3 * TPAR_INTERP_PATH], out[6 * TPAR_INTERP_PATH];
+};
+
+static int probe(const char *python, struct tpar_interp *ip, char *err, size_t n,
+                 struct scratch *t)
 {
-    char abs[TPAR_INTERP_PATH], real[PATH_MAX];
-    int r = resolve_path(python, abs, sizeof abs);
+    int r = resolve_path(python, t->abs, sizeof t->abs);
     if (r < 0) {
         say(err, n, "%s: %s", python,
             r == -ENOENT ? "no such interpreter" : strerror(-r));
         return r;
     }
-    if (!realpath(abs, real)) {
+    if (!realpath(t->abs, t->real)) {
         say(err, n, "%s: %s", python, strerror(errno));
         return -errno;
     }
-    int cacheable = is_elf(real);
-    char key[3 * TPAR_INTERP_PATH], dir[TPAR_INTERP_PATH], file[TPAR_INTERP_PATH + 32];
-    cache_key(abs, key, sizeof key);
-    int have_dir = cacheable && key[0] && cache_dir(dir, sizeof dir) == 0;
+    int cacheable = is_elf(t->real);
+    cache_key(t->abs, t->key, sizeof t->key);
+    int have_dir = cacheable && t->key[0] && cache_dir(t->dir, sizeof t->dir) == 0;
     if (have_dir) {
-        if (pathf(file, sizeof file, "%s/python-%016jx", dir, (uintmax_t)fnv1a(key)) < 0)
+        if (pathf(t->file, sizeof t->file, "%s/python-%016jx", t->dir,
+                  (uintmax_t)fnv1a(t->key)) < 0)
             have_dir = 0;
-        else if (cache_read(file, key, ip) == 0)
+        else if (cache_read(t->file, t->key, ip, t->out, sizeof t->out) == 0)
             return 0;
     }
-    char out[6 * TPAR_INTERP_PATH];
     size_t len = 0;
-    r = run_probe(abs, python, out, sizeof out, &len, err, n);
+    r = run_probe(t->abs, python, t->out, sizeof t->out, &len, err, n);
     if (r < 0)
         return r;
-    if (parse_fields(out, len, ip) < 0) {
+    if (parse_fields(t->out, len, ip) < 0) {
         say(err, n, "%s: unexpected answer from its sysconfig", python);
         return -EINVAL;
     }
     if (have_dir)
-        cache_write(file, key, out, len);
+        cache_write(t->file, t->key, t->out, len);
     return 0;
+}
+
+int tpar__interp_probe(const char *python, struct tpar_interp *ip, char *err, size_t n)
+{
+    struct scratch *t = malloc(sizeof *t);
+    if (!t) {
+        say(err, n, "out of memory");
+        return -ENOMEM;
+    }
+    int r = probe(python, ip, err, n, t);
+    free(t);
+    return r;
 }
 
 #define CORE_TAG "\ntpar-worker-core "

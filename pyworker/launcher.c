@@ -82,35 +82,52 @@ static const char module_loader[] =
     "__import__('_imp').create_dynamic(__import__('sys').modules['_frozen_importlib']"
     ".ModuleSpec('tpar._worker',None,origin=__import__('sys').argv[1]))._main()";
 
+/* What the launcher needs to find, on the heap (see interp.c's scratch). */
+struct found {
+    char dir[TPAR_INTERP_PATH], buf[TPAR_INTERP_PATH], err[TPAR_INTERP_PATH + 128];
+    char core[TPAR_INTERP_PATH];
+    struct tpar_interp ip;
+};
+
+/* Fills in what the options leave out: the interpreter's real path, its
+ * libpython, the core.  The strings it sets are the caller's to keep. */
+static void find(const char **python, const char **exe, const char **lib, const char **core)
+{
+    struct found *f = calloc(1, sizeof *f);
+    if (!f)
+        fail("out of memory%s%s", "", "");
+    int have_dir = self_dir(f->dir, sizeof f->dir) == 0;
+    if (!*python)
+        *python = tpar__interp_default(f->buf, sizeof f->buf, have_dir ? f->dir : NULL, NULL);
+    if (tpar__interp_probe(*python, &f->ip, f->err, sizeof f->err) < 0)
+        fail("%s%s", f->err, "");
+    *python = strdup(*python);
+    *exe = strdup(f->ip.exe);
+    if (!*lib)
+        *lib = strdup(f->ip.libpython);
+    if (!*core) {
+        if (tpar__interp_find_core(&f->ip, have_dir ? f->dir : NULL, TPAR_VERSION, f->core,
+                                   sizeof f->core) < 0)
+            fail("no worker core (tpar/_worker%s) of tpar " TPAR_VERSION
+                 " for Python %s; install tpar into that Python",
+                 f->ip.ext_suffix, f->ip.version);
+        *core = strdup(f->core);
+    }
+    if (!*python || !*exe || !*lib || !*core)
+        fail("out of memory%s%s", "", "");
+    free(f);
+}
+
 int main(int argc, char **argv)
 {
-    char dir[TPAR_INTERP_PATH], buf[TPAR_INTERP_PATH], err[TPAR_INTERP_PATH + 128];
-    char core_buf[TPAR_INTERP_PATH];
-    static struct tpar_interp ip;
     const char *python = opt(argc, argv, "--python");
     const char *lib = opt(argc, argv, "--libpython");
     if (!lib) /* "" runs the worker inside the interpreter, as for a static one */
         lib = getenv("TPAR_LIBPYTHON");
     const char *core = opt(argc, argv, "--core");
     const char *exe = python;
-    int have_dir = self_dir(dir, sizeof dir) == 0;
-    if (!python || !lib || !core) {
-        if (!python)
-            python = tpar__interp_default(buf, sizeof buf, have_dir ? dir : NULL, NULL);
-        if (tpar__interp_probe(python, &ip, err, sizeof err) < 0)
-            fail("%s%s", err, "");
-        exe = ip.exe;
-        if (!lib)
-            lib = ip.libpython;
-        if (!core) {
-            if (tpar__interp_find_core(&ip, have_dir ? dir : NULL, TPAR_VERSION, core_buf,
-                                       sizeof core_buf) < 0)
-                fail("no worker core (tpar/_worker%s) of tpar " TPAR_VERSION
-                     " for Python %s; install tpar into that Python",
-                     ip.ext_suffix, ip.version);
-            core = core_buf;
-        }
-    }
+    if (!python || !lib || !core)
+        find(&python, &exe, &lib, &core);
 
     /* The core gets argv as it is, with --python naming the interpreter
      * found, so that the embedded one takes its prefix and venv. */
@@ -122,7 +139,8 @@ int main(int argc, char **argv)
         v[n++] = argv[0];
         for (int i = 1; i < argc; i++)
             v[n++] = argv[i];
-        if (exe && exe != python) {
+        const char *given = opt(argc, argv, "--python");
+        if (exe && (!given || strcmp(exe, given) != 0)) {
             v[n++] = "--python";
             v[n++] = (char *)exe;
         }
