@@ -10,6 +10,7 @@ interpreter's executable rather than embedding its libpython.
 Per build and repetition:
   run_ms      `tpar run operator:add` wall time (a worker's start-up and one job)
   cli_jobs_s  20,000 tiny operator:add jobs through `tpar -j2` (jobs/s)
+  cli_cpu_ms_per_1k  the CPU time (tpar + workers) of that, per 1,000 jobs
   warm_us     the Trio package's warm run_sync latency (bench/trio_case.py)
   cold_ms     the package's first call (a worker's start)
   idle_rss_mb an idle SPAWN worker's RSS
@@ -21,6 +22,7 @@ a JSON object with every sample.
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -48,10 +50,16 @@ def run_ms(tpar, env, k=5):
 
 
 def cli_jobs_s(tpar, env, path, n):
+    """Jobs per second, and CPU seconds (tpar and its workers, user+sys) per
+    1,000 jobs: the CPU figure bends less under a loaded machine."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(os.devnull, "wb") as out:
         subprocess.run([tpar, "-j2", path], env=env, stdout=out, check=True)
-    return n / (time.perf_counter() - t0)
+    dt = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return n / dt, cpu * 1e3 / (n / 1000)
 
 
 def package(build, env, py):
@@ -89,14 +97,19 @@ def main():
             tpar = os.path.join(b, "cmd", "tpar")
             s = samples[spec]
             s.setdefault("run_ms", []).append(run_ms(tpar, e))
-            s.setdefault("cli_jobs_s", []).append(cli_jobs_s(tpar, e, path, n))
+            rate, cpu = cli_jobs_s(tpar, e, path, n)
+            s.setdefault("cli_jobs_s", []).append(rate)
+            s.setdefault("cli_cpu_ms_per_1k", []).append(cpu)
             for k, v in package(b, e, a.python).items():
                 s.setdefault(k, []).append(v)
         print(f"rep {rep + 1}/{a.reps} done", file=sys.stderr)
-    keys = ["run_ms", "cli_jobs_s", "warm_us", "cold_ms", "idle_rss_mb"]
-    print("build".ljust(48) + "".join(k.rjust(13) for k in keys))
+    keys = ["run_ms", "cli_jobs_s", "cli_cpu_ms_per_1k", "warm_us", "cold_ms", "idle_rss_mb"]
+    print("median [min-max]")
     for b in a.builds:
-        print(b.ljust(48) + "".join(f"{statistics.median(samples[b][k]):13.2f}" for k in keys))
+        print(b)
+        for k in keys:
+            xs = samples[b][k]
+            print(f"  {k:12s} {statistics.median(xs):10.2f}  [{min(xs):.2f}-{max(xs):.2f}]")
     print(json.dumps(samples))
 
 
