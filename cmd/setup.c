@@ -65,7 +65,7 @@ void setup_wargv(const struct opts *o, char ***wargv, char ***zargv)
     *zargv = NULL;
     if (!o->forkserver)
         return;
-    char **z = calloc((size_t)n + 4, sizeof *z);
+    char **z = calloc((size_t)n + 5, sizeof *z);
     if (!z)
         cli_die(EXIT_USAGE, "out of memory");
     memcpy(z, v, (size_t)n * sizeof *z);
@@ -73,6 +73,7 @@ void setup_wargv(const struct opts *o, char ***wargv, char ***zargv)
     if (o->preload) {
         z[n++] = "--preload";
         z[n++] = (char *)o->preload;
+        z[n++] = "--preload-strict";
     }
     *zargv = z;
 }

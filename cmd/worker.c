@@ -201,13 +201,15 @@ static int start_proc(tpar_proc *p)
     if (!P.zargv)
         return tpar_proc_spawn(p, P.wargv, NULL);
     for (int tries = 0; tries < 2; tries++) {
-        int rc = 0;
-        if (P.zygote.pid <= 0 && (rc = tpar_zygote_start(&P.zygote, P.zargv, NULL)) < 0)
+        int rc = 0, fresh = P.zygote.pid <= 0;
+        if (fresh && (rc = tpar_zygote_start(&P.zygote, P.zargv, NULL)) < 0)
             return rc;
         rc = tpar_zygote_fork(&P.zygote, p);
         if (rc != -EPIPE)
             return rc;
         tpar_zygote_stop(&P.zygote);
+        if (fresh) /* it died at its start (a --preload failed): so would the next */
+            break;
     }
     return -EPIPE;
 }
@@ -238,7 +240,11 @@ static struct worker *spawn_worker(void)
     int rc = w ? start_proc(&w->proc) : -ENOMEM;
     if (rc < 0) {
         free(w);
-        run_fatal("cannot start the worker %s: %s", P.wargv[0], tpar_strerror(rc));
+        if (P.zargv && rc == -EPIPE)
+            run_fatal("the forkserver ended before it forked a worker%s",
+                      P.o->preload ? " (did its --preload fail? see above)" : "");
+        else
+            run_fatal("cannot start the worker %s: %s", P.wargv[0], tpar_strerror(rc));
         return NULL;
     }
     attach(w);

@@ -24,6 +24,7 @@ struct tpar_worker_opts {
     double idle_timeout; /* seconds; <= 0: wait forever */
     int zygote;          /* fork workers on request instead of serving */
     const char *preload; /* comma-separated modules the zygote imports */
+    int preload_strict;  /* a --preload that fails to import ends the zygote */
     const char *connect; /* --connect HOST:PORT: a remote worker */
     double connect_timeout; /* seconds to connect and authenticate */
     int connect_workers;    /* --workers: workers (connections) to keep */

@@ -37,6 +37,7 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         {"idle-timeout", required_argument, 0, 'T'},
         {"zygote", no_argument, 0, 'z'},
         {"preload", required_argument, 0, 'P'},
+        {"preload-strict", no_argument, 0, 'R'},
         {"connect", required_argument, 0, 'C'},
         {"connect-timeout", required_argument, 0, 'O'},
         {"workers", required_argument, 0, 'W'},
@@ -63,6 +64,7 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         case 'T': o->idle_timeout = strtod(optarg, NULL); break;
         case 'z': o->zygote = 1; break;
         case 'P': o->preload = optarg; break;
+        case 'R': o->preload_strict = 1; break;
         case 'C': o->connect = optarg; break;
         case 'O': o->connect_timeout = strtod(optarg, NULL); break;
         case 'W': o->connect_workers = (int)strtol(optarg, NULL, 10); break;

@@ -18,7 +18,11 @@
 #include "zmsg.h"
 
 
-static void preload(const char *list)
+/* Imports the --preload modules.  One that fails is reported; with
+ * --preload-strict (the CLI's) the zygote then exits EXIT_INIT, as a
+ * worker whose --init failed does; the package's zygote goes on, and the
+ * worker's own import raises the error to the caller. */
+static void preload(const char *list, int strict)
 {
     char *copy = strdup(list), *save = NULL;
     for (char *m = strtok_r(copy, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
@@ -26,6 +30,10 @@ static void preload(const char *list)
         if (!mod) {
             fprintf(stderr, "tpar-worker: --preload %s failed:\n", m);
             PyErr_Print();
+            if (strict) {
+                fflush(stderr);
+                _exit(EXIT_INIT);
+            }
         }
         Py_XDECREF(mod);
     }
@@ -205,7 +213,7 @@ _Noreturn void tpar__zygote_serve(const struct tpar_worker_opts *o)
     if (sfd < 0)
         tpar__worker_die(EXIT_PROTOCOL, "signalfd failed");
     if (o->preload)
-        preload(o->preload);
+        preload(o->preload, o->preload_strict);
     tpar__worker_warm_for_fork();
     settle_for_fork();
     make_spare(o, sock, sfd);

@@ -163,3 +163,17 @@ four_jobs() {
     run -0 jq -c -s 'sort_by(.id) | map(select(.status == "broken") | [.id, .error.exit, .error.signal])' "$D/out"
     assert_output '[["k",null,9],["x",3,null]]'
 }
+
+@test "--preload: a module that fails to import fails the run as a failing --init does" {
+    run -255 --separate-stderr tpar --worker-type forkserver --preload json,nosuchmod_xyz \
+        < <(job operator:add '[1, 2]')
+    run -0 jq -r .status <<<"$output"
+    assert_output cancelled
+    assert_regex "$stderr" "--preload nosuchmod_xyz failed"
+    assert_regex "$stderr" "ModuleNotFoundError: No module named 'nosuchmod_xyz'"
+    assert_regex "$stderr" "forkserver ended before it forked a worker"
+    # The same run with modules that import is fine.
+    run -0 tpar --worker-type forkserver --preload json,math < <(job operator:add '[1, 2]')
+    run -0 jq -r .value <<<"$output"
+    assert_output 3
+}
