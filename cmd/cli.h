@@ -11,6 +11,7 @@
 #include "tpar.h"
 
 #define EXIT_USAGE 255
+#define CAPTURE_DEFAULT (64 * 1024) /* --capture: bytes kept per stream */
 
 enum mode { MODE_STREAM, MODE_MAP, MODE_RUN };
 
@@ -45,6 +46,9 @@ struct opts {
     int quiet;
     int summary;
     int dry_run;              /* --dry-run: show the jobs, run none */
+    size_t capture;           /* --capture[=SIZE]: job output in the record; 0: no */
+    int tag;                  /* --tag: job output on stderr, lines prefixed by id */
+    int stats;                /* --stats: CPU seconds and peak RSS in the record */
     size_t max_line;
     int forkserver;           /* --worker-type forkserver */
     const char *preload;      /* --preload MOD,MOD */

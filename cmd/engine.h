@@ -22,6 +22,9 @@ struct job {
     uint32_t id_len;
     uint32_t payload_len;
     uint32_t meta_len;    /* the line's "meta" JSON, after the payload; 0: none */
+    char *stats;          /* EXTRA members from its worker (--stats), or NULL */
+    char *output;         /* EXTRA members (--capture, --tag), or NULL */
+    uint32_t stats_len, output_len;
     char data[];
 };
 
@@ -181,6 +184,9 @@ extern struct jobs J;
 
 void job_from_line(const char *s, size_t n, uint64_t seq, uint64_t lineno, const char *file);
 int job_for_run(void);         /* tpar run: the one job; 0 or exits 255 */
+void job_free(struct job *j);
+/* Keeps an EXTRA frame's members (TPAR_EXTRA_*) for j's record. */
+void job_set_extra(struct job *j, int kind, const uint8_t *p, size_t n);
 struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const parts[],
                     const size_t lens[], int nparts);
 void jobq_push(struct jobq *q, struct job *j);

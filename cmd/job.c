@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "jsonline.h"
@@ -32,6 +33,8 @@ static struct job *job_make(uint64_t seq, const char *id, size_t idn, const char
     j->id_len = (uint32_t)idn;
     j->payload_len = (uint32_t)(total - idn - metan);
     j->meta_len = (uint32_t)metan;
+    j->stats = j->output = NULL;
+    j->stats_len = j->output_len = 0;
     char *p = j->data;
     memcpy(p, id, idn);
     p += idn;
@@ -42,6 +45,81 @@ static struct job *job_make(uint64_t seq, const char *id, size_t idn, const char
     if (metan)
         memcpy(p, meta, metan);
     return j;
+}
+
+void job_free(struct job *j)
+{
+    free(j->stats);
+    free(j->output);
+    free(j);
+}
+
+void job_set_extra(struct job *j, int kind, const uint8_t *p, size_t n)
+{
+    char **slot = kind == TPAR_EXTRA_STATS ? &j->stats : &j->output;
+    uint32_t *len = kind == TPAR_EXTRA_STATS ? &j->stats_len : &j->output_len;
+    free(*slot);
+    *slot = NULL;
+    *len = 0;
+    /* Members of an object: checked once here, then copied as they are. */
+    char *text = malloc(n + 2);
+    if (!text)
+        return;
+    text[0] = '{';
+    memcpy(text + 1, p, n);
+    text[n + 1] = '}';
+    tpar_jsonline_span v;
+    tpar_jsonline_error err;
+    if (!n || tpar_jsonline_value(text, n + 2, &v, &err) < 0 || v.type != TPAR_JSON_OBJECT) {
+        free(text);
+        return;
+    }
+    memmove(text, text + 1, n);
+    *slot = text;
+    *len = (uint32_t)n;
+}
+
+/* --tag: the job's captured output on stderr, each line prefixed with its
+ * id and a tab, in one write. */
+static void tag_output(const struct job *j)
+{
+    static const char *const keys[] = {"stdout", "stderr"};
+    tpar_jsonline_span v[2];
+    tpar_jsonline_error err;
+    char *obj = malloc(j->output_len + 2);
+    if (!obj)
+        return;
+    obj[0] = '{';
+    memcpy(obj + 1, j->output, j->output_len);
+    obj[j->output_len + 1] = '}';
+    tpar_buf b = {0};
+    if (tpar_jsonline_object(obj, j->output_len + 2, keys, 2, v, &err) == 0) {
+        for (int i = 0; i < 2; i++) {
+            if (v[i].type != TPAR_JSON_STRING || v[i].len <= 2)
+                continue;
+            char *text = malloc(v[i].len);
+            long n = text ? tpar_jsonline_unescape(obj + v[i].off, v[i].len, text) : -1;
+            for (long a = 0; a < n;) {
+                const char *nl = memchr(text + a, '\n', (size_t)(n - a));
+                long e = nl ? nl - text + 1 : n;
+                out_lit(&b, j->data, j->id_len);
+                out_lit(&b, "\t", 1);
+                out_lit(&b, text + a, (size_t)(e - a));
+                if (!nl)
+                    out_lit(&b, "\n", 1);
+                a = e;
+            }
+            free(text);
+        }
+    }
+    for (size_t off = 0; off < b.len;) {
+        ssize_t w = write(2, b.data + off, b.len - off);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    tpar_buf_free(&b);
+    free(obj);
 }
 
 struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const parts[],
@@ -310,8 +388,10 @@ void job_attempt_done(struct job *j, int status, const char *body, size_t n,
         jobq_push_front(&J.pending, j);
         return;
     }
+    if (J.o->tag && j->output)
+        tag_output(j);
     record_result(j, status, body, n, duration, pid);
-    free(j);
+    job_free(j);
 }
 
 void jobs_cancel_pending(void)
@@ -328,5 +408,5 @@ void jobs_drop_pending(void)
 {
     struct job *j;
     while ((j = jobq_pop(&J.pending)))
-        free(j);
+        job_free(j);
 }

@@ -31,6 +31,8 @@ static const char help_text[] =
     "--summary, -I DIR, --init MOD:FN, --worker-type spawn|forkserver, --preload MODS,\n"
     "--prestart N, --dry-run (validate and show the jobs, run none),\n"
     "--python PY (default: $TPAR_PYTHON, the active venv's, python3 beside tpar, in PATH).\n"
+    "Output: --capture[=SIZE] (a job's stdout/stderr in its record), --tag (a job's\n"
+    "output on stderr, each line prefixed with its id), --stats (CPU time, peak RSS).\n"
     "Remote workers: --slurm (inside an allocation), --launcher CMD, --listen ADDR:PORT.\n"
     "\n"
     "See the manual for every option, the record formats and exit statuses:\n"
@@ -65,6 +67,7 @@ enum {
     O_IDLE, O_INIT, O_JOBLOG, O_RESUME, O_PROGRESS, O_NO_PROGRESS, O_TOTAL,
     O_SUMMARY, O_MAX_LINE, O_STAR, O_ARGS, O_KWARGS, O_WORKER_TYPE, O_PRELOAD,
     O_PRESTART, O_RAW, O_RESUME_FAILED, O_DRY_RUN, O_LISTEN, O_LAUNCHER, O_SLURM, O_PYTHON,
+    O_CAPTURE, O_TAG, O_STATS,
 };
 
 static const struct option longopts[] = {
@@ -97,6 +100,9 @@ static const struct option longopts[] = {
     {"prestart", required_argument, 0, O_PRESTART},
     {"raw", no_argument, 0, O_RAW},
     {"dry-run", no_argument, 0, O_DRY_RUN},
+    {"capture", optional_argument, 0, O_CAPTURE},
+    {"tag", no_argument, 0, O_TAG},
+    {"stats", no_argument, 0, O_STATS},
     {"null", no_argument, 0, '0'},
     {"listen", required_argument, 0, O_LISTEN},
     {"launcher", required_argument, 0, O_LAUNCHER},
@@ -339,6 +345,13 @@ static void option(struct opts *o, int c, const char *arg)
     case O_PRESTART: o->prestart = (int)parse_long("--prestart", arg); break;
     case O_RAW: o->raw = 1; break;
     case O_DRY_RUN: o->dry_run = 1; break;
+    case O_CAPTURE:
+        o->capture = arg ? (size_t)parse_size("--capture", arg) : CAPTURE_DEFAULT;
+        if (o->capture < 1 || o->capture > ((size_t)256 << 20))
+            cli_die(EXIT_USAGE, "--capture: between 1 byte and 256M per stream");
+        break;
+    case O_TAG: o->tag = 1; break;
+    case O_STATS: o->stats = 1; break;
     case '0': o->null = 1; break;
     case O_LISTEN: {
         char host[256];

@@ -307,7 +307,20 @@ static void put_id(tpar_buf *b, const struct job *j)
     out_lit(b, j->data, j->id_len);
 }
 
-static void run_record(int status, const char *body, size_t n)
+/* --stats and --capture: the members the job's worker sent. */
+static void put_extras(tpar_buf *b, const struct job *j)
+{
+    if (j->stats_len) {
+        OUT_LIT(b, ",");
+        out_lit(b, j->stats, j->stats_len);
+    }
+    if (j->output_len && R.o->capture) {
+        OUT_LIT(b, ",");
+        out_lit(b, j->output, j->output_len);
+    }
+}
+
+static void run_record(const struct job *j, int status, const char *body, size_t n)
 {
     OUT_LIT(&R.out, "{\"type\":\"result\",\"status\":\"");
     out_lit(&R.out, status_names[status], strlen(status_names[status]));
@@ -316,6 +329,7 @@ static void run_record(int status, const char *body, size_t n)
     else
         OUT_LIT(&R.out, "\",\"error\":");
     out_lit(&R.out, body, n);
+    put_extras(&R.out, j);
     OUT_LIT(&R.out, "}\n");
 }
 
@@ -352,6 +366,7 @@ static void stream_record(const struct job *j, int status, const char *body, siz
         OUT_LIT(b, "\",\"error\":");
     }
     out_lit(b, body, n);
+    put_extras(b, j);
     OUT_LIT(b, ",\"attempts\":");
     out_u64(b, (uint64_t)j->attempts);
     put_tail(b, dur, pid);
@@ -408,7 +423,7 @@ void record_result(const struct job *j, int status, const char *body, size_t n,
     if (RUN.stop != STOP_PIPE) {
         size_t start = R.out.len;
         if (R.o->mode == MODE_RUN)
-            run_record(status, body, n);
+            run_record(j, status, body, n);
         else
             stream_record(j, status, body, n, duration, pid);
         record_placed(j->seq, start);

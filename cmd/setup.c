@@ -40,7 +40,7 @@ static char *worker_path(void)
 
 void setup_wargv(const struct opts *o, char ***wargv, char ***zargv)
 {
-    char **v = calloc((size_t)(2 * o->npaths + 12), sizeof *v);
+    char **v = calloc((size_t)(2 * o->npaths + 16), sizeof *v);
     int n = 0;
     if (!v || !(v[n++] = worker_path()))
         cli_die(EXIT_USAGE, "out of memory");
@@ -60,6 +60,14 @@ void setup_wargv(const struct opts *o, char ***wargv, char ***zargv)
         v[n++] = "--max-tasks";
         v[n++] = buf;
     }
+    if (o->capture || o->tag) { /* --tag needs the output too */
+        static char cbuf[32];
+        snprintf(cbuf, sizeof cbuf, "%zu", o->capture ? o->capture : (size_t)CAPTURE_DEFAULT);
+        v[n++] = "--capture";
+        v[n++] = cbuf;
+    }
+    if (o->stats)
+        v[n++] = "--stats";
     v[n] = NULL;
     *wargv = v;
     *zargv = NULL;

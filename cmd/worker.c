@@ -679,6 +679,11 @@ static void on_frame(struct worker *w, const tpar_frame *f, double now)
     case TPAR_FRAME_GIVEBACK:
         on_giveback(w, f);
         break;
+    case TPAR_FRAME_EXTRA: /* for the job whose result comes next */
+        if (w->rn && !(f->flags & TPAR_FRAME_IN_LANE) &&
+            (f->status == TPAR_EXTRA_STATS || f->status == TPAR_EXTRA_OUTPUT))
+            job_set_extra(w->ring[w->rhead], f->status, f->payload, f->len);
+        break;
     default:
         protocol_error(w, "unexpected frame kind");
     }

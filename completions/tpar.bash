@@ -5,8 +5,8 @@
 _tpar_opts='-j --jobs -k --keep-order --timeout --retries --retry-on --halt
 --max-tasks-per-worker --max-worker-rss --idle-timeout --init -I --path
 --joblog --resume --resume-failed --progress --no-progress --total -o --output -q --quiet
---summary --max-line --star --args --kwargs --raw -0 --null --dry-run --worker-type --preload
---prestart --python --slurm --launcher --listen -h --help -V --version'
+--summary --max-line --star --args --kwargs --raw -0 --null --dry-run --capture --tag --stats
+--worker-type --preload --prestart --python --slurm --launcher --listen -h --help -V --version'
 
 _tpar()
 {

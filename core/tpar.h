@@ -59,6 +59,16 @@ enum tpar_frame_kind {
                                   this one: give back those not started */
     TPAR_FRAME_GIVEBACK = 9,   /* w->p: u64 from, u64 to (LE): the job frames
                                   from..to-1 never started and never will */
+    TPAR_FRAME_EXTRA = 10,     /* w->p, right before a JSON job's RESULT, only
+                                  when asked (tpar-worker --capture, --stats):
+                                  JSON object members without the braces, for
+                                  the job's record; status: TPAR_EXTRA_* */
+};
+
+/* Status byte of a TPAR_FRAME_EXTRA. */
+enum tpar_extra_kind {
+    TPAR_EXTRA_STATS = 1,  /* "cpu_user":s,"cpu_sys":s,"max_rss":bytes */
+    TPAR_EXTRA_OUTPUT = 2, /* "stdout":"..","stderr":"..","output_cut":bool */
 };
 
 /* Status byte of a TPAR_FRAME_RESULT. */

@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -42,6 +44,12 @@ static struct {
     long max_tasks;
     int idle_ms;        /* poll timeout while idle; -1: none */
     int retiring;
+    long capture;       /* --capture BYTES (0: off): see extra_begin */
+    int cap_fd[2];      /* memfds that are fds 1 and 2 while a job runs */
+    int saved_fd[2];    /* the real fds 1 and 2 meanwhile */
+    int stats;          /* --stats */
+    int clear_refs;     /* /proc/self/clear_refs (resets the peak RSS), or -1 */
+    struct rusage ru0;  /* at the job's start */
     /* Take-back (docs/protocol.md).  Job frames are numbered from 0 in the
      * order they come; all of these are guarded by out_mu. */
     uint64_t jobs_in;    /* job frames seen by scan_input */
@@ -176,9 +184,12 @@ static PyObject *make_scanner(void)
     return PyObject_CallMethod(W.helper, "json_scanner", NULL);
 }
 
+static void extra_setup(const struct tpar_worker_opts *o);
+
 void tpar__worker_setup(const struct tpar_worker_opts *o)
 {
     PyObject *r;
+    extra_setup(o);
     W.helper = load_helper();
     W.fn_cache = PyDict_New();
     if (!W.helper || !W.fn_cache)
@@ -682,6 +693,172 @@ static int split_job(const tpar_frame *f, const char *part[3], size_t len[3])
     return len[0] ? 0 : -1;
 }
 
+/* ------------------------------------------- --capture and --stats */
+
+/* With --capture, a JSON job's fds 1 and 2 are memfds while it runs (the
+ * worker's own are put back after), and what it wrote, cut to the limit,
+ * goes to the parent in an EXTRA frame before its result; with --stats,
+ * its CPU time (getrusage) and the worker's peak RSS while it ran (the
+ * peak is reset before the job through /proc/self/clear_refs). */
+static void extra_setup(const struct tpar_worker_opts *o)
+{
+    W.capture = o->capture > 0 ? o->capture : 0;
+    W.stats = o->stats;
+    W.clear_refs = -1;
+    if (W.capture) {
+        for (int i = 0; i < 2; i++) {
+            W.cap_fd[i] = memfd_create(i ? "tpar-stderr" : "tpar-stdout", MFD_CLOEXEC);
+            W.saved_fd[i] = fcntl(i + 1, F_DUPFD_CLOEXEC, HIGH_FD);
+            if (W.cap_fd[i] < 0 || W.saved_fd[i] < 0)
+                W.capture = 0; /* cannot: the output goes where it goes */
+        }
+    }
+    if (W.stats)
+        W.clear_refs = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+}
+
+static void flush_std(void)
+{
+    static const char *const names[] = {"stdout", "stderr"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *f = PySys_GetObject(names[i]); /* borrowed */
+        PyObject *r = f && f != Py_None ? PyObject_CallMethod(f, "flush", NULL) : NULL;
+        Py_XDECREF(r);
+    }
+    PyErr_Clear();
+}
+
+static void extra_begin(void)
+{
+    if (W.capture) {
+        flush_std();
+        dup2(W.cap_fd[0], 1);
+        dup2(W.cap_fd[1], 2);
+    }
+    if (W.stats) {
+        if (W.clear_refs >= 0)
+            (void)!pwrite(W.clear_refs, "5", 1, 0);
+        getrusage(RUSAGE_SELF, &W.ru0);
+    }
+}
+
+static size_t utf8_seq(const uint8_t *s, size_t n)
+{
+    uint8_t c = s[0];
+    size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
+    if (c > 0xF4 || len == 0 || len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F) ||
+        (c == 0xF0 && s[1] < 0x90) || (c == 0xF4 && s[1] > 0x8F))
+        return 0;
+    return len;
+}
+
+/* Bytes as a JSON string; what is not UTF-8 becomes U+FFFD. */
+static void put_jstr(tpar_buf *b, const uint8_t *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (tpar_buf_reserve(b, n * 6 + 2) < 0)
+        oom();
+    uint8_t *o = b->data + b->len;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = s[i];
+        if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = c;
+        } else if (c == '\n' || c == '\t') {
+            *o++ = '\\';
+            *o++ = c == '\n' ? 'n' : 't';
+        } else if (c < 0x20) {
+            memcpy(o, "\\u00", 4);
+            o[4] = (uint8_t)hex[c >> 4];
+            o[5] = (uint8_t)hex[c & 15];
+            o += 6;
+        } else if (c < 0x80) {
+            *o++ = c;
+        } else {
+            size_t len = utf8_seq(s + i, n - i);
+            if (len) {
+                memcpy(o, s + i, len);
+                o += len;
+                i += len - 1;
+            } else {
+                memcpy(o, "\\ufffd", 6);
+                o += 6;
+            }
+        }
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
+}
+
+static void put_lit(tpar_buf *b, const char *s)
+{
+    if (tpar_buf_append(b, s, strlen(s)) < 0)
+        oom();
+}
+
+/* Appends an EXTRA frame of kind to W.out: the members text[0..n). */
+static void put_extra(int kind, const tpar_buf *text)
+{
+    if (tpar_buf_frame(&W.out, TPAR_FRAME_EXTRA, (uint8_t)kind, text->data, text->len) < 0)
+        oom();
+}
+
+/* After the job (the output lock held): fds 1 and 2 back, and the EXTRA
+ * frames before its result. */
+static void extra_end(void)
+{
+    static tpar_buf t;
+    if (W.stats) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        double us = (double)(ru.ru_utime.tv_sec - W.ru0.ru_utime.tv_sec) +
+                    (double)(ru.ru_utime.tv_usec - W.ru0.ru_utime.tv_usec) / 1e6;
+        double sy = (double)(ru.ru_stime.tv_sec - W.ru0.ru_stime.tv_sec) +
+                    (double)(ru.ru_stime.tv_usec - W.ru0.ru_stime.tv_usec) / 1e6;
+        char s[160];
+        snprintf(s, sizeof s, "\"cpu_user\":%.6f,\"cpu_sys\":%.6f,\"max_rss\":%llu",
+                 us < 0 ? 0 : us, sy < 0 ? 0 : sy, (unsigned long long)ru.ru_maxrss * 1024);
+        t.len = 0;
+        put_lit(&t, s);
+        put_extra(TPAR_EXTRA_STATS, &t);
+    }
+    if (W.capture) {
+        flush_std();
+        dup2(W.saved_fd[0], 1);
+        dup2(W.saved_fd[1], 2);
+        static const char *const keys[] = {"\"stdout\":", ",\"stderr\":"};
+        int cut = 0;
+        t.len = 0;
+        for (int i = 0; i < 2; i++) {
+            off_t size = lseek(W.cap_fd[i], 0, SEEK_CUR);
+            size_t n = size > 0 ? (size_t)size : 0;
+            if (n > (size_t)W.capture) {
+                n = (size_t)W.capture;
+                cut = 1;
+            }
+            uint8_t *data = n ? mmap(NULL, n, PROT_READ, MAP_SHARED, W.cap_fd[i], 0) : NULL;
+            put_lit(&t, keys[i]);
+            if (data == MAP_FAILED) {
+                put_lit(&t, "\"\"");
+            } else {
+                put_jstr(&t, data, n);
+                if (data)
+                    munmap(data, n);
+            }
+            if (ftruncate(W.cap_fd[i], 0) < 0 || lseek(W.cap_fd[i], 0, SEEK_SET) < 0)
+                W.capture = 0; /* next jobs write where the worker writes */
+        }
+        put_lit(&t, cut ? ",\"output_cut\":true" : ",\"output_cut\":false");
+        put_extra(TPAR_EXTRA_OUTPUT, &t);
+    }
+}
+
 static void run_json_job(const tpar_frame *f, int *lane)
 {
     const char *part[3];
@@ -692,6 +869,8 @@ static void run_json_job(const tpar_frame *f, int *lane)
 
     if (split_job(f, part, len) < 0)
         tpar__worker_die(EXIT_PROTOCOL, "malformed JSON job frame");
+    if (W.capture || W.stats)
+        extra_begin();
     job_begin();
     if (!(fn = lookup_fn(part[0], len[0])))
         goto ended;
@@ -708,6 +887,8 @@ static void run_json_job(const tpar_frame *f, int *lane)
     dt = tpar_now() - t0;
 ended:
     job_end();
+    if (W.capture || W.stats)
+        extra_end();
     lane_release(lane);
     size_t at = result_begin();
     if (res && tpar__json_encode(&W.out, res) == 0)

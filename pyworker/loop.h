@@ -25,6 +25,9 @@ struct tpar_worker_opts {
     int zygote;          /* fork workers on request instead of serving */
     const char *preload; /* comma-separated modules the zygote imports */
     int preload_strict;  /* a --preload that fails to import ends the zygote */
+    long capture;        /* --capture BYTES: a JSON job's stdout/stderr, each
+                            cut to BYTES, go to the parent (EXTRA); 0: off */
+    int stats;           /* --stats: a JSON job's CPU time and peak RSS (EXTRA) */
     const char *connect; /* --connect HOST:PORT: a remote worker */
     double connect_timeout; /* seconds to connect and authenticate */
     int connect_workers;    /* --workers: workers (connections) to keep */

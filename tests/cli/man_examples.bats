@@ -49,7 +49,7 @@ examples() {
              -I --path --joblog --resume --progress --total -o --output \
              -q --quiet --summary --max-line --star --args --kwargs --help \
              --worker-type --preload --prestart --no-progress -V --version \
-             --resume-failed --raw -0 --null --dry-run; do
+             --resume-failed --raw -0 --null --dry-run --capture --tag --stats; do
         grep -qE -- "^ {7}(.*, )?$o( |,|\$)" <<<"$text" ||
             fail "option $o has no entry of its own"
     done
