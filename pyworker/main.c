@@ -38,7 +38,7 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         {"zygote", no_argument, 0, 'z'},
         {"preload", required_argument, 0, 'P'},
         {"preload-strict", no_argument, 0, 'R'},
-        {"capture", required_argument, 0, 'K'},
+        {"capture", required_argument, 0, 'Y'},
         {"stats", no_argument, 0, 'X'},
         {"connect", required_argument, 0, 'C'},
         {"connect-timeout", required_argument, 0, 'O'},
@@ -67,7 +67,7 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         case 'z': o->zygote = 1; break;
         case 'P': o->preload = optarg; break;
         case 'R': o->preload_strict = 1; break;
-        case 'K': o->capture = strtol(optarg, NULL, 10); break;
+        case 'Y': o->capture = strtol(optarg, NULL, 10); break;
         case 'X': o->stats = 1; break;
         case 'C': o->connect = optarg; break;
         case 'O': o->connect_timeout = strtod(optarg, NULL); break;
