@@ -847,8 +847,10 @@ static int head_was_alone(struct worker *w)
  * of its jobs ran: the one running at its death ends with the death's
  * status; those that ran to the end lost their result with it: they
  * count an attempt and run again (a success, not a failure: no retry is
- * used up); those that never started go back to the queue, counting
- * nothing (cancelled when stopping).  Exact, whatever the pipelining. */
+ * used up), except the last of them when the worker died by itself
+ * with nothing running: that one is blamed; those that never started go
+ * back to the queue, counting nothing (cancelled when stopping).  Exact,
+ * whatever the pipelining. */
 static void settle_exact(struct worker *w, const char *desc)
 {
     static tpar_buf b;
@@ -862,7 +864,13 @@ static void settle_exact(struct worker *w, const char *desc)
                 cancel_unstarted(j);
             else
                 never_started(j);
-        } else if (j->wseq >= w->prog_finished) {
+        } else if (j->wseq >= w->prog_finished ||
+                   (!w->killed_for && w->prog_started == w->prog_finished &&
+                    j->wseq + 1 == w->prog_started)) {
+            /* Running, or the last to end when the worker died by itself
+             * with nothing running: a job that kills its worker after it
+             * returned (a finalizer, a thread it left) would otherwise run
+             * again forever, retries untouched. */
             end_head(w, j, desc);
         } else if (RUN.stop == STOP_NONE) {
             j->attempts++;

@@ -76,6 +76,21 @@ slow_per_worker() {
     assert_attempts_exact "$D/out"
 }
 
+@test "attempts: a job that kills its worker after it returned, every time, is blamed (not rerun forever)" {
+    # Nothing runs when the worker dies; its progress says the job ended, so
+    # its result died with the worker.  Rerunning it as innocent looped
+    # forever (no record, no retries used up).
+    jq -nc --arg d "$D" '{id: 1, fn: "schedjobs:dies_after_return", args: [$d, 1]}' >"$D/in"
+    jq -nc --arg d "$D" 'range(2; 6) | {id: ., fn: "schedjobs:counted", args: [$d, .]}' >>"$D/in"
+    TPAR_TEST_TIMEOUT=20 run -1 --separate-stderr tpar -I "$FIXTURES" -j1 --retries 2 "$D/in"
+    printf '%s\n' "$output" >"$D/out"
+    assert_one_record_per_line "$D/in" "$D/out"
+    assert_equal "$(jq -r 'select(.id == 1) | "\(.status) \(.attempts) \(.error.type)"' "$D/out")" \
+        "broken 3 BrokenWorkerError"
+    assert_equal "$(count_status "$D/out" ok)" 4
+    assert_attempts_exact "$D/out"
+}
+
 @test "stealing: -j2, 20 instant jobs then 10 x 0.5 s: the slow jobs run on both workers" {
     {
         jobs_n 20 schedjobs:counted "[\"$D\", .]"
