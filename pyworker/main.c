@@ -171,6 +171,25 @@ __attribute__((used)) static const char core_tag[] = "\ntpar-worker-core " TPAR_
 /* Called by the launcher (launcher.c) with libpython loaded, Python not yet
  * started; or, in a Python with no shared libpython, by _main() below from
  * inside the running interpreter ("module mode").  Never returns. */
+/* In module mode Python started before the supervisor read the run's
+ * secret: the C environment has lost it, but os.environ keeps its copy,
+ * which every job would see and pass on to the programs it starts with
+ * env=dict(os.environ, ...).  In the worker, with the GIL held. */
+static void forget_secret_in_python(void)
+{
+    PyObject *os = PyImport_ImportModule("os");
+    PyObject *env = os ? PyObject_GetAttrString(os, "environ") : NULL;
+    PyObject *r = env ? PyObject_CallMethod(env, "pop", "sO", TPAR_SECRET_ENV, Py_None)
+                      : NULL;
+    Py_XDECREF(os);
+    Py_XDECREF(env);
+    if (!r) {
+        PyErr_Print();
+        tpar__worker_die(EXIT_NOPYTHON, "cannot drop the secret from os.environ");
+    }
+    Py_DECREF(r);
+}
+
 __attribute__((visibility("default"))) int tpar_worker_main(int argc, char **argv);
 int tpar_worker_main(int argc, char **argv)
 {
@@ -192,6 +211,8 @@ int tpar_worker_main(int argc, char **argv)
          * with; the socket carries the frames both ways, no lanes. */
         int fd = tpar__worker_connect(o.connect, o.connect_timeout > 0 ? o.connect_timeout : 30.0,
                                       o.connect_workers);
+        if (!embedded)
+            forget_secret_in_python();
         int fd2 = fcntl(fd, F_DUPFD_CLOEXEC, 0);
         if (fd2 < 0)
             tpar__worker_die(EXIT_PROTOCOL, "out of fds");

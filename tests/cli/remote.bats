@@ -122,6 +122,21 @@ mixed_jobs() {
     assert_no_remote_left
 }
 
+@test "remote: a job sees no trace of the run's secret, in os.environ either (also when the worker runs inside its interpreter)" {
+    # TPAR_LIBPYTHON= runs the core inside the interpreter (as for a Python
+    # without a shared libpython): Python started before the supervisor
+    # read the secret, and its os.environ kept a copy for every job.
+    local lib
+    for lib in default ""; do
+        if [ "$lib" = default ]; then unset TPAR_LIBPYTHON; else export TPAR_LIBPYTHON=; fi
+        run -0 --separate-stderr tpar --launcher "$WORKER --connect {addr} --workers 1" \
+            <<<'{"fn": "os:getenv", "args": ["TPAR_SECRET"]}'
+        assert_equal "$(jq -c '[.status, .value]' <<<"$output")" '["ok",null]'
+    done
+    unset TPAR_LIBPYTHON
+    assert_no_remote_left
+}
+
 @test "remote: a launcher that starts no worker: a message and 255, one record per job read" {
     for i in $(seq 1 5); do printf '{"id": %d, "fn": "jobs:add", "args": [%d, 0]}\n' "$i" "$i"; done >"$D/in.jsonl"
     run -255 tpar --launcher "sh -c 'exit 3' {addr}" -o "$D/out.jsonl" "$D/in.jsonl"
