@@ -76,7 +76,11 @@ enum tpar_result_status {
     TPAR_RESULT_OK = 0,    /* body: the value */
     TPAR_RESULT_ERROR = 1, /* JSON body: {"type","message","traceback"};
                               pickle body: (exception or None, type name,
-                              message, traceback text) */
+                              message, traceback text, chain) */
+    TPAR_RESULT_RETIRED = 2, /* answers no job, empty body: the worker's
+                                retire() returned true after its previous
+                                result; a job sent since was not run (sent
+                                with RETIRING; the worker exits 0) */
 };
 /* Flag or'ed into the status byte: the worker retires after this result
  * (its retire() returned true, or its task limit was reached). */

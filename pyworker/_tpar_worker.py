@@ -24,6 +24,19 @@ def setup_path(cwd_path, extra, sys_path):
         sys.path.insert(0, os.getcwd())
 
 
+def set_argv(argv):
+    """sys.argv: the parent's, while its script is imported as __main__
+    and after, as multiprocessing's spawn arranges it."""
+    sys.argv[:] = argv
+
+
+# The parent's script, imported here as __main__, started jobs (no
+# `if __name__ == "__main__":` guard): the worker exits with this code
+# (loop.h EXIT_UNGUARDED_MAIN) and the parent raises BrokenWorkerError.
+EXIT_UNGUARDED_MAIN = 76
+refused = False  # set by the tpar package when it refused to start jobs
+
+
 def load_main(path):
     """Import the parent's script as __mp_main__ and alias it as __main__, as
     multiprocessing's spawn does, so functions pickled by reference from the
@@ -44,6 +57,14 @@ def load_main(path):
             code = compile(f.read(), path, "exec")
         exec(code, mod.__dict__)
     except BaseException:
+        if refused:
+            # As multiprocessing's spawn: the script must guard its entry
+            # point, or every worker would run it.  The job fails with
+            # BrokenWorkerError, which says so.
+            print(f"tpar-worker[{os.getpid()}]: {path}, imported as __main__, started "
+                  f"jobs: guard its entry point with `if __name__ == \"__main__\":`",
+                  file=sys.stderr, flush=True)
+            os._exit(EXIT_UNGUARDED_MAIN)
         # A script that cannot be re-imported still leaves cloudpickle'd and
         # importable functions usable; say why on stderr.
         import traceback
@@ -384,7 +405,7 @@ def config(payload):
     init = settings.get("init")
     if init is not None:
         init()
-
+    return _retire is not None
 
 def run_pickle(payload, sink):
     """-> (ok, duration, body, retiring); body is None when the value was
@@ -413,13 +434,10 @@ def run_pickle(payload, sink):
         except BaseException as exc:
             ok, body = False, _pickled_error(exc)
     dt = _now() - t0
-    retiring = False
-    if _retire is not None:
-        try:
-            retiring = bool(_retire())
-        except BaseException:
-            import traceback
+    return ok, dt, body, False  # retire() runs after the result has gone back
 
-            traceback.print_exc()
-            retiring = True
-    return ok, dt, body, retiring
+
+def retire_now():
+    """The parent's retire(), once the job's result has gone back: true
+    retires this worker; an exception ends it (EXIT_RETIRE_FAILED)."""
+    return bool(_retire())

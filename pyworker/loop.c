@@ -62,6 +62,7 @@ static struct {
     int in_eof;          /* the flusher saw the end of the input (or an error) */
     int wake_fd;         /* eventfd: the job the flusher watches has ended */
     uint64_t bell_seen;  /* the down lane's doorbell, as last seen */
+    int has_retire;      /* the package's CONFIG set a retire() */
 } W = {.down = TPAR_LANE_NONE, .up = TPAR_LANE_NONE, .wake_fd = -1};
 
 void tpar__worker_die(int code, const char *what)
@@ -203,6 +204,14 @@ void tpar__worker_setup(const struct tpar_worker_opts *o)
     if (!r)
         goto fail;
     Py_DECREF(r);
+    if (o->main_argv) {
+        PyObject *argv = list_of((const char **)o->main_argv, o->main_argc);
+        r = argv ? PyObject_CallMethod(W.helper, "set_argv", "O", argv) : NULL;
+        Py_XDECREF(argv);
+        if (!r)
+            goto fail;
+        Py_DECREF(r);
+    }
     if (o->main_path) {
         r = PyObject_CallMethod(W.helper, "load_main", "s", o->main_path);
         if (!r)
@@ -992,7 +1001,35 @@ static void run_config(const tpar_frame *f)
         fflush(stderr);
         _exit(EXIT_INIT);
     }
+    W.has_retire = PyObject_IsTrue(r) > 0; /* config() says whether one is set */
     Py_DECREF(r);
+}
+
+/* The package's retire() runs once the job's result has gone back, so a
+ * slow or hanging one never holds up the caller (as with trio-parallel).
+ * True: a RETIRED notice follows, and the worker exits; a job the parent
+ * sent meanwhile is not run, and the notice tells it so.  Raised: the
+ * traceback goes to stderr and the worker exits with EXIT_RETIRE_FAILED,
+ * which the parent reports as BrokenWorkerError. */
+static void retire_after_result(void)
+{
+    static const uint8_t no_duration[8];
+    flush_out(NULL, 0);
+    PyObject *r = PyObject_CallMethod(W.helper, "retire_now", NULL);
+    int yes = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    if (yes < 0) {
+        fprintf(stderr, "tpar-worker[%d]: retire() raised:\n", (int)getpid());
+        PyErr_Print();
+        fflush(stderr);
+        _exit(EXIT_RETIRE_FAILED);
+    }
+    if (!yes)
+        return;
+    if (tpar_buf_frame(&W.out, TPAR_FRAME_RESULT, TPAR_RESULT_RETIRED | TPAR_RESULT_RETIRING,
+                       no_duration, sizeof no_duration) < 0)
+        oom();
+    W.retiring = 1;
 }
 
 /* ------------------------------------------------------------------ loop */
@@ -1033,6 +1070,10 @@ static int handle(const tpar_frame *in)
         if (f.status & TPAR_JOB_FLUSH_FIRST)
             flush_out(NULL, 0);
         run_pickle_job(&f, &lane);
+        if (W.has_retire) {
+            lane_release(&lane);
+            retire_after_result();
+        }
         break;
     case TPAR_FRAME_CONFIG: run_config(&f); break;
     case TPAR_FRAME_SHUTDOWN: return 0;
@@ -1302,7 +1343,8 @@ static _Noreturn void forked_child(const struct tpar__chan *c,
     close(c->in[1]); /* the parent's ends */
     close(c->out[0]);
     tpar__worker_take_fds(c->in[0], c->out[1], c->down.fd, c->up.fd);
-    dup2(STDERR_FILENO, STDOUT_FILENO);
+    if (!o->keep_stdout)
+        dup2(STDERR_FILENO, STDOUT_FILENO);
     /* The caller's stdin is not the job's (a job reading it would take the
      * caller's input, or stop on SIGTTIN at a terminal): /dev/null, as a
      * spawned worker has. */

@@ -8,7 +8,11 @@
 
 #include "tpar.h"
 
-enum { EXIT_INIT = 70, EXIT_PROTOCOL = 71, EXIT_NOPYTHON = 72 };
+/* 73, 74: connect.h.  EXIT_RETIRE_FAILED: the package's retire() raised
+ * (the parent reports it as BrokenWorkerError); EXIT_UNGUARDED_MAIN: the
+ * parent's script, imported as __main__, started jobs (_tpar_worker.py). */
+enum { EXIT_INIT = 70, EXIT_PROTOCOL = 71, EXIT_NOPYTHON = 72, EXIT_RETIRE_FAILED = 75,
+       EXIT_UNGUARDED_MAIN = 76 };
 
 struct tpar_worker_opts {
     int cwd_path;
@@ -16,6 +20,9 @@ struct tpar_worker_opts {
     int npaths;
     const char *sys_path;
     const char *main_path;
+    char **main_argv; /* after "--": sys.argv while and after __main__ loads */
+    int main_argc;
+    int keep_stdout;  /* stdout stays the parent's (the Trio package) */
     const char *python;
     const char *init;
     long max_tasks;

@@ -45,6 +45,7 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         {"workers", required_argument, 0, 'W'},
         {"libpython", required_argument, 0, 'L'}, /* the launcher's */
         {"core", required_argument, 0, 'K'},      /* the launcher's */
+        {"keep-stdout", no_argument, 0, 'k'},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof(*o));
     o->spin_us = -1;
@@ -52,12 +53,15 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
     if (!o->paths)
         tpar__worker_die(EXIT_NOPYTHON, "out of memory");
     int c;
-    while ((c = getopt_long(argc, argv, "I:", longs, NULL)) != -1) {
+    /* "+": options end at the first non-option; "--" ends them too, and
+     * what follows is sys.argv for the parent's script (--main-path). */
+    while ((c = getopt_long(argc, argv, "+I:", longs, NULL)) != -1) {
         switch (c) {
         case 'I': o->paths[o->npaths++] = optarg; break;
         case 'c': o->cwd_path = 1; break;
         case 's': o->sys_path = optarg; break;
         case 'm': o->main_path = optarg; break;
+        case 'k': o->keep_stdout = 1; break;
         case 'p': o->python = optarg; break;
         case 'i': o->init = optarg; break;
         case 't': o->max_tasks = strtol(optarg, NULL, 10); break;
@@ -76,8 +80,12 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         default: usage_error("bad option");
         }
     }
-    if (optind != argc)
+    if (optind < argc && strcmp(argv[optind - 1], "--") != 0)
         usage_error("unexpected argument");
+    if (optind > 1 && strcmp(argv[optind - 1], "--") == 0) {
+        o->main_argv = argv + optind;
+        o->main_argc = argc - optind;
+    }
     if (o->connect && o->zygote)
         usage_error("--connect and --zygote exclude each other");
     if (o->connect_workers < 0 || o->connect_workers > 4096 ||
@@ -87,21 +95,25 @@ static void parse_opts(int argc, char **argv, struct tpar_worker_opts *o)
         usage_error("--connect-timeout must be positive");
 }
 
-/* The protocol fds go out of the way of user code, and anything written
- * to stdout goes to stderr instead: a print() never corrupts a frame. */
+/* The protocol fds go out of the way of user code (fds 3/4 are free for
+ * it, and a print() never corrupts a frame). */
 static int lane_fd(int fd)
 { /* a memfd says F_GET_SEALS; anything else there is not a lane of ours */
     return fcntl(fd, F_GET_SEALS) >= 0 ? fd : -1;
 }
 
-static void setup_fds(int zygote)
+static void setup_fds(int zygote, int keep_stdout)
 {
     if (zygote)
         tpar__worker_take_fds(TPAR_WORKER_FD_IN, -1, -1, -1);
     else
         tpar__worker_take_fds(TPAR_WORKER_FD_IN, TPAR_WORKER_FD_OUT, lane_fd(TPAR_WORKER_FD_DOWN),
                  lane_fd(TPAR_WORKER_FD_UP));
-    dup2(STDERR_FILENO, STDOUT_FILENO);
+    /* The CLI's stdout carries records: a job's print() goes to stderr.
+     * The Trio package's workers print to the program's stdout, as
+     * trio-parallel's do (--keep-stdout). */
+    if (!keep_stdout)
+        dup2(STDERR_FILENO, STDOUT_FILENO);
 }
 
 static void setup_signals(int pdeathsig)
@@ -221,7 +233,7 @@ int tpar_worker_main(int argc, char **argv)
         dup2(STDERR_FILENO, STDOUT_FILENO);
     } else {
         setup_signals(o.pdeathsig);
-        setup_fds(o.zygote);
+        setup_fds(o.zygote, o.keep_stdout);
     }
     if (embedded)
         start_python(&o, argv[0]);

@@ -27,7 +27,11 @@ except ImportError:  # pragma: no cover - cloudpickle is optional
 OK = _core.RESULT_OK
 RETIRING = _core.RESULT_RETIRING
 STATUS_MASK = 0x7F  # a RESULT's status without the RETIRING bit
+RETIRED = _core.RESULT_RETIRED | _core.RESULT_RETIRING  # a RETIRED notice's status
 NO_KWARGS = {}
+# The worker's exit codes (pyworker/loop.h) that the package explains.
+EXIT_RETIRE_FAILED = 75  # retire() raised
+EXIT_UNGUARDED_MAIN = 76  # our script, imported as __main__ there, started jobs
 _loads = pickle.loads
 _dump = pickle.dump
 
@@ -55,6 +59,18 @@ class BrokenWorkerError(RuntimeError):
             elif os.WIFSIGNALED(status):
                 self.signal = os.WTERMSIG(status)
         return self
+
+
+def why(status):
+    """What a worker's exit status means, beyond its number: a
+    "; ..." suffix for the exit codes the package explains, else ""."""
+    if status is None or not os.WIFEXITED(status):
+        return ""
+    return {EXIT_RETIRE_FAILED: ": its retire() raised (the traceback is on stderr)",
+            EXIT_UNGUARDED_MAIN: ": it imported your script as __main__, and the script "
+                                 "started jobs: guard the script's entry point with "
+                                 "`if __name__ == \"__main__\":`",
+            }.get(os.WEXITSTATUS(status), "")
 
 
 def broken(message, pid, status):

@@ -16,7 +16,8 @@ import weakref
 import trio
 
 from . import _core
-from ._abc import NO_KWARGS, WorkerContextStatistics, WorkerType, as_bytes, pickle_into
+from ._abc import (EXIT_RETIRE_FAILED, NO_KWARGS, WorkerContextStatistics, WorkerType, as_bytes,
+                   broken, pickle_into)
 from ._proc import LAUNCHERS, graveyard, kill, reap_graveyard, refuse_while_bootstrapping
 
 _JOB = _core.FRAME_JOB_PICKLE
@@ -44,7 +45,7 @@ def worker_extra(idle_timeout):
 
 class WorkerCache:
     __slots__ = ("__weakref__", "idle_timeout", "launcher", "starts_at_once", "preload_job", "settings",
-                 "by_ref", "config", "config_key", "keyless", "lock", "idle_cv", "idle", "busy", "dying", "running", "closed",
+                 "by_ref", "config", "config_key", "keyless", "idle_dead", "failures", "lock", "idle_cv", "idle", "busy", "dying", "running", "closed",
                  "unchecked", "prestarting", "prestarter")
 
     def __init__(self, worker_type, idle_timeout, preload, init, retire, by_ref):
@@ -71,6 +72,8 @@ class WorkerCache:
         self.by_ref = by_ref
         self.config = self.config_key = None
         self.keyless = set()  # started before this process had an authkey
+        self.idle_dead = set()  # died while idle, exit status not yet read
+        self.failures = []  # BrokenWorkerErrors of retire()s that raised
         self.lock = threading.Lock()
         self.idle_cv = threading.Condition(self.lock)  # a prestarted worker came
         self.idle = []  # (worker, idle since), most recent last: LIFO
@@ -98,6 +101,8 @@ class WorkerCache:
         with self.lock:
             if self.closed:
                 raise trio.ClosedResourceError("this worker context is closed")
+            if self.failures:
+                raise self.failures.pop(0)
             self.running += 1
             idle = self.idle
             # Stale idle workers are retired here; the workers' own idle
@@ -105,14 +110,19 @@ class WorkerCache:
             horizon = _monotonic() - self.idle_timeout
             while idle:
                 w, since = idle.pop()
-                if since >= horizon and w.alive():
-                    self.busy.add(w)
-                    return w
-                self.bury(w, locked=True)  # died while idle, or stale: replaced silently
-                if since < horizon:
-                    for old, _ in idle:
-                        self.bury(old, locked=True)
-                    idle.clear()
+                if since >= horizon:
+                    if self.quiet(w):
+                        self.busy.add(w)
+                        return w
+                    self.bury_dead(w)  # died while idle: replaced
+                    continue
+                self.bury(w, locked=True)  # stale: replaced silently
+                for old, _ in idle:
+                    self.bury(old, locked=True)
+                idle.clear()
+            if self.failures:  # a worker found dead here had a raising retire()
+                self.running -= 1
+                raise self.failures.pop(0)
         try:
             refuse_while_bootstrapping()
             w = self._wait_prestarted() if self.prestarting else None
@@ -126,6 +136,13 @@ class WorkerCache:
             self.busy.add(w)
         return w
 
+    def quiet(self, w):
+        """Idle w is alive and has not retired: no end of file, no RETIRED
+        notice.  (One whose preload answer may be waiting is not read.)"""
+        if self.unchecked and w in self.unchecked:
+            return w.alive()
+        return w.recv(0.0) is None
+
     def _wait_prestarted(self):
         """A prestarted worker is on its way (FORKSERVER: the zygote is
         still starting): take it rather than start one more."""
@@ -134,7 +151,7 @@ class WorkerCache:
                 self.idle_cv.wait(0.05)
             while self.idle:
                 w, _ = self.idle.pop()
-                if w.alive():
+                if self.quiet(w):
                     return w
                 self.bury(w, locked=True)
         return None
@@ -242,10 +259,12 @@ class WorkerCache:
             horizon = _monotonic() - self.idle_timeout
             keep = []
             for w, since in self.idle:
-                if since >= horizon and w.alive():
+                if since < horizon:
+                    self.bury(w, locked=True)
+                elif self.quiet(w):
                     keep.append((w, since))
                 else:
-                    self.bury(w, locked=True)
+                    self.bury_dead(w)
             self.idle[:] = keep
             return bool(keep or self.dying)
 
@@ -261,7 +280,9 @@ class WorkerCache:
         self.unchecked.discard(w)
         self.keyless.discard(w)
         w.close()
-        if w.reap(False) is None:
+        if w.reap(False) is not None:
+            self.check_reaped(w)
+        else:
             if locked:
                 self.dying.append(w)
             else:
@@ -272,7 +293,28 @@ class WorkerCache:
 
     def reap_dying(self):
         with self.lock:
-            self.dying[:] = [w for w in self.dying if w.reap(False) is None]
+            still = []
+            for w in self.dying:
+                if w.reap(False) is None:
+                    still.append(w)
+                else:
+                    self.check_reaped(w)
+            self.dying[:] = still
+
+    def bury_dead(self, w):
+        """w died while idle (lock held): replaced, and if its retire()
+        raised, the next call or the close raises BrokenWorkerError."""
+        self.idle_dead.add(w)
+        self.bury(w, locked=True)
+
+    def check_reaped(self, w):
+        if w in self.idle_dead:
+            self.idle_dead.discard(w)
+            st = w.status
+            if os.WIFEXITED(st) and os.WEXITSTATUS(st) == EXIT_RETIRE_FAILED:
+                self.failures.append(broken(
+                    f"worker process {w.pid}: its retire() raised (the traceback is on "
+                    f"stderr)", w.pid, st))
 
     # ------------------------------------------------------------- closing
 

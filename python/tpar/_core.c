@@ -1071,6 +1071,7 @@ static PyObject *core_fork_worker(PyObject *module, PyObject *args)
     struct tpar_worker_opts o;
     memset(&o, 0, sizeof o);
     o.pdeathsig = pdeathsig;
+    o.keep_stdout = 1; /* a job's print() goes to our stdout, as trio-parallel's */
     o.spin_us = -1;
     o.idle_timeout = idle_timeout;
     WorkerObject *w = new_worker(get_state(module));
@@ -1121,6 +1122,7 @@ static int add_constants(PyObject *m)
            PyModule_AddIntConstant(m, "RESULT_OK", TPAR_RESULT_OK) ||
            PyModule_AddIntConstant(m, "RESULT_ERROR", TPAR_RESULT_ERROR) ||
            PyModule_AddIntConstant(m, "RESULT_RETIRING", TPAR_RESULT_RETIRING) ||
+           PyModule_AddIntConstant(m, "RESULT_RETIRED", TPAR_RESULT_RETIRED) ||
            PyModule_AddIntConstant(m, "FRAME_MAX", (long)TPAR_FRAME_MAX_DEFAULT)
                ? -1 : 0;
 }

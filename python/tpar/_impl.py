@@ -35,6 +35,7 @@ from ._abc import (
     RETIRING as _RETIRING,
     STATUS_MASK as _STATUS_MASK,
     OK as _OK,
+    RETIRED as _RETIRED,
     BrokenWorkerError,
     WorkerContextStatistics,
     WorkerType,
@@ -42,6 +43,7 @@ from ._abc import (
     note as _note,
     outcome as _outcome,
     pickle_into as _pickle_into,
+    why as _why,
 )
 from ._cache import WorkerCache
 from ._locate import main_path, worker_argv  # noqa: F401 - worker_argv: tests
@@ -259,6 +261,11 @@ class WorkerContext:
         if res is False:
             await self._broken(w)
         status, _, body = res
+        if status == _RETIRED:
+            # w's retire() said yes after its last result, before this
+            # job: it was not run.  Another worker runs it.
+            cache.release(w, False)
+            return await self._run(fn, args, kill_on_cancel, spin)
         if type(body) is memoryview:
             # A large value, still in the worker's up lane: decode it before
             # the worker goes back to the cache and may need the lane.
@@ -315,9 +322,10 @@ class WorkerContext:
                     w.reap(True)
         finally:  # a KeyboardInterrupt in the sleep too: the worker goes
             self._cache.release(w, False)
-        raise _broken_error(
-            f"worker process {w.pid} died unexpectedly: {_core.describe_status(w.status)}",
-            w.pid, w.status)
+        err = _broken_error(f"worker process {w.pid} died unexpectedly: "
+                            f"{_core.describe_status(w.status)}{_why(w.status)}", w.pid,
+                            w.status)
+        raise err
 
     # ------------------------------------------------------------- shutdown
 
@@ -342,7 +350,11 @@ class WorkerContext:
             while not _collect(workers + dying, deadline):
                 await trio.sleep(0.001)
             cache.launcher.stop(park=True)  # every worker of ours is gone
+            for w in dying:
+                cache.check_reaped(w)
             _proc.raise_if_unclean(workers)
+            if cache.failures:
+                raise cache.failures[0]
 
     def _shutdown_sync(self, grace_period, kill_busy):
         """Closes the context at exit; returns its idle workers, reaped."""

@@ -111,7 +111,8 @@ def worker_argv(extra=()):
     """argv for a fresh worker that sees what this process sees."""
     path = [p or os.getcwd() for p in sys.path]
     worker = find_worker()
-    argv = [worker, "--sys-path", os.pathsep.join(path)]
+    # --keep-stdout: a job's print() goes to our stdout, as trio-parallel's.
+    argv = [worker, "--sys-path", os.pathsep.join(path), "--keep-stdout"]
     argv += interpreter_args(worker)
     mp = main_path()
     if mp:
@@ -122,4 +123,7 @@ def worker_argv(extra=()):
         argv.append("--pdeathsig")
     argv.extend(extra)
     argv.extend(os.environ.get("TPAR_WORKER_ARGS", "").split())  # for experiments
+    if sys.argv:
+        # sys.argv in the worker, set before our __main__ is imported there
+        argv += ["--", *sys.argv]
     return argv

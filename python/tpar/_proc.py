@@ -12,7 +12,7 @@ import trio
 from trio.lowlevel import checkpoint, wait_readable, wait_writable
 
 from . import _core
-from ._abc import WorkerType, broken, note
+from ._abc import WorkerType, broken, note, why
 from ._locate import worker_argv
 
 YIELD_SPIN_S = float(os.environ.get("TPAR_YIELD_SPIN_US", 50)) * 1e-6
@@ -30,6 +30,7 @@ def refuse_while_bootstrapping():
     importing the script."""
     helper = sys.modules.get("_tpar_worker")
     if helper is not None and getattr(helper, "bootstrapping", False):
+        helper.refused = True  # the worker exits, and its parent says why
         raise RuntimeError(
             "tpar: a worker process is importing your script as __main__, and the "
             "script started jobs while being imported.  Guard the script's entry "
@@ -87,6 +88,13 @@ class ForkLauncher(SpawnLauncher):
         if self.pending_preload:
             import_all(self.preload)
             self.pending_preload = False
+        # The child shares our stdout: what our buffers hold is written
+        # once, by us, not again by the child (as multiprocessing does).
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except Exception:
+                pass
         return _core.fork_worker(
             threading.current_thread() is threading.main_thread(), self.idle)
 
@@ -117,13 +125,17 @@ class ForkserverLauncher(SpawnLauncher):
                 if self.closed:
                     raise trio.ClosedResourceError("this worker context is closed")
                 z = self._zygote_locked()
+                pid = z.pid
                 try:
                     return z.fork()
-                except BrokenPipeError:  # it died: the next one takes over
+                except BrokenPipeError as exc:  # it died: the next one takes over
                     z.stop()
                     self.zygote = None
                     if attempt == 2:
-                        raise
+                        raise broken(
+                            f"the forkserver (tpar-worker --zygote, pid {pid}) died before "
+                            f"it could fork a worker: see its message on stderr", pid,
+                            None) from exc
 
     def warm_up(self):
         """The zygote is spawned here, and a thread asks it for the workers,
@@ -257,7 +269,8 @@ def raise_if_unclean(workers):
     if bad:
         raise broken(
             f"graceful shutdown failed: {len(bad)} worker(s) did not exit cleanly ("
-            + ", ".join(f"{w.pid} {_core.describe_status(w.status)}" for w in bad) + ")",
+            + ", ".join(f"{w.pid} {_core.describe_status(w.status)}{why(w.status)}"
+                        for w in bad) + ")",
             bad[0].pid, bad[0].status)
 
 

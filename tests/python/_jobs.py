@@ -153,3 +153,16 @@ def set_event(ev):
 
 def dict_set(d, key, value):
     d[key] = value
+
+
+def retire_hang():
+    time.sleep(3600)
+
+
+def retire_raise():
+    raise RuntimeError("retire says no")
+
+
+def argv():
+    import sys
+    return list(sys.argv)

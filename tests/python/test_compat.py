@@ -269,3 +269,129 @@ def test_manager_proxies_work_as_arguments(tmp_path, when):
                           text=True, env=subprocess_env(), timeout=90, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True", "5"], proc.stderr
+
+
+# ------------------------------------------------------------------ retire
+
+ALL_TYPES = ["spawn", "forkserver", "fork"]
+
+
+@pytest.mark.parametrize("wtype", ALL_TYPES)
+async def test_retire_runs_after_the_result_and_a_hanging_one_is_killed_at_exit(wtype):
+    with pytest.raises(trio_parallel.BrokenWorkerError, match="SIGKILL") as info:
+        async with trio_parallel.open_worker_context(
+                worker_type=wtype, retire=_jobs.retire_hang, grace_period=0.5) as ctx:
+            with trio.fail_after(30):  # the result comes while retire() hangs
+                pid = await ctx.run_sync(os.getpid)
+    assert info.value.pid == pid and info.value.signal == signal.SIGKILL
+    assert gone(pid)
+
+
+@pytest.mark.parametrize("wtype", ALL_TYPES)
+async def test_a_raising_retire_is_broken_worker_error_at_the_next_call(wtype):
+    # ... and at the exit too: the second worker's retire() raised as well
+    with pytest.raises(trio_parallel.BrokenWorkerError, match="retire"):
+        async with trio_parallel.open_worker_context(worker_type=wtype,
+                                                     retire=_jobs.retire_raise) as ctx:
+            await _raising_retire_at_the_next_call(ctx)
+
+
+async def _raising_retire_at_the_next_call(ctx):
+    pid = await ctx.run_sync(os.getpid)  # its result came before retire()
+    with trio.fail_after(30):
+        while not gone(pid):  # the reaper finds it dead, and reaps it
+            await trio.sleep(0.05)
+    with pytest.raises(trio_parallel.BrokenWorkerError, match="retire") as info:
+        await ctx.run_sync(os.getpid)
+    assert info.value.pid == pid and info.value.exitcode == 75
+    # said once: the next call gets a new worker
+    assert await ctx.run_sync(_jobs.add, 1, 1) == 2
+
+
+async def test_a_raising_retire_is_broken_worker_error_at_context_exit():
+    with pytest.raises(trio_parallel.BrokenWorkerError, match="retire") as info:
+        async with trio_parallel.open_worker_context(retire=_jobs.retire_raise) as ctx:
+            pid = await ctx.run_sync(os.getpid)
+            with trio.fail_after(30):
+                while not gone(pid):
+                    await trio.sleep(0.05)
+    assert info.value.pid == pid and info.value.exitcode == 75
+
+
+@pytest.mark.parametrize("wtype", ALL_TYPES)
+async def test_retire_true_is_never_a_lost_job(wtype):
+    """A job sent to a worker whose retire() said yes after its last result
+    is not run there: the worker says so, and another worker runs it."""
+    async with trio_parallel.open_worker_context(worker_type=wtype,
+                                                 retire=_jobs.always_retire) as ctx:
+        pids = []
+        for _ in range(5):
+            pids.append(await ctx.run_sync(os.getpid))
+        assert len(set(pids)) == 5
+
+
+# ------------------------------------------------------- stdout and argv
+
+STDOUT = """
+import sys, trio
+import tpar
+
+def job(i):
+    print("job says", i, flush=True)
+    return i
+
+async def main():
+    async with tpar.open_worker_context(worker_type=sys.argv[1]) as ctx:
+        for i in range(2):
+            await ctx.run_sync(job, i)
+    print("parent done", flush=True)
+
+if __name__ == "__main__":
+    print("parent starts")  # buffered here at a FORK: written once
+    trio.run(main)
+"""
+
+
+@pytest.mark.parametrize("wtype", ALL_TYPES)
+def test_a_worker_s_stdout_is_the_program_s_stdout(tmp_path, wtype):
+    script = tmp_path / "out.py"
+    script.write_text(STDOUT)
+    proc = subprocess.run([sys.executable, str(script), wtype], capture_output=True,
+                          text=True, env=subprocess_env(), timeout=90, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["parent starts", "job says 0", "job says 1",
+                                        "parent done"], (proc.stdout, proc.stderr)
+    assert "job says" not in proc.stderr
+
+
+ARGV = """
+import sys, trio
+import tpar
+import _jobs
+
+FIRST = sys.argv[1]  # at import time, in every worker too
+
+def job():
+    return FIRST, list(sys.argv)
+
+async def main():
+    async with tpar.open_worker_context(worker_type=FIRST) as ctx:
+        first, argv = await ctx.run_sync(job)
+        assert first == FIRST and argv == sys.argv, (first, argv, sys.argv)
+    print("ok", flush=True)
+
+if __name__ == "__main__":
+    trio.run(main)
+"""
+
+
+@pytest.mark.parametrize("wtype", ALL_TYPES)
+def test_sys_argv_is_the_parent_s_while_main_is_imported(tmp_path, wtype):
+    script = tmp_path / "argv.py"
+    script.write_text(ARGV)
+    proc = subprocess.run([sys.executable, str(script), wtype, "two words", "-x"],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=90,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ok"]
+    assert "Traceback" not in proc.stderr, proc.stderr

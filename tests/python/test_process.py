@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import subprocess_env
 
 
@@ -138,20 +140,33 @@ def test_functions_from_python_c_need_cloudpickle(tmp_path):
     assert proc.stdout.split() == ["81"]
 
 
-def test_unguarded_script_does_not_spawn_workers_without_end(tmp_path):
-    proc = run_script(tmp_path, """
+@pytest.mark.parametrize("wtype", ["spawn", "forkserver"])
+def test_unguarded_script_fails_with_broken_worker_error(tmp_path, wtype):
+    """As with trio-parallel (multiprocessing's spawn): a worker that
+    imports a script without a __main__ guard would run the script's jobs
+    itself, so it exits, and the call raises BrokenWorkerError saying why."""
+    proc = run_script(tmp_path, f"""
         import os, trio
         import tpar as trio_parallel
 
         def square(x):
             return x * x
 
+        async def main():
+            async with trio_parallel.open_worker_context(worker_type="{wtype}") as ctx:
+                return await ctx.run_sync(square, 7)
+
         # no `if __name__ == "__main__":` guard: every worker re-imports this
-        print(trio.run(trio_parallel.run_sync, square, 7), flush=True)
+        print(trio.run(main), flush=True)
     """, timeout=60, check=False)
-    # It ends (the worker's import of the script fails at the nested job,
-    # so `square` cannot be found there) and says why.
-    assert "Guard the script's entry point" in proc.stderr
+    assert proc.returncode != 0
+    assert "49" not in proc.stdout
+    assert "BrokenWorkerError" in proc.stderr
+    assert "guard its entry point with `if __name__ == \"__main__\":`" in proc.stderr
+    if wtype == "spawn":
+        assert "exited with code 76: it imported your script as __main__" in proc.stderr
+    else:
+        assert "the forkserver (tpar-worker --zygote, pid" in proc.stderr
 
 
 def test_busy_workers_of_daemon_threads_die_at_exit(tmp_path):
@@ -160,7 +175,7 @@ def test_busy_workers_of_daemon_threads_die_at_exit(tmp_path):
         import tpar as trio_parallel
 
         def job():
-            print("WORKER", os.getpid(), flush=True)  # a worker's stdout is our stderr
+            print("WORKER", os.getpid(), flush=True)  # a worker's stdout is ours
             time.sleep(60)
 
         started = threading.Event()
@@ -176,6 +191,6 @@ def test_busy_workers_of_daemon_threads_die_at_exit(tmp_path):
             started.wait()
             time.sleep(1.0)
     """, timeout=30)
-    pids = [int(p) for p in re.findall(r"^WORKER (\d+)$", proc.stderr, re.M)]
-    assert len(pids) == 1, proc.stderr
+    pids = [int(p) for p in re.findall(r"^WORKER (\d+)$", proc.stdout, re.M)]
+    assert len(pids) == 1, proc.stdout + proc.stderr
     assert gone(pids[0])
