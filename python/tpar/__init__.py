@@ -16,6 +16,7 @@ from ._impl import (
     run_sync,
 )
 from ._remote import RemoteContext, open_remote_context
+from ._map import map
 
 __version__ = "0.1.0"
 
@@ -43,3 +44,6 @@ for _name in __all__:
     except (AttributeError, TypeError):  # pragma: no cover
         pass
 del _name
+# tpar.map is public but not in __all__: `from tpar import *` must not
+# hide the builtin map.
+map.__module__ = __name__

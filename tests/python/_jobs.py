@@ -166,3 +166,21 @@ def retire_raise():
 def argv():
     import sys
     return list(sys.argv)
+
+
+def square(x):
+    return x * x
+
+
+def sleep_then(pair):
+    """(seconds, value) -> value, after sleeping."""
+    time.sleep(pair[0])
+    return pair[1]
+
+
+def fail_on(pair):
+    """(bad, x) -> x, or ValueError when x == bad."""
+    bad, x = pair
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
