@@ -12,7 +12,7 @@ from common import BENCH_DIR, PYTHON, build_dir, clean_python, deps_dir
 from model import Case
 
 TYPES = ("SPAWN", "FORKSERVER", "FORK")
-CASES = ("warm", "idle_rss", "throughput", "bigdata", "loops", "single_use")
+CASES = ("warm", "warm_busy", "idle_rss", "throughput", "bigdata", "loops", "single_use")
 
 SIZES = {
     "smoke": dict(warm_n=20, tput_n=100, single_n=3, single_spawn_n=3,
@@ -82,6 +82,12 @@ def make_cases():
                         "s per 100 MB",
                         note="run_sync(bytes, 100 MB of bytes): 100 MB "
                         "there and back; best of the round trips in a rep"),
+        "warm_busy": Case(T, "trio.warm_busy", "Warm latency of run_sync(bool), "
+                          "two CPU-bound processes beside", "µs",
+                          note="mean over sequential calls to a warm worker "
+                          "from the moment two `while True: pass` processes "
+                          "start: a spin-before-block must not make it worse "
+                          "than trio-parallel's on a busy machine"),
         "idle_rss": Case(T, "trio.idle_rss", "Idle worker RSS", "MB",
                          note="RSS of a worker 0.2 s after its last job "
                          "(FORK workers share most of it with the parent)"),
@@ -116,6 +122,7 @@ def run(mode, reps, log):
     sz = SIZES[mode]
     cases = make_cases()
     cases["warm"].note(f"{sz['warm_n']} calls per repetition")
+    cases["warm_busy"].note(f"{sz['warm_n']} calls per repetition")
     cases["throughput"].note(f"{sz['tput_n']} calls per repetition")
     cases["single_use"].note(f"{sz['single_n']} calls per repetition "
                              f"({sz['single_spawn_n']} with SPAWN)")
@@ -155,7 +162,7 @@ def run(mode, reps, log):
     return list(cases.values())
 
 
-FLOOR_SUBJECTS = ("one yield", "no yield")
+FLOOR_SUBJECTS = ("one yield", "no yield", "one I/O wait")
 
 
 def helper_json(case, names, argv, env, timeout):
@@ -229,7 +236,7 @@ def run_one(impl, wtype, want, sz, env, python=PYTHON):
         return {k: {"skip": why} for k in want + ["cold", "idle_uss"]}
 
 
-SCALE = {"cold": 1e3, "warm": 1e6, "throughput": 1, "single_use": 1e3,
+SCALE = {"cold": 1e3, "warm": 1e6, "warm_busy": 1e6, "throughput": 1, "single_use": 1e3,
          "bigdata": 1, "idle_rss": 1e-6, "idle_uss": 1e-6}
 
 

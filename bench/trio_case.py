@@ -95,6 +95,8 @@ async def trio_warm_cases(trio, run_sync, cases, sz, out):
         for _ in range(n):
             await run_sync(bool)
         out["warm"] = (time.perf_counter() - t0) / n
+    if "warm_busy" in cases:
+        out["warm_busy"] = await warm_beside_hogs(run_sync, sz["warm_n"])
     if "idle_rss" in cases:
         pid = await run_sync(os.getpid)
         await trio.sleep(0.2)
@@ -122,6 +124,29 @@ async def trio_warm_cases(trio, run_sync, cases, sz, out):
         out["bigdata"] = min(times) * 100 / sz["big_mb"]
     if "loops" in cases:
         out["loops"] = await trio_loops(trio, run_sync, sz["loops_s"])
+
+
+HOGS = 2  # CPU-bound processes beside the warm calls
+
+
+async def warm_beside_hogs(run_sync, n):
+    """Mean latency of n sequential run_sync(bool) calls to a warm worker
+    while HOGS CPU-bound processes run beside, from the first call after
+    they start (a spin that adapts is measured while it adapts)."""
+    import subprocess
+    await run_sync(bool)  # the worker is there
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(HOGS)]
+    try:
+        time.sleep(0.2)  # they run
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await run_sync(bool)
+        return (time.perf_counter() - t0) / n
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
 
 
 async def trio_loops(trio, run_sync, seconds):
@@ -172,6 +197,8 @@ def ppe_cases(wtype, cases, sz, out):
             for _ in range(n):
                 ex.submit(bool).result()
             out["warm"] = (time.perf_counter() - t0) / n
+        if "warm_busy" in cases:
+            out["warm_busy"] = {"skip": "measured for the Trio packages only"}
         if "idle_rss" in cases:
             pid = ex.submit(os.getpid).result()
             time.sleep(0.2)

@@ -1126,7 +1126,10 @@ static void adapt_spin(double t0, long *spin, long spin_max)
 static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spin,
                           long spin_max)
 {
+    static double no_spin_until; /* a yield lost the CPU: not before this */
     double t0 = tpar_now(), deadline = t0 + (double)*spin * 1e-6;
+    if (t0 < no_spin_until)
+        deadline = t0;
     for (;;) {
         ssize_t n = read(W.in_fd, buf, cap);
         if (n >= 0) {
@@ -1137,11 +1140,21 @@ static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spi
             continue;
         if (errno != EAGAIN)
             return -1;
-        if (tpar_now() >= deadline)
+        double now = tpar_now();
+        if (now >= deadline)
             break;
         /* When the parent shares our CPU, this is what lets it run (and
          * send the next job); on a CPU of our own it returns at once. */
         sched_yield();
+        if (tpar_now() - now > (double)spin_max * 1e-6) {
+            /* The yield gave the CPU away for a time slice: other processes
+             * want the CPUs.  Spinning on would only keep us off them when
+             * the job comes (a sleeper is woken at once): block, and spin
+             * again only once input comes quickly (adapt_spin). */
+            *spin = 0;
+            no_spin_until = tpar_now() + 0.5;
+            break;
+        }
     }
     double idle_end = t0 + W.idle_ms * 1e-3;
     for (;;) {

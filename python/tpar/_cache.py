@@ -45,7 +45,8 @@ def worker_extra(idle_timeout):
 
 class WorkerCache:
     __slots__ = ("__weakref__", "idle_timeout", "launcher", "starts_at_once", "preload_job", "settings",
-                 "by_ref", "config", "config_key", "keyless", "idle_dead", "failures", "lock", "idle_cv", "idle", "busy", "dying", "running", "closed",
+                 "by_ref", "config", "config_key", "keyless", "idle_dead", "failures",
+                 "no_spin_until", "lock", "idle_cv", "idle", "busy", "dying", "running", "closed",
                  "unchecked", "prestarting", "prestarter")
 
     def __init__(self, worker_type, idle_timeout, preload, init, retire, by_ref):
@@ -74,6 +75,7 @@ class WorkerCache:
         self.keyless = set()  # started before this process had an authkey
         self.idle_dead = set()  # died while idle, exit status not yet read
         self.failures = []  # BrokenWorkerErrors of retire()s that raised
+        self.no_spin_until = 0.0  # perf_counter: the CPUs were oversubscribed
         self.lock = threading.Lock()
         self.idle_cv = threading.Condition(self.lock)  # a prestarted worker came
         self.idle = []  # (worker, idle since), most recent last: LIFO

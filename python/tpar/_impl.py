@@ -53,6 +53,9 @@ _JOB = _core.FRAME_JOB_PICKLE
 _MP_PROCESS = "multiprocessing.process"
 _modules = sys.modules
 SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
+_SPIN_LOST_S = 4 * SPIN_US * 1e-6  # a spin that took this long was preempted
+_NO_SPIN_S = 0.5  # ... and then no spin (nor yield-spin) for this long
+_perf = time.perf_counter
 _monotonic = time.monotonic
 
 
@@ -239,8 +242,16 @@ class WorkerContext:
             # not for a worker still starting (no READY yet; a FORK child
             # starts at once): it will not answer within a spin, and the
             # CPU is better left to it.
-            warm = w.ready or cache.starts_at_once
-            res = w.recv(SPIN_US) if spin and warm and cache.running == 1 else None
+            # Nor while the CPUs are oversubscribed: a spin's sched_yield()
+            # then hands the CPU to another process for a whole time slice,
+            # where blocking in epoll would have been woken at once.
+            warm = (w.ready or cache.starts_at_once) and _perf() >= cache.no_spin_until
+            res = None
+            if spin and warm and cache.running == 1:
+                t0 = _perf()
+                res = w.recv(SPIN_US)
+                if _perf() - t0 > _SPIN_LOST_S:  # a yield lost the CPU
+                    cache.no_spin_until = _perf() + _NO_SPIN_S
             if res is None:
                 try:
                     res = await _finish(w, warm)

@@ -3,12 +3,10 @@ tree of cache_scope, statistics without calls, the exception chain,
 BrokenWorkerError's attributes, types and defaults of the API."""
 
 import inspect
-import math
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 

@@ -8,7 +8,7 @@ import trio
 
 import _jobs
 import tpar
-from test_run_sync import counts, gone
+from test_run_sync import counts
 
 
 async def collect(results):
