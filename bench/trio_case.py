@@ -198,7 +198,7 @@ def ppe_cases(wtype, cases, sz, out):
                 ex.submit(bool).result()
             out["warm"] = (time.perf_counter() - t0) / n
         if "warm_busy" in cases:
-            out["warm_busy"] = {"skip": "measured for the Trio packages only"}
+            out["warm_busy"] = {"skip": "not measured for ProcessPoolExecutor (a Trio-package row)"}
         if "idle_rss" in cases:
             pid = ex.submit(os.getpid).result()
             time.sleep(0.2)
