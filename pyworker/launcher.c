@@ -41,7 +41,7 @@ static const char *opt(int argc, char **argv, const char *name)
 {
     const char *v = NULL;
     size_t len = strlen(name);
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) { /* "--": sys.argv */
         if (strncmp(argv[i], name, len) != 0)
             continue;
         if (argv[i][len] == '=')
@@ -54,7 +54,7 @@ static const char *opt(int argc, char **argv, const char *name)
 
 static int has_flag(int argc, char **argv, const char *name)
 {
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++)
         if (strcmp(argv[i], name) == 0)
             return 1;
     return 0;
@@ -136,14 +136,21 @@ int main(int argc, char **argv)
         fail("out of memory%s%s", "", "");
     int n = 0;
     if (lib && *lib) {
+        /* --python goes before a "--", after which come the parent
+         * script's sys.argv (the package's workers). */
+        int end = 1;
+        while (end < argc && strcmp(argv[end], "--") != 0)
+            end++;
         v[n++] = argv[0];
-        for (int i = 1; i < argc; i++)
+        for (int i = 1; i < end; i++)
             v[n++] = argv[i];
         const char *given = opt(argc, argv, "--python");
         if (exe && (!given || strcmp(exe, given) != 0)) {
             v[n++] = "--python";
             v[n++] = (char *)exe;
         }
+        for (int i = end; i < argc; i++)
+            v[n++] = argv[i];
         v[n] = NULL;
         if (!dlopen(lib, RTLD_NOW | RTLD_GLOBAL))
             fail("cannot load %s", dlerror(), "");

@@ -107,8 +107,9 @@ def main_path():
     return os.path.abspath(path)
 
 
-def worker_argv(extra=()):
-    """argv for a fresh worker that sees what this process sees."""
+def worker_argv(extra=(), main_argv=True):
+    """argv for a fresh worker that sees what this process sees; with
+    main_argv, ending with "-- <our sys.argv>" (its sys.argv)."""
     path = [p or os.getcwd() for p in sys.path]
     worker = find_worker()
     # --keep-stdout: a job's print() goes to our stdout, as trio-parallel's.
@@ -123,7 +124,7 @@ def worker_argv(extra=()):
         argv.append("--pdeathsig")
     argv.extend(extra)
     argv.extend(os.environ.get("TPAR_WORKER_ARGS", "").split())  # for experiments
-    if sys.argv:
+    if main_argv and sys.argv:
         # sys.argv in the worker, set before our __main__ is imported there
         argv += ["--", *sys.argv]
     return argv

@@ -40,7 +40,8 @@ def _worker_command(addr, extra):
     """tpar-worker --connect ADDR with what a local worker of this process
     would get (sys.path, __main__, the interpreter), less what only a
     child of ours can use."""
-    argv = [a for a in worker_argv() if a != "--pdeathsig"]
+    # No "-- <our sys.argv>": a launcher puts options after {worker}.
+    argv = [a for a in worker_argv(main_argv=False) if a != "--pdeathsig"]
     return argv + ["--connect", addr] + list(extra)
 
 
