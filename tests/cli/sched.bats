@@ -162,12 +162,15 @@ slow_per_worker() {
 }
 
 # Input for the cancel tests: 300 instant jobs (the pipelines grow 256 deep),
-# then 60 naps of 0.05 s logged to $D/slow, the FAIL_AT-th of which fails.
+# then 60 naps of 0.2 s logged to $D/slow, the FAIL_AT-th of which fails.
+# A nap's length is the time tpar has to take a worker's queue back before
+# the worker starts its next job: with 0.05 s the "at most -j start"
+# checks failed whenever load delayed tpar's reaction by 50 ms.
 deep_input() {
     jobs_n 300 operator:truth "[.]"
     jq -nc --arg log "$D/slow" --argjson f "${1:-0}" 'range(1; 61) |
         {id: (1000 + .), fn: (if . == $f then "schedjobs:nap_fail" else "schedjobs:nap" end),
-         args: [$log, (1000 + .), 0.05]}'
+         args: [$log, (1000 + .), 0.2]}'
 }
 
 # after_mark LOG MARK: lines of LOG after the first line MARK.
