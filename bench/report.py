@@ -13,6 +13,11 @@ TARGETS = [
      "<=", 60, "µs", "596 µs"),
     ("Tiny calls per second (SPAWN)", "trio.throughput", "tpar SPAWN",
      ">=", 30000, "calls/s", "2,900/s"),
+    ("Tiny calls per second (SPAWN) vs Trio's floor (limiter, one yield), "
+     "same run (issue 17)", "trio.throughput:floor", "tpar SPAWN", ">=", 0.65,
+     "×", "0.37-0.40×"),
+    ("Warm latency beside two CPU-bound processes (SPAWN) vs trio-parallel "
+     "(issue 17)", "trio.warm_busy:ratio", "tpar SPAWN", "<=", 1, "×", "-"),
     ("Single-use worker per call (FORKSERVER)", "trio.single_use",
      "tpar FORKSERVER", "<=", 2, "ms", "74 ms"),
     ("100 MB round trip (SPAWN)", "trio.bigdata", "tpar SPAWN", "<=", 0.1,
@@ -56,6 +61,13 @@ def evaluate_targets(cases, nproc, mode="full"):
              "case": key}
         if not key.endswith(":ratio"):
             t["limit_value"] = limit
+        if key.endswith(":floor"):
+            t.update(floor_ratio(by_key, key.split(":")[0], subj))
+            if mode == "smoke" and t["met"] is not None:
+                t["met"] = None
+                t["why"] = "smoke run: sizes too small to judge"
+            out.append(t)
+            continue
         want_ratio = key.endswith(":ratio")
         case = by_key.get(key.split(":")[0])
         row = next((r for r in case["results"] if r["subject"] == subj),
@@ -77,6 +89,24 @@ def evaluate_targets(cases, nproc, mode="full"):
                 t["why"] = "smoke run: sizes too small to judge"
         out.append(t)
     return out
+
+
+FLOOR_SUBJECT = "Trio alone, limiter and one yield"
+
+
+def floor_ratio(by_key, key, subj):
+    """The subject's calls/s over Trio's floor (bench/trio_floor.py), both
+    measured in each repetition: the median of the per-repetition ratios."""
+    from common import ratio
+    case, floor = by_key.get(key), by_key.get("trio.floor")
+    rows = [next((r for r in c["results"] if r["subject"] == s), None) if c else None
+            for c, s in ((case, subj), (floor, FLOOR_SUBJECT))]
+    if any(r is None or "skipped" in r or "median" not in r for r in rows):
+        return {"why": "throughput or floor not measured"}
+    r = ratio(rows[0], rows[1])
+    if r is None:
+        return {"why": "no floor figure"}
+    return {"value": r["median"], "met": r["median"] >= 0.65}
 
 
 def fmt(v):
