@@ -71,6 +71,7 @@ struct worker {
     uint32_t proven_len[16];
     int nproven;
     long sent;                /* jobs sent in its life */
+    long given_back;          /* of those, given back unstarted (GIVEBACK) */
     uint64_t stamp;           /* when it last became idle (LIFO reuse) */
     double reap_start;
     int remote;               /* connected over TCP: no process of ours */

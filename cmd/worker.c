@@ -362,7 +362,10 @@ static void send_job(struct worker *w, struct job *j, double now)
 
 static int can_take(struct worker *w)
 {
-    return w->state == W_READY && (!P.o->max_tasks || w->sent < P.o->max_tasks);
+    /* Jobs given back do not count: the worker retires after max_tasks
+     * jobs it ran, and would otherwise idle, taking nothing, forever. */
+    return w->state == W_READY &&
+           (!P.o->max_tasks || w->sent - w->given_back < P.o->max_tasks);
 }
 
 /* Tops a worker up to the pipeline depth once it has drained to half. */
@@ -476,6 +479,7 @@ static void on_giveback(struct worker *w, const tpar_frame *f)
         if (j->wseq < from)
             break;
         w->rn--;
+        w->given_back++;
         P.inflight--;
         never_started(j);
     }

@@ -125,6 +125,23 @@ slow_per_worker() {
     assert_regex "$output" '^[1-5] [1-5] $'
 }
 
+@test "stealing with --max-tasks-per-worker: jobs taken back do not count as the worker's tasks" {
+    # A worker whose queued slow jobs were taken back had sent >= N but ran
+    # fewer than N: it took nothing more and never retired, and one worker
+    # ran nine of the ten slow jobs (5 and 5 with the fix).
+    {
+        jobs_n 20 operator:truth "[.]"
+        jq -nc --arg log "$D/slow" 'range(21; 31) | {id: ., fn: "schedjobs:nap",
+            args: [$log, ., 0.5]}'
+    } >"$D/in"
+    run -0 --separate-stderr tpar -I "$FIXTURES" -j2 --max-tasks-per-worker 15 "$D/in"
+    printf '%s\n' "$output" >"$D/out"
+    assert_one_record_per_line "$D/in" "$D/out"
+    local most
+    most=$(awk '{print $2}' "$D/slow" | sort | uniq -c | sort -n | tail -1 | awk '{print $1}')
+    [ "$most" -le 7 ] || fail "one worker ran $most of the 10 slow jobs: $(slow_per_worker "$D/slow")"
+}
+
 @test "stealing races: many take-backs, jobs near their estimate, each runs exactly once" {
     # Batches of 100 instant jobs (the depth grows) and 6 of 2 to 7 ms,
     # trickled in: at the end of each batch the queue is empty and one
