@@ -612,6 +612,9 @@ static void operands(struct opts *o, int n, char **v)
         cli_die(EXIT_USAGE, "--star goes with 'tpar map'");
     if (o->null && o->mode != MODE_MAP)
         cli_die(EXIT_USAGE, "-0 goes with 'tpar map'");
+    if (o->raw && o->star)
+        cli_die(EXIT_USAGE, "--raw and --star exclude each other (a string is not an array "
+                            "of arguments)");
     if (o->raw && o->mode == MODE_STREAM)
         cli_die(EXIT_USAGE, "--raw goes with 'tpar map' or 'tpar run' (job lines are JSON)");
     o->files = v;

@@ -149,4 +149,6 @@ max_workers() {
     usage_error --raw
     usage_error -0
     usage_error run -0 math:sqrt 1
+    usage_error map --raw --star operator:add
+    usage_error map -0 --star operator:add ::: a
 }
