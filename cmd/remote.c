@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -106,6 +107,18 @@ static void dial_addr(const struct opts *o, const char *host, unsigned port)
 static void on_readable(uv_poll_t *h, int status, int events);
 static void on_tick(uv_timer_t *t);
 
+/* Two fds per remote worker (the socket and its dup): a thousand workers
+ * pass the usual soft limit of 1,024 fds, so take what the hard limit
+ * allows. */
+static void raise_fd_limit(void)
+{
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &r);
+    }
+}
+
 void remote_start(struct opts *o, uv_loop_t *loop, char *const wargv[])
 {
     uint8_t key[TPAR_SECRET_LEN];
@@ -113,6 +126,7 @@ void remote_start(struct opts *o, uv_loop_t *loop, char *const wargv[])
     unsigned port = 0;
     if (o->slurm)
         check_slurm(o);
+    raise_fd_limit();
     if (o->slurm && !o->jobs_set)
         o->jobs = slurm_tasks();
     else if (!o->jobs_set)

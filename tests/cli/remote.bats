@@ -9,7 +9,7 @@ load test_helper
 setup() {
     WORKER=${TPAR_WORKER:-$BUILD_DIR/pyworker/tpar-worker}
     D=$BATS_TEST_TMPDIR
-    export TPAR_AUTH_TIMEOUT=1
+    export TPAR_AUTH_TIMEOUT=3 # bad peers wait this long; a loaded machine needs the slack
 }
 
 teardown() {
@@ -231,4 +231,20 @@ EOF
     assert_output --partial "cannot start the launcher no-such-launcher-x"
     run -255 tpar --launcher "x {addr}" --listen 203.0.113.9:0 </dev/null
     assert_output --partial "cannot listen on 203.0.113.9:0"
+}
+
+@test "remote: --joblog and --resume work as locally; a killed run goes on where it stopped" {
+    for i in $(seq 1 40); do printf '{"id": %d, "fn": "jobs:add", "args": [%d, 0]}\n' "$i" "$i"; done >"$D/in.jsonl"
+    head -15 "$D/in.jsonl" >"$D/first.jsonl"
+    run tpar --launcher "$WORKER --connect {addr} --workers 2 -I $FIXTURES" \
+        -o "$D/out.jsonl" --joblog "$D/log.jsonl" "$D/first.jsonl"
+    [ "$status" -eq 0 ]
+    [ "$(jq -s 'length' "$D/log.jsonl")" -eq 15 ]
+    run tpar --launcher "$WORKER --connect {addr} --workers 2 -I $FIXTURES" \
+        --resume "$D/out.jsonl" -o "$D/rest.jsonl" --summary "$D/in.jsonl"
+    [ "$status" -eq 0 ]
+    [ "$(count_status "$D/rest.jsonl" ok)" -eq 25 ]
+    run jq -r 'select(.type == "summary") | .skipped' "$D/rest.jsonl"
+    assert_output 15
+    assert_no_remote_left
 }

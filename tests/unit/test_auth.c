@@ -286,7 +286,7 @@ static void test_listener_accepts_a_worker(void)
 
 static void test_listener_refuses_and_goes_on(void)
 {
-    tpar_listener *l = open_listener(0.3, 8);
+    tpar_listener *l = open_listener(1.0, 8);
     unsigned port = tpar_listener_port(l);
     tpar_listen_event ev;
 
@@ -336,7 +336,7 @@ static void test_listener_refuses_and_goes_on(void)
  * first two is dropped; a worker behind them still gets in. */
 static void test_listener_bounds_pending(void)
 {
-    tpar_listener *l = open_listener(0.5, 2);
+    tpar_listener *l = open_listener(1.5, 2);
     unsigned port = tpar_listener_port(l);
     tpar_listen_event ev;
     int s[3];
