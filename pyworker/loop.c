@@ -726,6 +726,25 @@ static void extra_setup(const struct tpar_worker_opts *o)
         W.clear_refs = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
 }
 
+/* A worker forked from the zygote must not share the zygote's memfds
+ * with its siblings, and /proc/self was the zygote when it was opened. */
+static void extra_after_fork(void)
+{
+    for (int i = 0; i < 2 && W.capture; i++) {
+        int fd = memfd_create(i ? "tpar-stderr" : "tpar-stdout", MFD_CLOEXEC);
+        if (fd < 0) {
+            W.capture = 0;
+            break;
+        }
+        dup3(fd, W.cap_fd[i], O_CLOEXEC); /* same number, a file of its own */
+        close(fd);
+    }
+    if (W.clear_refs >= 0) {
+        close(W.clear_refs);
+        W.clear_refs = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+    }
+}
+
 static void flush_std(void)
 {
     static const char *const names[] = {"stdout", "stderr"};
@@ -1342,6 +1361,7 @@ void tpar__worker_after_fork(pid_t parent, int pdeathsig)
     signal(SIGTERM, SIG_DFL);
     sigprocmask(SIG_SETMASK, &none, NULL);
     setpgid(0, 0); /* a timeout kills the job's own children too */
+    extra_after_fork();
     if (pdeathsig) {
         tpar__worker_die_with_parent();
         if (getppid() != parent) /* it died before prctl */

@@ -21,6 +21,16 @@ def burn(seconds):
     while time.process_time() < t:
         pass
 
+def meet(d, tag, n):
+    """Prints, waits until n jobs have printed (so they run at once), prints."""
+    print(f"{tag} before", flush=True)
+    open(os.path.join(d, "met." + tag), "w").close()
+    t = time.monotonic() + 20
+    while len([f for f in os.listdir(d) if f.startswith("met.")]) < n and time.monotonic() < t:
+        time.sleep(0.01)
+    print(f"{tag} after", flush=True)
+    return tag
+
 def grow(mb):
     b = bytearray(mb << 20)
     b[::4096] = b"x" * len(b[::4096])   # touch every page
@@ -35,6 +45,14 @@ PY
     assert_equal "$stderr" ""
     run -0 jq -c -s 'map([.id, .stdout, .stderr, .output_cut])' <<<"$output"
     assert_output '[["a","A out 0\nA out 1\nA fd1\n","A err 0\nA err 1\n",false],["b","B out 0\nB fd1\n","B err 0\n",false],["c","","",false]]'
+}
+
+@test "--capture: jobs running at once in forkserver workers each get only their own output" {
+    printf '%s\n' "{\"fn\":\"talk:meet\",\"args\":[\"$D\",\"A\",2]}" \
+        "{\"fn\":\"talk:meet\",\"args\":[\"$D\",\"B\",2]}" >"$D/in"
+    run -0 --separate-stderr tpar -k -j2 --capture --stats --worker-type forkserver -I "$D" "$D/in"
+    run -0 jq -c -s 'map([.value, .stdout, .max_rss > 0])' <<<"$output"
+    assert_output '[["A","A before\nA after\n",true],["B","B before\nB after\n",true]]'
 }
 
 @test "--capture=SIZE: output is cut to SIZE bytes per stream, and the record says so" {
