@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -259,6 +262,50 @@ static void cache_write(const char *file, const char *key, const char *out, size
         unlink(tmp);
 }
 
+/* Seconds the probe may take: an "interpreter" that never answers must
+ * not hang tpar (TPAR_PROBE_TIMEOUT: for the tests). */
+static double probe_timeout(void)
+{
+    const char *v = getenv("TPAR_PROBE_TIMEOUT");
+    double t = v && *v ? atof(v) : 0;
+    return t > 0 ? t : 60;
+}
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* As read_all, until the writer closes or `deadline` (-ETIMEDOUT). */
+static ssize_t read_all_until(int fd, char *buf, size_t cap, double deadline)
+{
+    size_t got = 0;
+    while (got < cap) {
+        double left = deadline - mono_now();
+        if (left <= 0)
+            return -ETIMEDOUT;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, (int)(left * 1000) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (r == 0)
+            continue;
+        ssize_t k = read(fd, buf + got, cap - got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return -errno;
+        if (k == 0)
+            break;
+        got += (size_t)k;
+    }
+    return (ssize_t)got;
+}
+
 /* Runs the probe under abs.  0, or -errno with err set. */
 static int run_probe(const char *abs, const char *shown, char *out, size_t cap, size_t *len,
                      char *err, size_t n)
@@ -272,7 +319,12 @@ static int run_probe(const char *abs, const char *shown, char *out, size_t cap, 
     posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
     char *argv[] = {(char *)abs, "-I", "-S", "-c", (char *)probe_code, NULL};
     pid_t pid;
-    int rc = posix_spawn(&pid, abs, &fa, NULL, argv, environ);
+    posix_spawnattr_t attr; /* a group of its own: a hung probe is killed whole */
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attr, 0);
+    int rc = posix_spawn(&pid, abs, &fa, &attr, argv, environ);
+    posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
     close(pfd[1]);
     if (rc != 0) {
@@ -280,11 +332,18 @@ static int run_probe(const char *abs, const char *shown, char *out, size_t cap, 
         say(err, n, "cannot run %s: %s", shown, strerror(rc));
         return -rc;
     }
-    ssize_t got = read_all(pfd[0], out, cap);
+    double limit = probe_timeout();
+    ssize_t got = read_all_until(pfd[0], out, cap, mono_now() + limit);
     close(pfd[0]);
+    if (got < 0 || (size_t)got == cap)
+        kill(-pid, SIGKILL); /* hung, or says too much: it would not exit */
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
         ;
+    if (got == -ETIMEDOUT) {
+        say(err, n, "%s did not answer tpar's sysconfig probe in %g s", shown, limit);
+        return -ETIMEDOUT;
+    }
     if (got < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || (size_t)got == cap ||
         (size_t)got < sizeof PROBE_MAGIC || memcmp(out, PROBE_MAGIC, sizeof PROBE_MAGIC) != 0) {
         say(err, n, "%s is not a Python 3 interpreter tpar can use (its sysconfig did not answer)",

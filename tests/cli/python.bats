@@ -166,6 +166,27 @@ SH
     assert_regex "$stderr" "^tpar: TPAR_PYTHON: "
 }
 
+@test "--python: an interpreter that never answers the probe is an error after TPAR_PROBE_TIMEOUT, and leaves nothing running" {
+    job operator:add '[1,2]' >"$D/in"
+    cat >"$D/hangs" <<SH
+#!/bin/bash
+sleep 1000 &
+echo \$! >"$D/pid"
+wait
+SH
+    chmod +x "$D/hangs"
+    TPAR_PROBE_TIMEOUT=1 run -255 --separate-stderr tpar --python "$D/hangs" "$D/in"
+    assert_equal "$output" ""
+    assert_regex "$stderr" "hangs did not answer tpar's sysconfig probe in 1 s"
+    local pid
+    pid=$(cat "$D/pid")
+    sleep 0.2
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid"
+        fail "the probe's child $pid still runs"
+    fi
+}
+
 @test "the interpreter cache: a damaged entry is ignored and rewritten" {
     local real
     real=$(real_python)
