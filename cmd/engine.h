@@ -215,6 +215,7 @@ struct pool {
     uint64_t inflight;        /* jobs sent and not yet ended */
     uint64_t started;         /* workers started */
     int remote;               /* workers connect (--listen, --slurm); none spawned */
+    int failed_starts;        /* workers in a row that died before READY */
 };
 extern struct pool P;
 

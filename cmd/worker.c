@@ -194,6 +194,33 @@ static void handle_close_cb(uv_handle_t *h)
     }
 }
 
+/* A worker killed by a signal before READY (the OOM killer, an operator,
+ * its forkserver dying under it) is a broken start, not the user's fault:
+ * another is started in its place, and only this many in a row, with no
+ * worker reaching READY between them, end the run.  A failed --init (exit
+ * 70) or a Python that cannot start (exit 72) ends it at once. */
+#define MAX_FAILED_STARTS 64
+#define START_RETRY_MS 10
+
+static void on_start_retry(uv_timer_t *t)
+{
+} /* the loop's prepare callback dispatches, and so starts a worker */
+
+/* Counts a broken start; 0 while under the bound (a retry is due). */
+static int failed_start(const char *what)
+{
+    static uv_timer_t retry;
+    if (++P.failed_starts >= MAX_FAILED_STARTS) {
+        run_fatal("workers keep dying before they start: %d in a row, the last %s",
+                  P.failed_starts, what);
+        return -1;
+    }
+    if (!retry.loop)
+        uv_timer_init(P.loop, &retry);
+    uv_timer_start(&retry, on_start_retry, START_RETRY_MS, 0);
+    return 0;
+}
+
 /* A new worker process: spawned, or forked by the forkserver (started on
  * first use, and again if it died). */
 static int start_proc(tpar_proc *p)
@@ -238,6 +265,11 @@ static struct worker *spawn_worker(void)
     if (!w)
         run_fatal("out of memory");
     int rc = w ? start_proc(&w->proc) : -ENOMEM;
+    if (rc == -EPIPE && P.zargv) { /* the forkserver died twice under us */
+        free(w);
+        failed_start("lost its forkserver");
+        return NULL;
+    }
     if (rc < 0) {
         free(w);
         if (P.zargv && rc == -EPIPE)
@@ -661,6 +693,7 @@ static void on_frame(struct worker *w, const tpar_frame *f, double now)
                                       f->payload[2] << 16 | (uint32_t)f->payload[3] << 24);
             w->state = W_READY;
             w->ready_seen = 1;
+            P.failed_starts = 0;
             w->honours_flush = (f->status & TPAR_READY_FLUSH_FIRST) != 0;
             w->honours_takeback = (f->status & TPAR_READY_TAKEBACK) != 0;
             w->has_progress = (f->status & TPAR_READY_PROGRESS) != 0;
@@ -951,7 +984,13 @@ static void finalize(struct worker *w)
     uv_close((uv_handle_t *)&w->timer, handle_close_cb);
     if (!w->ready_seen && !w->killed_for && !(w->remote && w->exit_expected) &&
         RUN.stop < STOP_NOW && !RUN.fatal) {
-        settle_ring(w, desc);
+        settle_ring(w, desc); /* no job is sent before READY: nothing to blame */
+        if (!w->remote && WIFSIGNALED(w->proc.status)) {
+            char what[256];
+            snprintf(what, sizeof what, "worker %d %s", (int)w->proc.pid, desc);
+            failed_start(what);
+            return;
+        }
         run_fatal("worker %d failed to start: %s%s", (int)w->proc.pid, desc,
                      start_hint(w->proc.status));
         return;

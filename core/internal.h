@@ -30,5 +30,8 @@ void tpar__chan_hand_over(struct tpar__chan *c, tpar_proc *p, pid_t pid);
 void tpar__chan_close(struct tpar__chan *c);
 /* tpar_proc_reap for a worker forked by a zygote. */
 int tpar__zygote_reap(tpar_proc *p, int block);
+/* Asks p's zygote to send sig to p's process group and to p, if p is
+ * still its unreaped child (ZMSG KILL); a dead zygote's workers are dead. */
+void tpar__zygote_kill(tpar_proc *p, int sig);
 
 #endif

@@ -91,6 +91,12 @@ void tpar_proc_kill(tpar_proc *p, int sig)
         (void)tpar_proc_reap(p, 0); /* learn of an exit the zygote reported */
     if (p->reaped || p->pid <= 0)
         return;
+    if (p->zygote) {
+        /* The zygote reaps its workers, so by now the pid may be a new
+         * process's: the zygote signals it, if it is still its worker. */
+        tpar__zygote_kill(p, sig);
+        return;
+    }
     /* The group first: a job's own children die with it.  The pid is still
      * ours (unreaped), so neither call can hit a recycled process. */
     (void)kill(-p->pid, sig);
@@ -104,8 +110,22 @@ int tpar_proc_reap(tpar_proc *p, int block)
     if (p->zygote)
         return tpar__zygote_reap(p, block);
     for (;;) {
+        /* Look before reaping: while the worker is a zombie its pid, and
+         * so its process group's id, cannot be reused; kill the group then,
+         * so what its job started dies with it, however the worker ended. */
+        siginfo_t info;
+        memset(&info, 0, sizeof info);
+        if (waitid(P_PID, (id_t)p->pid, &info,
+                   WEXITED | WNOWAIT | (block ? 0 : WNOHANG)) < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (info.si_pid != p->pid)
+            return -EAGAIN;
+        (void)kill(-p->pid, SIGKILL);
         int st;
-        pid_t r = waitpid(p->pid, &st, block ? 0 : WNOHANG);
+        pid_t r = waitpid(p->pid, &st, WNOHANG);
         if (r == p->pid) {
             p->reaped = 1;
             p->status = st;

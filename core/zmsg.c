@@ -40,6 +40,16 @@ int tpar__zsend_fork(int sock, int32_t tag, const int fds[4])
 int tpar__zrecv_fork(int sock, int32_t *tag, int fds[4])
 {
     struct tpar__zmsg m;
+    int rc = tpar__zrecv(sock, &m, fds);
+    if (rc == 0 && m.kind != TPAR__Z_FORK)
+        return -EPROTO;
+    *tag = m.a;
+    return rc;
+}
+
+int tpar__zrecv(int sock, struct tpar__zmsg *out, int fds[4])
+{
+    struct tpar__zmsg m;
     struct iovec iov = {.iov_base = &m, .iov_len = sizeof(m)};
     union {
         char buf[CMSG_SPACE(4 * sizeof(int))];
@@ -53,12 +63,14 @@ int tpar__zrecv_fork(int sock, int32_t *tag, int fds[4])
     if (n <= 0)
         return -EPIPE;
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    *out = m;
+    if (n == sizeof(m) && m.kind == TPAR__Z_KILL && !c)
+        return 0;
     if (n != sizeof(m) || m.kind != TPAR__Z_FORK || !c || (m.b != 2 && m.b != 4) ||
         (msg.msg_flags & MSG_CTRUNC) || c->cmsg_type != SCM_RIGHTS ||
         c->cmsg_len != CMSG_LEN((size_t)m.b * sizeof(int)))
         return -EPROTO;
     fds[2] = fds[3] = -1;
     memcpy(fds, CMSG_DATA(c), (size_t)m.b * sizeof(int));
-    *tag = m.a;
     return 0;
 }

@@ -11,8 +11,15 @@
  *   PID   z->p  a = request tag, b = the worker's pid or -errno
  *   EXIT  z->p  a = pid, b = wait status, c = its request's tag (matched by
  *               tag, not pid: by then the pid may be another worker's)
- * The zygote forwards a FORK request, fds and all, to its spare worker. */
-enum { TPAR__Z_FORK = 'F', TPAR__Z_PID = 'P', TPAR__Z_EXIT = 'X' };
+ *   KILL  p->z  a = request tag, b = signal: send it to that worker's
+ *               process group and to the worker, if it has not been
+ *               reaped; no answer.  Only the zygote, which reaps its
+ *               children, knows that a pid is still its worker's: a parent
+ *               that signalled the pid itself could hit a recycled one.
+ * The zygote forwards a FORK request, fds and all, to its spare worker.
+ * It kills a worker's process group before it reaps the worker, so what
+ * a job started dies with it, whatever ended it. */
+enum { TPAR__Z_FORK = 'F', TPAR__Z_PID = 'P', TPAR__Z_EXIT = 'X', TPAR__Z_KILL = 'K' };
 struct tpar__zmsg {
     int32_t kind;
     int32_t a;
@@ -26,6 +33,11 @@ int tpar__zsend(int sock, int32_t kind, int32_t a, int32_t b, int32_t c);
 /* Sends a FORK request: fds[0..1] the child's pipe ends, fds[2..3] the
  * lanes or -1.  0 or -errno. */
 int tpar__zsend_fork(int sock, int32_t tag, const int fds[4]);
+
+/* Receives one request (blocking) into *m: a FORK with its fds (as
+ * tpar__zrecv_fork gives them) or a KILL (fds untouched).  0; -EPIPE at
+ * EOF or on a socket error; -EPROTO for anything else. */
+int tpar__zrecv(int sock, struct tpar__zmsg *m, int fds[4]);
 
 /* Receives a FORK request (blocking): its tag and fds, received
  * close-on-exec; fds[2..3] are -1 when it came without lanes.  0; -EPIPE

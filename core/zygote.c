@@ -185,6 +185,15 @@ static int claim(tpar_zygote *z, tpar_proc *p)
     return 0;
 }
 
+void tpar__zygote_kill(tpar_proc *p, int sig)
+{
+    tpar_zygote *z = p->zygote;
+    if (p->zygote_gen != z->gen || z->pid <= 0)
+        return; /* its zygote died, and it with it */
+    if (tpar__zsend(z->fd, TPAR__Z_KILL, p->zygote_tag, sig, 0) < 0)
+        zygote_gone(z);
+}
+
 int tpar__zygote_reap(tpar_proc *p, int block)
 {
     tpar_zygote *z = p->zygote;

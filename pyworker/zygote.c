@@ -186,14 +186,38 @@ static int32_t forget_child(pid_t pid)
     return 0; /* not one we handed out */
 }
 
+/* KILL from the parent: signals the worker of that request, group first,
+ * if it is still ours (not reaped: its pid cannot have been reused). */
+static void kill_child(int32_t tag, int sig)
+{
+    for (size_t i = 0; i < nchildren; i++) {
+        if (children[i].tag == tag) {
+            kill(-children[i].pid, sig);
+            kill(children[i].pid, sig);
+            return;
+        }
+    }
+}
+
 static void report_exits(int sock, int sfd)
 {
     struct signalfd_siginfo si;
+    siginfo_t info;
     int st;
     pid_t pid;
     while (read(sfd, &si, sizeof(si)) > 0)
         ;
-    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) { /* all our children are workers */
+    for (;;) { /* all our children are workers */
+        /* Look before reaping: while the worker is a zombie its pid (and
+         * so its process group's id) is still its own, so killing the
+         * group cannot hit another; what its job started dies with it. */
+        memset(&info, 0, sizeof info);
+        if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) < 0 || info.si_pid == 0)
+            break;
+        pid = info.si_pid;
+        kill(-pid, SIGKILL);
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+            ;
         if (pid == spare_pid) /* never handed out: nobody asks about it */
             spare_gone();
         else
@@ -228,8 +252,17 @@ _Noreturn void tpar__zygote_serve(const struct tpar_worker_opts *o)
             continue;
         if (!p[0].revents)
             continue;
-        if (zrecv(sock, &tag, fds) < 0)
+        struct tpar__zmsg m;
+        int rc = tpar__zrecv(sock, &m, fds);
+        if (rc == -EPROTO)
+            tpar__worker_die(EXIT_PROTOCOL, "bad forkserver request");
+        if (rc < 0)
             _exit(0); /* the parent is gone; our workers die with us */
+        if (m.kind == TPAR__Z_KILL) {
+            kill_child(m.a, m.b);
+            continue;
+        }
+        tag = m.a;
         pid_t pid = hand_to_spare(tag, fds);
         int err = 0;
         if (pid < 0) {

@@ -56,6 +56,12 @@ SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
 _SPIN_LOST_S = 4 * SPIN_US * 1e-6  # a spin that took this long was preempted
 _NO_SPIN_S = 0.5  # ... and then no spin (nor yield-spin) for this long
 _perf = time.perf_counter
+# A worker killed by a signal before READY (the OOM killer, an operator,
+# its forkserver dying under it) never ran the job it was sent: the call
+# goes to a fresh worker.  Only this many such starts in a row (no call
+# answered between them) make calls raise BrokenWorkerError.  A worker
+# that exits before READY (a failed init, exit 70) is the user's to fix.
+MAX_FAILED_STARTS = 64
 _monotonic = time.monotonic
 
 
@@ -128,7 +134,8 @@ class WorkerContext:
     worker processes.  Made by `open_worker_context`, never directly."""
 
     __slots__ = ("_idle_timeout", "_init", "_retire", "_grace_period", "_worker_type",
-                 "_preload", "_cache", "_by_ref", "_closing", "_replaced", "__weakref__")
+                 "_preload", "_cache", "_by_ref", "_closing", "_replaced", "_failed_starts",
+                 "__weakref__")
 
     # Read-only, as trio-parallel's (a frozen attrs class).
     idle_timeout = property(lambda self: self._idle_timeout,
@@ -161,6 +168,7 @@ class WorkerContext:
         self._cache = WorkerCache(worker_type, self._idle_timeout, preload, init, retire,
                                   self._by_ref)
         self._closing = False  # no new call is taken (closing, or closed)
+        self._failed_starts = 0  # workers in a row killed before READY
         self._replaced = False  # a default context replaced by configure_default_context
         _live_contexts.add(self)
         return self
@@ -270,7 +278,11 @@ class WorkerContext:
             cache.release_killed(w)
             raise
         if res is False:
+            if not w.ready and await self._broken(w, start=True):
+                return await self._run(fn, args, kill_on_cancel, spin)
             await self._broken(w)
+        if self._failed_starts:
+            self._failed_starts = 0
         status, _, body = res
         if status == _RETIRED:
             # w's retire() said yes after its last result, before this
@@ -320,8 +332,15 @@ class WorkerContext:
                            f"preload={self.preload!r}")
                 raise
 
-    async def _broken(self, w):
-        """The worker's pipe ended mid-job: collect why, then raise."""
+    async def _broken(self, w, start=False):
+        """The worker's pipe ended mid-job: collect why, then raise.  With
+        start=True (it never said READY): True when it was killed by a
+        signal, a broken start the caller retries, within the bound."""
+        if w.status is not None:  # collected already (start=True)
+            self._cache.release(w, False)
+            raise _broken_error(f"worker process {w.pid} died unexpectedly: "
+                                f"{_core.describe_status(w.status)}{_why(w.status)}",
+                                w.pid, w.status)
         try:
             with trio.CancelScope(shield=True):
                 for i in range(200):  # EOF comes a moment before the exit status
@@ -332,7 +351,14 @@ class WorkerContext:
                     w.kill()
                     w.reap(True)
         finally:  # a KeyboardInterrupt in the sleep too: the worker goes
-            self._cache.release(w, False)
+            if not start:
+                self._cache.release(w, False)
+        if start:
+            if os.WIFSIGNALED(w.status) and self._failed_starts < MAX_FAILED_STARTS:
+                self._failed_starts += 1
+                self._cache.release(w, False)
+                return True
+            return False
         err = _broken_error(f"worker process {w.pid} died unexpectedly: "
                             f"{_core.describe_status(w.status)}{_why(w.status)}", w.pid,
                             w.status)

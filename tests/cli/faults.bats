@@ -95,3 +95,71 @@ value_text() {
     run -0 jq -r '.error.type' <<<"$output"
     assert_output ValueError
 }
+
+# --- worker deaths before READY (#1), what jobs start outlives nothing (#2)
+
+@test "faults: a worker SIGKILLed before READY is replaced, and every job runs (spawn, forkserver)" {
+    export FAULTS_DIR=$BATS_TEST_TMPDIR
+    local wt
+    for wt in spawn forkserver; do
+        rm -f "$FAULTS_DIR/died"
+        jobs_n 20 operator:neg '[.]' >"$BATS_TEST_TMPDIR/in.jsonl"
+        run -0 --separate-stderr tpar -j 2 --worker-type "$wt" -I "$FIXTURES" \
+            --init faults:die_once "$BATS_TEST_TMPDIR/in.jsonl"
+        [ -e "$FAULTS_DIR/died" ] || fail "no worker died ($wt)"
+        printf '%s\n' "$output" >"$BATS_TEST_TMPDIR/out.jsonl"
+        assert_one_record_per_line "$BATS_TEST_TMPDIR/in.jsonl" "$BATS_TEST_TMPDIR/out.jsonl"
+        assert_equal "$(count_status "$BATS_TEST_TMPDIR/out.jsonl" ok)" 20
+        assert_equal "$(jq -s '[.[].attempts] | max' "$BATS_TEST_TMPDIR/out.jsonl")" 1
+    done
+}
+
+@test "faults: workers that keep dying before READY end the run, each job one record" {
+    export FAULTS_DIR=$BATS_TEST_TMPDIR
+    jobs_n 3 operator:neg '[.]' >"$BATS_TEST_TMPDIR/in.jsonl"
+    run -255 --separate-stderr tpar -j 2 -I "$FIXTURES" --init faults:die_always \
+        "$BATS_TEST_TMPDIR/in.jsonl"
+    assert_regex "$stderr" 'workers keep dying before they start: [0-9]+ in a row, the last worker [0-9]+ killed by signal 9'
+    printf '%s\n' "$output" >"$BATS_TEST_TMPDIR/out.jsonl"
+    assert_one_record_per_line "$BATS_TEST_TMPDIR/in.jsonl" "$BATS_TEST_TMPDIR/out.jsonl"
+    assert_equal "$(count_status "$BATS_TEST_TMPDIR/out.jsonl" cancelled)" 3
+}
+
+@test "faults: an --init that raises still ends the run at once (exit 70 is the user's)" {
+    run -255 --separate-stderr tpar run -I "$FIXTURES" --init faults:no_such_init operator:neg --args '[1]'
+    assert_regex "$stderr" 'failed to start: exited with code 70'
+}
+
+# children FILE...: each file holds a pid; none of them may run any more.
+assert_sleepers_gone() {
+    local f pids=()
+    for f in "$@"; do
+        [ -s "$f" ] || fail "no pid in $f"
+        pids+=("$(cat "$f")")
+    done
+    assert_pids_gone "${pids[@]}"
+}
+
+@test "faults: what a job started dies when its worker ends, however it ends (spawn, forkserver)" {
+    export FAULTS_DIR=$BATS_TEST_TMPDIR
+    local wt
+    for wt in spawn forkserver; do
+        printf '%s\n' \
+            "{\"id\":1,\"fn\":\"faults:sleeper\",\"args\":[\"$wt-retired\"]}" \
+            "{\"id\":2,\"fn\":\"faults:sleeper\",\"args\":[\"$wt-killed\",\"kill\"]}" \
+            "{\"id\":3,\"fn\":\"faults:sleeper\",\"args\":[\"$wt-exited\",\"exit\"]}" \
+            >"$BATS_TEST_TMPDIR/in.jsonl"
+        # one job per worker: the first retires after its job, exit 0
+        run -2 --separate-stderr tpar -j 1 -k --worker-type "$wt" --max-tasks-per-worker 1 -I "$FIXTURES" \
+            "$BATS_TEST_TMPDIR/in.jsonl"
+        run -0 jq -c '[.id, .status]' <<<"$output"
+        assert_output "$(printf '%s\n' '[1,"ok"]' '[2,"broken"]' '[3,"broken"]')"
+        assert_sleepers_gone "$FAULTS_DIR/$wt-retired" "$FAULTS_DIR/$wt-killed" "$FAULTS_DIR/$wt-exited"
+    done
+}
+
+@test "faults: what a job started dies when an idle worker exits at the end of the run" {
+    export FAULTS_DIR=$BATS_TEST_TMPDIR
+    run -0 tpar run -I "$FIXTURES" faults:sleeper --args '["run"]'
+    assert_sleepers_gone "$FAULTS_DIR/run"
+}

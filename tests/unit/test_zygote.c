@@ -5,6 +5,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -134,6 +136,100 @@ static void test_dead_zygote_restarts(void)
     tpar_zygote_stop(&z);
 }
 
+static pid_t idle_child(void)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        for (;;)
+            pause();
+    }
+    return pid;
+}
+
+/* A forkserver worker's pid is the zygote's to signal: the zygote reaps
+ * it, so the parent cannot know that the pid is not a new process's by
+ * now.  Here the "worker" pid is a bystander's, as after pid reuse, and
+ * the zygote a stand-in at the end of a socketpair: tpar_proc_kill must
+ * leave the bystander alone and ask the zygote. */
+static void test_kill_goes_through_the_zygote(void)
+{
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    pid_t fake_zygote = idle_child(), bystander = idle_child();
+    tpar_zygote z = {.pid = fake_zygote, .fd = sv[0], .gen = 1};
+    tpar_proc p = {.pid = bystander, .to_fd = -1, .from_fd = -1, .zygote = &z,
+                   .zygote_gen = 1, .zygote_tag = 42, .down = TPAR_LANE_NONE,
+                   .up = TPAR_LANE_NONE};
+    tpar_proc_kill(&p, SIGKILL);
+    int st;
+    usleep(20000);
+    CHECK_EQ(waitpid(bystander, &st, WNOHANG), 0); /* still alive */
+    int32_t m[4] = {0};
+    struct pollfd pfd = {.fd = sv[1], .events = POLLIN};
+    CHECK_EQ(poll(&pfd, 1, 1000), 1);
+    CHECK_EQ(recv(sv[1], m, sizeof m, MSG_DONTWAIT), (ssize_t)sizeof m);
+    CHECK_EQ(m[0], 'K');
+    CHECK_EQ(m[1], 42);
+    CHECK_EQ(m[2], SIGKILL);
+    kill(bystander, SIGKILL);
+    kill(fake_zygote, SIGKILL);
+    waitpid(bystander, &st, 0);
+    waitpid(fake_zygote, &st, 0);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+static int pid_gone(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *rp = strrchr(buf, ')');
+    return rp && rp[1] == ' ' && rp[2] == 'Z'; /* a zombie of init's */
+}
+
+/* What a job started dies with its worker, even when the worker exits
+ * normally: the zygote kills the worker's process group before it reaps
+ * it. */
+static void test_job_children_die_with_the_worker(void)
+{
+    tpar_zygote z = {0};
+    tpar_proc p;
+    char out[256], path[] = "/tmp/tpar-test-zygote-XXXXXX", args[256];
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    start(&z);
+    CHECK_EQ(tpar_zygote_fork(&z, &p), 0);
+    CHECK(recv_kind(&p, TPAR_FRAME_READY, out, sizeof out) > 0);
+    snprintf(args, sizeof args, "[\"sleep 300 >/dev/null 2>&1 & echo $! > %s\"]", path);
+    CHECK_EQ(send_job(&p, "os:system", args), 0);
+    CHECK(recv_kind(&p, TPAR_FRAME_RESULT, out, sizeof out) > 0);
+    FILE *f = fopen(path, "r");
+    int child = 0;
+    CHECK(f && fscanf(f, "%d", &child) == 1 && child > 0);
+    if (f)
+        fclose(f);
+    unlink(path);
+    close(p.to_fd); /* EOF: the worker exits 0 */
+    p.to_fd = -1;
+    CHECK_EQ(tpar_proc_reap(&p, 1), 0);
+    CHECK(WIFEXITED(p.status) && WEXITSTATUS(p.status) == 0);
+    int gone = 0;
+    for (int i = 0; i < 200 && !(gone = pid_gone(child)); i++)
+        usleep(10000);
+    CHECK(gone);
+    if (!gone && child > 0)
+        kill(child, SIGKILL);
+    tpar_proc_close(&p);
+    tpar_zygote_stop(&z);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2)
@@ -143,5 +239,7 @@ int main(int argc, char **argv)
     RUN(test_forked_workers_run_jobs);
     RUN(test_segfault_is_named);
     RUN(test_dead_zygote_restarts);
+    RUN(test_kill_goes_through_the_zygote);
+    RUN(test_job_children_die_with_the_worker);
     return CHECK_DONE();
 }
