@@ -50,6 +50,7 @@ struct opts {
     int tag;                  /* --tag: job output on stderr, lines prefixed by id */
     int stats;                /* --stats: CPU seconds and peak RSS in the record */
     size_t max_line;
+    size_t max_buffer;        /* --max-buffer: bytes of jobs and -k records held */
     int forkserver;           /* --worker-type forkserver */
     const char *preload;      /* --preload MOD,MOD */
     int prestart;             /* --prestart N */

@@ -143,11 +143,13 @@ struct recorder {
     int out_fd;
     tpar_buf out;
     int log_fd;               /* -1: no --joblog */
+    int log_dead;             /* a joblog write failed (said once) */
     tpar_buf log;
     char **rslot;             /* -k reorder window, indexed by seq % rcap */
     uint32_t *rlen;
     size_t rcap;
     uint64_t rbase;           /* next seq to write in -k mode */
+    size_t held;              /* bytes of the records in rslot */
     uint64_t count[ST_COUNT];
     uint64_t skipped, failed, finished;
     double t0, wall0;         /* monotonic and wall clock at the start */
@@ -172,7 +174,14 @@ void record_summary(uint64_t workers);
  * -q, nor for tpar run). */
 void record_report_errors(void);
 void record_drop_output(void);  /* nobody reads the records any more */
+/* The output: output_start starts the writer thread (after it, records
+ * are written off the loop); output_flush hands the records over;
+ * output_backed_up says more than a few MB wait (stop reading input);
+ * output_finish writes the rest, blocking, and stops the writer. */
+void output_start(uv_loop_t *loop);
 void output_flush(void);
+int output_backed_up(void);
+void output_finish(void);
 
 /* -------------------------------------------------------------- job.c */
 
@@ -180,12 +189,13 @@ struct jobs {
     const struct opts *o;
     struct jobq pending;      /* parsed, waiting for a worker */
     struct idset *resume;     /* --resume: ids that have a record */
+    size_t bytes;             /* held by jobs read and not yet recorded */
 };
 extern struct jobs J;
 
 void job_from_line(const char *s, size_t n, uint64_t seq, uint64_t lineno, const char *file);
 int job_for_run(void);         /* tpar run: the one job; 0 or exits 255 */
-void job_free(struct job *j);
+void job_free(struct job *j);  /* and J.bytes forgets it */
 /* Keeps an EXTRA frame's members (TPAR_EXTRA_*) for j's record. */
 void job_set_extra(struct job *j, int kind, const uint8_t *p, size_t n);
 struct job *job_new(uint64_t seq, const char *id, size_t idn, const char *const parts[],
@@ -223,6 +233,7 @@ void pool_dispatch(void);      /* sends pending jobs, spawns workers */
 void pool_flush(void);         /* writes queued frames */
 void pool_close_idle(void);    /* at the end: lets idle workers exit */
 void pool_kill_all(int why);   /* SIGKILL every worker */
+size_t pool_out_bytes(void);   /* frames queued for the workers, not yet written */
 void pool_prestart(int n);     /* starts n workers now */
 void pool_take_back_all(void); /* stopping: takes back the queued jobs */
 /* A remote worker's authenticated connection joins the pool (it takes

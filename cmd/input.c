@@ -62,6 +62,15 @@ int input_wants_more(void)
 {
     if (J.pending.n >= PENDING_MAX || RUN.stop != STOP_NONE)
         return 0;
+    /* Memory is bounded by bytes too: the jobs read and not yet recorded
+     * with the copies in the frames not yet written to their workers, and
+     * the records held for -k (--max-buffer; one job always gets in),
+     * and the records the output has not taken yet. */
+    size_t held = J.bytes + R.held + pool_out_bytes(); /* frames: copies of jobs */
+    if (held >= IN.o->max_buffer && held > 0)
+        return 0;
+    if (output_backed_up())
+        return 0;
     return record_window_has_room(IN.last_seq);
 }
 

@@ -24,6 +24,7 @@ static struct job *job_make(uint64_t seq, const char *id, size_t idn, const char
     struct job *j = malloc(sizeof *j + total);
     if (!j)
         cli_die(EXIT_USAGE, "out of memory");
+    J.bytes += sizeof *j + total;
     j->next = NULL;
     j->seq = seq;
     j->timeout = J.o->timeout;
@@ -49,6 +50,7 @@ static struct job *job_make(uint64_t seq, const char *id, size_t idn, const char
 
 void job_free(struct job *j)
 {
+    J.bytes -= sizeof *j + j->id_len + j->payload_len + j->meta_len; /* as job_make added */
     free(j->stats);
     free(j->output);
     free(j);
@@ -243,16 +245,21 @@ static long fn_text(const char *lit, size_t n, char *buf)
     return len;
 }
 
+/* The span is a JSON number the scanner checked, of any length (a
+ * generator may write 0.1 with 70 digits): strtod needs it NUL-ended. */
 static int parse_timeout(const char *s, size_t n, double *out)
 {
-    char tmp[64];
-    if (n >= sizeof tmp)
-        return -1;
-    memcpy(tmp, s, n);
-    tmp[n] = 0;
+    char tmp[64], *buf = n < sizeof tmp ? tmp : malloc(n + 1);
+    if (!buf)
+        cli_die(EXIT_USAGE, "out of memory");
+    memcpy(buf, s, n);
+    buf[n] = 0;
     char *end;
-    double v = strtod(tmp, &end);
-    if (*end || !(v > 0) || v > 1e9)
+    double v = strtod(buf, &end);
+    int bad = *end || !(v > 0) || v > 1e9;
+    if (buf != tmp)
+        free(buf);
+    if (bad)
         return -1;
     *out = v;
     return 0;
@@ -263,7 +270,7 @@ static void enqueue(struct job *j)
 {
     if (J.o->dry_run) {
         record_dry_run(j);
-        free(j);
+        job_free(j);
         return;
     }
     jobq_push(&J.pending, j);

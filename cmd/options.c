@@ -67,7 +67,7 @@ enum {
     O_IDLE, O_INIT, O_JOBLOG, O_RESUME, O_PROGRESS, O_NO_PROGRESS, O_TOTAL,
     O_SUMMARY, O_MAX_LINE, O_STAR, O_ARGS, O_KWARGS, O_WORKER_TYPE, O_PRELOAD,
     O_PRESTART, O_RAW, O_RESUME_FAILED, O_DRY_RUN, O_LISTEN, O_LAUNCHER, O_SLURM, O_PYTHON,
-    O_CAPTURE, O_TAG, O_STATS,
+    O_CAPTURE, O_TAG, O_STATS, O_MAX_BUFFER,
 };
 
 static const struct option longopts[] = {
@@ -92,6 +92,7 @@ static const struct option longopts[] = {
     {"quiet", no_argument, 0, 'q'},
     {"summary", no_argument, 0, O_SUMMARY},
     {"max-line", required_argument, 0, O_MAX_LINE},
+    {"max-buffer", required_argument, 0, O_MAX_BUFFER},
     {"star", no_argument, 0, O_STAR},
     {"args", required_argument, 0, O_ARGS},
     {"kwargs", required_argument, 0, O_KWARGS},
@@ -278,6 +279,7 @@ static void defaults(struct opts *o)
     o->idle_timeout = 600;
     o->progress = -1;
     o->max_line = (size_t)64 << 20;
+    o->max_buffer = (size_t)64 << 20;
 }
 
 static void option(struct opts *o, int c, const char *arg)
@@ -329,6 +331,11 @@ static void option(struct opts *o, int c, const char *arg)
         o->max_line = (size_t)parse_size("--max-line", arg);
         if (o->max_line < 2 || o->max_line > ((size_t)1 << 31))
             cli_die(EXIT_USAGE, "--max-line: must be between 2 bytes and 2G");
+        break;
+    case O_MAX_BUFFER:
+        o->max_buffer = (size_t)parse_size("--max-buffer", arg);
+        if (o->max_buffer < 1)
+            cli_die(EXIT_USAGE, "--max-buffer: must be at least 1 byte");
         break;
     case O_STAR: o->star = 1; break;
     case O_ARGS: o->args = arg; break;

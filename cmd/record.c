@@ -3,6 +3,9 @@
  * joblog, the summary, and writing the output in large batches.  Also the
  * run's stop state, which every layer reads. */
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,9 +57,36 @@ int record_window_has_room(uint64_t seq)
     return !R.o->keep_order || seq + 1 < R.rbase + R.rcap;
 }
 
-/* ------------------------------------------------------------- output */
+/* ------------------------------------------------------------- output
+ *
+ * The records go out from a thread of their own, the writer, with
+ * blocking writes: a reader that stops reading (a full pipe, a terminal
+ * on hold, a slow disk) stalls the writer, never the loop, so timeouts,
+ * signals and worker deaths are handled on time.  (O_NONBLOCK on stdout
+ * is not ours to set: the open file is shared with the shell and the
+ * other programs of the pipeline.)  The loop hands the records over in
+ * batches; while more than OUT_BACKLOG bytes wait, input_wants_more()
+ * says no, so memory stays bounded by the jobs already running.  The
+ * first write error is reported once, and the output is then dropped. */
 
-static void write_all(int fd, tpar_buf *b, const char *what)
+#define OUT_BACKLOG (4 << 20)
+
+static struct {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    tpar_buf q;               /* handed over, not yet taken by the writer */
+    tpar_buf spare;           /* an empty buffer to swap in */
+    size_t writing;           /* bytes the writer is writing now */
+    int err;                  /* errno of the failed write, 0 */
+    int quit;
+    int running;
+    uv_async_t wake;          /* the writer tells the loop: drained, or failed */
+    int reported;             /* the error was reported */
+} WR = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+/* Writes b whole, blocking; 0 or an errno. */
+static int write_all(int fd, const tpar_buf *b)
 {
     size_t off = 0;
     while (off < b->len) {
@@ -68,31 +98,150 @@ static void write_all(int fd, tpar_buf *b, const char *what)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN) { /* someone made it non-blocking */
-            struct timespec ts = {0, 1000000};
-            nanosleep(&ts, NULL);
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            poll(&p, 1, 100);
             continue;
         }
-        b->len = 0;
-        if (n < 0 && errno == EPIPE && fd == R.out_fd) {
-            run_stop(STOP_PIPE);
-            return;
-        }
-        run_fatal("cannot write %s: %s", what, strerror(errno));
+        return n < 0 ? errno : EIO;
+    }
+    return 0;
+}
+
+static void *writer(void *arg)
+{
+    pthread_mutex_lock(&WR.mu);
+    for (;;) {
+        while (!WR.q.len && !WR.quit)
+            pthread_cond_wait(&WR.cv, &WR.mu);
+        if (!WR.q.len)
+            break;
+        tpar_buf mine = WR.q;
+        WR.q = WR.spare;
+        WR.spare = (tpar_buf){0};
+        WR.writing = mine.len;
+        pthread_mutex_unlock(&WR.mu);
+        int err = WR.err ? 0 : write_all(R.out_fd, &mine);
+        pthread_mutex_lock(&WR.mu);
+        mine.len = 0;
+        if (!WR.spare.base)
+            WR.spare = mine;
+        else
+            tpar_buf_free(&mine);
+        WR.writing = 0;
+        if (err && !WR.err)
+            WR.err = err;
+        if (WR.err)
+            WR.q.len = 0;
+        if (!WR.quit)
+            uv_async_send(&WR.wake);
+        pthread_cond_broadcast(&WR.cv); /* for output_finish */
+    }
+    pthread_mutex_unlock(&WR.mu);
+    return NULL;
+}
+
+/* Reports the output's write error, once: EPIPE stops the run quietly. */
+static void report_out_error(int err)
+{
+    if (!err || WR.reported)
+        return;
+    WR.reported = 1;
+    if (err == EPIPE) {
+        run_stop(STOP_PIPE);
         return;
     }
-    b->len = 0;
+    run_fatal("cannot write %s: %s", R.o->output ? R.o->output : "stdout", strerror(err));
+}
+
+static void on_writer(uv_async_t *h)
+{
+    pthread_mutex_lock(&WR.mu);
+    int err = WR.err;
+    pthread_mutex_unlock(&WR.mu);
+    report_out_error(err); /* and the loop runs prepare: input may resume */
+}
+
+void output_start(uv_loop_t *loop)
+{
+    sigset_t all, old;
+    uv_async_init(loop, &WR.wake, on_writer);
+    uv_unref((uv_handle_t *)&WR.wake);
+    sigfillset(&all); /* signals are the loop's */
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    WR.running = pthread_create(&WR.thread, NULL, writer, NULL) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+int output_backed_up(void)
+{
+    if (!WR.running)
+        return 0;
+    pthread_mutex_lock(&WR.mu);
+    size_t held = WR.q.len + WR.writing;
+    pthread_mutex_unlock(&WR.mu);
+    return held + R.out.len > OUT_BACKLOG;
+}
+
+static void log_flush(void)
+{
+    if (!R.log.len)
+        return;
+    if (!R.log_dead) {
+        int err = write_all(R.log_fd, &R.log);
+        if (err) {
+            R.log_dead = 1; /* said once */
+            run_fatal("cannot write %s: %s", R.o->joblog, strerror(err));
+        }
+    }
+    R.log.len = 0;
 }
 
 void output_flush(void)
 {
-    if (R.out.len && RUN.stop != STOP_PIPE) {
-        if (RUN.before_output)
-            RUN.before_output();
-        write_all(R.out_fd, &R.out, R.o->output ? R.o->output : "stdout");
+    log_flush();
+    if (!R.out.len)
+        return;
+    if (RUN.stop == STOP_PIPE || WR.reported) {
+        R.out.len = 0;
+        return;
+    }
+    if (RUN.before_output)
+        RUN.before_output();
+    if (!WR.running) { /* before the loop, or no thread: write it here */
+        report_out_error(write_all(R.out_fd, &R.out));
+        R.out.len = 0;
+        return;
+    }
+    pthread_mutex_lock(&WR.mu);
+    int err = WR.err;
+    if (!err && !WR.q.len) { /* hand the buffer over: no copy */
+        tpar_buf t = WR.q;
+        WR.q = R.out;
+        R.out = t;
+    } else if (!err && tpar_buf_append(&WR.q, R.out.data, R.out.len) < 0) {
+        err = ENOMEM;
     }
     R.out.len = 0;
-    if (R.log.len)
-        write_all(R.log_fd, &R.log, R.o->joblog);
+    pthread_cond_broadcast(&WR.cv);
+    pthread_mutex_unlock(&WR.mu);
+    report_out_error(err);
+}
+
+void output_finish(void)
+{
+    output_flush();
+    if (!WR.running)
+        return;
+    pthread_mutex_lock(&WR.mu);
+    WR.quit = 1;
+    pthread_cond_broadcast(&WR.cv);
+    pthread_mutex_unlock(&WR.mu);
+    pthread_join(WR.thread, NULL);
+    WR.running = 0;
+    report_out_error(WR.err);
+    uv_close((uv_handle_t *)&WR.wake, NULL);
+    tpar_buf_free(&WR.q);
+    tpar_buf_free(&WR.spare);
 }
 
 void record_drop_output(void)
@@ -110,6 +259,7 @@ static void reorder_drain(void)
             return;
         if (r != &skipped_marker) {
             out_lit(&R.out, r, R.rlen[k]);
+            R.held -= R.rlen[k];
             free(r);
         }
         R.rslot[k] = NULL;
@@ -130,6 +280,7 @@ static void record_placed(uint64_t seq, size_t start)
             memcpy(copy, R.out.data + start, n);
             R.rslot[seq % R.rcap] = copy;
             R.rlen[seq % R.rcap] = (uint32_t)n;
+            R.held += n;
             R.out.len = start;
             return;
         }

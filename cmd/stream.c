@@ -219,6 +219,7 @@ int stream_main(struct opts *o)
     record_init(o, out_fd, log_fd);
     setup_wargv(o, &P.wargv, &P.zargv);
     setup_loop(o, out_fd, typed_input);
+    output_start(E.loop);
     P.loop = E.loop;
     if (REMOTE(o) && !o->dry_run) {
         P.remote = 1;
@@ -233,7 +234,7 @@ int stream_main(struct opts *o)
         tpar_zygote_stop(&P.zygote);
     if (o->summary && RUN.stop != STOP_PIPE)
         record_summary(P.started);
-    output_flush();
+    output_finish();
     if (E.progress_on)
         progress_line(1);
     if (RUN.stop != STOP_PIPE)

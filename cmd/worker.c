@@ -1014,6 +1014,14 @@ void pool_close_idle(void)
     }
 }
 
+size_t pool_out_bytes(void)
+{
+    size_t n = 0;
+    for (int i = 0; i < P.nworkers; i++)
+        n += P.workers[i]->out.len;
+    return n;
+}
+
 void pool_kill_all(int why)
 {
     for (int i = 0; i < P.nworkers; i++)

@@ -163,3 +163,104 @@ assert_sleepers_gone() {
     run -0 tpar run -I "$FIXTURES" faults:sleeper --args '["run"]'
     assert_sleepers_gone "$FAULTS_DIR/run"
 }
+
+# --- output that nobody reads (#3), memory bounded by bytes (#4) -----------
+
+@test "faults: a job's timeout fires on time while nobody reads the output" {
+    cd "$BATS_TEST_TMPDIR"
+    mkfifo out.fifo
+    # The reader opens the output at once but reads only after 8 s.
+    ( exec 3<out.fifo; sleep 8; cat <&3 >out.jsonl ) &
+    local reader=$! st
+    # The slow job first, alone on its worker; then 1.2 MB of records from
+    # the other worker (20 ms jobs: none queues behind the slow one) fill
+    # the pipe while it runs.
+    { printf '%s\n' '{"id":"slow","fn":"time:sleep","args":[30],"timeout":1}'
+      sleep 0.3
+      "$(real_python)" -c '
+import json
+for i in range(60):
+    print(json.dumps({"id": i, "fn": "faults:text", "args": [20000, 20]}))'
+    } | timeout -k 5 60 "$TPAR" -j 2 -I "$FIXTURES" >out.fifo || st=$?
+    wait $reader
+    assert_equal "${st:-0}" 1 # one job failed: the slow one
+    assert_jsonl out.jsonl
+    assert_equal "$(count_status out.jsonl ok)" 60
+    local dur
+    dur=$(jq -r 'select(.id == "slow") | "\(.status) \(.duration)"' out.jsonl)
+    # Before: the loop sat in write() until the reader woke (~8 s).
+    [[ $dur =~ ^timeout\ [1-3]\. ]] || fail "the 1 s timeout took: $dur"
+}
+
+@test "faults: SIGTERM is handled while nobody reads the output" {
+    cd "$BATS_TEST_TMPDIR"
+    mkfifo out.fifo
+    ( exec 3<out.fifo; sleep 10; cat <&3 >/dev/null ) &
+    local reader=$!
+    "$(real_python)" -c '
+import json
+for i in range(200):
+    print(json.dumps({"id": i, "fn": "faults:text", "args": [20000, 20]}))' >in.jsonl
+    "$TPAR" -j 2 -I "$FIXTURES" in.jsonl >out.fifo 2>err.txt &
+    local tp=$! i
+    sleep 2 # the pipe is full by now
+    kill -TERM $tp
+    for i in $(seq 30); do
+        grep -q "terminated" err.txt && break
+        sleep 0.1
+    done
+    grep -q "terminated" err.txt || fail "SIGTERM not handled within 3 s"
+    kill $reader 2>/dev/null || true
+    kill -KILL $tp 2>/dev/null || true
+    wait $tp || true
+}
+
+@test "faults: queued jobs are bounded by bytes (--max-buffer): 5 MB jobs behind one busy worker" {
+    # ASan keeps freed memory in quarantine (256 MB): RSS says nothing there.
+    if ldd "$TPAR" 2>/dev/null | grep -q libasan; then
+        skip "tpar built with ASan"
+    fi
+    cd "$BATS_TEST_TMPDIR"
+    "$(real_python)" -c '
+import json
+print(json.dumps({"id": "busy", "fn": "time:sleep", "args": [3]}))
+big = "x" * (5 << 20)
+for i in range(40):
+    print(json.dumps({"id": i, "fn": "builtins:len", "args": [big]}))' >in.jsonl
+    run -0 /usr/bin/time -f 'maxrss %M' -o rss.txt "$TPAR" -j 1 -o out.jsonl in.jsonl
+    assert_equal "$(count_status out.jsonl ok)" 41
+    local kb
+    kb=$(sed -n 's/^maxrss //p' rss.txt)
+    # 200 MB of jobs wait; the default bound holds 64 MiB of them.
+    [ "$kb" -lt 160000 ] || fail "tpar's peak RSS was $kb kB"
+    run -0 /usr/bin/time -f 'maxrss %M' -o rss.txt "$TPAR" -j 1 --max-buffer 8M -o out.jsonl in.jsonl
+    kb=$(sed -n 's/^maxrss //p' rss.txt)
+    [ "$kb" -lt 80000 ] || fail "tpar's peak RSS with --max-buffer 8M was $kb kB"
+}
+
+@test "faults: --max-buffer takes a size" {
+    run -255 --separate-stderr tpar --max-buffer 0 /dev/null
+    assert_regex "$stderr" 'max-buffer'
+    run -255 --separate-stderr tpar --max-buffer lots /dev/null
+}
+
+# --- smaller (#10) -------------------------------------------------------
+
+@test "faults: a write error on the output is reported once" {
+    run -255 --separate-stderr tpar -o /dev/full <(jobs_n 2000 operator:neg '[.]')
+    local n
+    n=$(grep -c 'cannot write' <<<"$stderr")
+    [ "$n" -eq 1 ] || fail "reported $n times: $stderr"
+    run -255 --separate-stderr tpar --joblog /dev/full <(jobs_n 2000 operator:neg '[.]')
+    n=$(grep -c 'cannot write' <<<"$stderr")
+    [ "$n" -eq 1 ] || fail "reported $n times: $stderr"
+}
+
+@test "faults: a timeout written with many digits is a number like any other" {
+    local t
+    t="0.$(printf '0%.0s' $(seq 70))5e72"
+    printf '{"id":1,"fn":"operator:neg","args":[1],"timeout":%s}\n' "$t" >"$BATS_TEST_TMPDIR/in.jsonl"
+    run -0 tpar "$BATS_TEST_TMPDIR/in.jsonl"
+    run -0 jq -r '.status' <<<"$output"
+    assert_output ok
+}
