@@ -226,6 +226,7 @@ struct pool {
     uint64_t started;         /* workers started */
     int remote;               /* workers connect (--listen, --slurm); none spawned */
     int failed_starts;        /* workers in a row that died before READY */
+    double first_failed_start;
 };
 extern struct pool P;
 

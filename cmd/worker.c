@@ -196,10 +196,13 @@ static void handle_close_cb(uv_handle_t *h)
 
 /* A worker killed by a signal before READY (the OOM killer, an operator,
  * its forkserver dying under it) is a broken start, not the user's fault:
- * another is started in its place, and only this many in a row, with no
- * worker reaching READY between them, end the run.  A failed --init (exit
- * 70) or a Python that cannot start (exit 72) ends it at once. */
+ * another is started in its place.  Only MAX_FAILED_STARTS in a row, over
+ * FAILED_STARTS_SECS at least, with no worker reaching READY between
+ * them, end the run (on a loaded machine a start takes long, and a killer
+ * that strikes often may get many in a row).  A failed --init (exit 70)
+ * or a Python that cannot start (exit 72) ends it at once. */
 #define MAX_FAILED_STARTS 64
+#define FAILED_STARTS_SECS 10.0
 #define START_RETRY_MS 10
 
 static void on_start_retry(uv_timer_t *t)
@@ -210,7 +213,10 @@ static void on_start_retry(uv_timer_t *t)
 static int failed_start(const char *what)
 {
     static uv_timer_t retry;
-    if (++P.failed_starts >= MAX_FAILED_STARTS) {
+    if (P.failed_starts++ == 0)
+        P.first_failed_start = tpar_now();
+    if (P.failed_starts >= MAX_FAILED_STARTS &&
+        tpar_now() - P.first_failed_start >= FAILED_STARTS_SECS) {
         run_fatal("workers keep dying before they start: %d in a row, the last %s",
                   P.failed_starts, what);
         return -1;

@@ -5,7 +5,7 @@
   chaos.py trio  [--calls N] [--type spawn|forkserver] [--kill-ms MS]
 
 A killer thread SIGKILLs a random worker every ~MS ms (default 20), at any
-age: half the time the youngest, often before it has said READY; in
+age: a third of the time the youngest, often before it has said READY; in
 forkserver runs the zygote itself now and then.  Every process of the run
 carries a marker variable in its environment, so what is left behind is
 found by that marker, whoever its parent is.
@@ -137,7 +137,7 @@ class Killer(threading.Thread):
             ws = [w for w in ws if ages[w] and ages[w][0] != "Z"]
             if not ws:
                 continue
-            if self.rng.random() < 0.5:  # the youngest: often before READY
+            if self.rng.random() < 0.3:  # the youngest: often before READY
                 w = max(ws, key=lambda p: ages[p][1])
             else:
                 w = self.rng.choice(ws)
