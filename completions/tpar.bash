@@ -5,7 +5,7 @@
 _tpar_opts='-j --jobs -k --keep-order --timeout --retries --retry-on --halt
 --max-tasks-per-worker --max-worker-rss --idle-timeout --init -I --path
 --joblog --resume --resume-failed --progress --no-progress --total -o --output -q --quiet
---summary --max-line --star --args --kwargs --raw -0 --null --dry-run --capture --tag --stats
+--summary --max-line --max-buffer --star --args --kwargs --raw -0 --null --dry-run --capture --tag --stats
 --worker-type --preload --prestart --python --slurm --launcher --listen -h --help -V --version'
 
 _tpar()
@@ -27,7 +27,7 @@ _tpar()
     -I|--path)
         mapfile -t COMPREPLY < <(compgen -d -- "$cur"); return ;;
     --timeout|--retries|--max-tasks-per-worker|--max-worker-rss|--idle-timeout|\
-    --init|--total|--max-line|--args|--kwargs|--preload|--prestart|--capture|\
+    --init|--total|--max-line|--max-buffer|--args|--kwargs|--preload|--prestart|--capture|\
     --launcher|--listen)
         return ;;
     esac
@@ -43,7 +43,7 @@ _tpar()
         case $w in
         --worker-type|--retry-on|--halt|-j|--jobs|-o|--output|--joblog|--resume|\
         --resume-failed|--python|-I|--path|--timeout|--retries|--max-tasks-per-worker|\
-        --max-worker-rss|--idle-timeout|--init|--total|--max-line|--args|--kwargs|\
+        --max-worker-rss|--idle-timeout|--init|--total|--max-line|--max-buffer|--args|--kwargs|\
         --preload|--prestart|--capture|--launcher|--listen) ((i++)) ;;
         -*) ;;
         *) words=$((words + 1)) ;;

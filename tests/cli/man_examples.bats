@@ -47,7 +47,7 @@ examples() {
     for o in -j --jobs -k --keep-order --timeout --retries --retry-on --halt \
              --max-tasks-per-worker --max-worker-rss --idle-timeout --init \
              -I --path --joblog --resume --progress --total -o --output \
-             -q --quiet --summary --max-line --star --args --kwargs --help \
+             -q --quiet --summary --max-line --max-buffer --star --args --kwargs --help \
              --worker-type --preload --prestart --no-progress -V --version \
              --resume-failed --raw -0 --null --dry-run --capture --tag --stats; do
         grep -qE -- "^ {7}(.*, )?$o( |,|\$)" <<<"$text" ||
