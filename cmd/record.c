@@ -78,6 +78,7 @@ static struct {
     tpar_buf q;               /* handed over, not yet taken by the writer */
     tpar_buf spare;           /* an empty buffer to swap in */
     size_t writing;           /* bytes the writer is writing now */
+    size_t backlog;           /* q.len + writing, read without the lock */
     int err;                  /* errno of the failed write, 0 */
     int quit;
     int running;
@@ -119,6 +120,7 @@ static void *writer(void *arg)
         WR.q = WR.spare;
         WR.spare = (tpar_buf){0};
         WR.writing = mine.len;
+        __atomic_store_n(&WR.backlog, WR.writing, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&WR.mu);
         int err = WR.err ? 0 : write_all(R.out_fd, &mine);
         pthread_mutex_lock(&WR.mu);
@@ -132,6 +134,7 @@ static void *writer(void *arg)
             WR.err = err;
         if (WR.err)
             WR.q.len = 0;
+        __atomic_store_n(&WR.backlog, WR.q.len, __ATOMIC_RELAXED);
         if (!WR.quit)
             uv_async_send(&WR.wake);
         pthread_cond_broadcast(&WR.cv); /* for output_finish */
@@ -173,13 +176,8 @@ void output_start(uv_loop_t *loop)
 }
 
 int output_backed_up(void)
-{
-    if (!WR.running)
-        return 0;
-    pthread_mutex_lock(&WR.mu);
-    size_t held = WR.q.len + WR.writing;
-    pthread_mutex_unlock(&WR.mu);
-    return held + R.out.len > OUT_BACKLOG;
+{ /* once per input line: no lock */
+    return __atomic_load_n(&WR.backlog, __ATOMIC_RELAXED) + R.out.len > OUT_BACKLOG;
 }
 
 static void log_flush(void)
@@ -222,6 +220,7 @@ void output_flush(void)
         err = ENOMEM;
     }
     R.out.len = 0;
+    __atomic_store_n(&WR.backlog, WR.q.len + WR.writing, __ATOMIC_RELAXED);
     pthread_cond_broadcast(&WR.cv);
     pthread_mutex_unlock(&WR.mu);
     report_out_error(err);
