@@ -271,7 +271,9 @@ static struct worker *spawn_worker(void)
     if (!w)
         run_fatal("out of memory");
     int rc = w ? start_proc(&w->proc) : -ENOMEM;
-    if (rc == -EPIPE && P.zargv) { /* the forkserver died twice under us */
+    if (rc == -EPIPE && P.zargv && WIFSIGNALED(P.zygote.status)) {
+        /* its forkserver was killed under it (twice), not a --preload
+         * that failed (the zygote then exits 70): a broken start */
         free(w);
         failed_start("lost its forkserver");
         return NULL;

@@ -322,7 +322,9 @@ def main():
     c = sub.add_parser("cli")
     c.add_argument("--jobs", type=int, default=5000)
     c.add_argument("-j", type=int, default=4)
-    c.add_argument("--retries", type=int, default=10)
+    # A job alone on a fresh worker is often killed again (the killer
+    # likes the youngest), and each such death is rightly an attempt.
+    c.add_argument("--retries", type=int, default=30)
     c.add_argument("--forkserver", action="store_true")
     t = sub.add_parser("trio")
     t.add_argument("--calls", type=int, default=2000)
