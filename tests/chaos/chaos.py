@@ -267,10 +267,15 @@ async def main():
             k = type(e).__name__ + ": " + str(e)[:80]
             others[k] = others.get(k, 0) + 1
     wt = tpar.WorkerType.FORKSERVER if TYPE == "forkserver" else tpar.WorkerType.SPAWN
-    async with tpar.open_worker_context(worker_type=wt) as ctx:
-        async with trio.open_nursery() as n:
-            for i in range(N):
-                n.start_soon(one, ctx, i)
+    try:
+        async with tpar.open_worker_context(worker_type=wt) as ctx:
+            async with trio.open_nursery() as n:
+                for i in range(N):
+                    n.start_soon(one, ctx, i)
+    except tpar.BrokenWorkerError:
+        # The context's close raises it when a worker it was stopping was
+        # killed meanwhile (as trio-parallel's does): allowed.
+        pass
     print("RESULT", ok, broken, repr(others), flush=True)
 
 if __name__ == "__main__":
