@@ -8,13 +8,6 @@ setup() {
     D="$BATS_TEST_TMPDIR"
 }
 
-usage_error() {
-    run -255 --separate-stderr tpar "$@" </dev/null
-    assert_equal "$output" ""
-    [ "${#stderr_lines[@]}" -eq 1 ] ||
-        fail "expected one line on stderr, got ${#stderr_lines[@]}: $stderr"
-}
-
 # max_workers N JARGS...: the workers a run of N jobs started, when each
 # job waits until all N are running (so N workers are needed).
 max_workers() {

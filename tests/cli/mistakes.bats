@@ -9,13 +9,6 @@ setup() {
     D="$BATS_TEST_TMPDIR"
 }
 
-usage_error() {
-    run -255 --separate-stderr tpar "$@" </dev/null
-    assert_equal "$output" ""
-    [ "${#stderr_lines[@]}" -eq 1 ] ||
-        fail "expected one line on stderr, got ${#stderr_lines[@]}: $stderr"
-}
-
 # four jobs: a and c ok, b an error, d ok
 four_jobs() {
     {

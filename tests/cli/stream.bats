@@ -358,14 +358,6 @@ bad_line_number() {
     run -101 tpar -I "$FIXTURES" -o "$D/out" "$D/in"
 }
 
-# usage_error ARGS...: exit 255, one line on stderr, no records.
-usage_error() {
-    run -255 --separate-stderr tpar "$@" </dev/null
-    assert_equal "$output" ""
-    [ "${#stderr_lines[@]}" -eq 1 ] ||
-        fail "expected one line on stderr, got ${#stderr_lines[@]}: $stderr"
-}
-
 @test "exit: 255 for usage errors, each with a one-line message" {
     usage_error --bogus
     usage_error -j abc

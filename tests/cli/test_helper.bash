@@ -208,3 +208,11 @@ tpar_children() {
 jobs_n() {
     jq -nc --arg fn "$2" --argjson n "$1" "range(1; \$n + 1) | {fn: \$fn, args: ($3)}"
 }
+
+# usage_error ARGS...: exit 255, one line on stderr, no records.
+usage_error() {
+    run -255 --separate-stderr tpar "$@" </dev/null
+    assert_equal "$output" ""
+    [ "${#stderr_lines[@]}" -eq 1 ] ||
+        fail "expected one line on stderr, got ${#stderr_lines[@]}: $stderr"
+}
