@@ -18,6 +18,7 @@
 #include "internal.h"
 
 #define DEFAULT_MAX_PENDING 64
+#define PENDING_GRACE 1.0 /* seconds; see room_at */
 #define DEFAULT_AUTH_TIMEOUT 10.0
 #define ACCEPT_RETRY 0.1 /* seconds without accepting after EMFILE and co. */
 
@@ -92,7 +93,8 @@ static void describe_peer(const struct sockaddr_storage *ss, char *out, size_t n
 
 struct pending {
     int fd;
-    double deadline;
+    double since;    /* accepted then (tpar_now) */
+    double deadline; /* since + auth_timeout */
     tpar_auth auth;
     char peer[TPAR_PEER_MAX];
 };
@@ -106,7 +108,9 @@ struct tpar_listener {
     uint8_t key[TPAR_SECRET_LEN];
     int max_pending;
     double auth_timeout;
-    struct pending *p; /* max_pending slots; fd < 0: free */
+    struct pending *p; /* max_pending + 1 slots (one for the newcomer that
+                          drops the oldest); fd < 0: free */
+    int nslots;
     int npending;
 };
 
@@ -175,12 +179,13 @@ int tpar_listener_open(tpar_listener **out, const char *host, unsigned port,
                                                      : DEFAULT_AUTH_TIMEOUT;
     memcpy(l->key, key, TPAR_SECRET_LEN);
     int rc;
-    l->p = calloc((size_t)l->max_pending, sizeof *l->p);
+    l->nslots = l->max_pending + 1;
+    l->p = calloc((size_t)l->nslots, sizeof *l->p);
     if (!l->p) {
         rc = -ENOMEM;
         goto fail;
     }
-    for (int i = 0; i < l->max_pending; i++)
+    for (int i = 0; i < l->nslots; i++)
         l->p[i].fd = -1;
     if ((rc = l->lfd = bind_any(host, port)) < 0)
         goto fail;
@@ -223,15 +228,6 @@ int tpar_listener_pending(const tpar_listener *l)
     return l->npending;
 }
 
-double tpar_listener_deadline(const tpar_listener *l)
-{
-    double d = l->accepting ? 0 : l->retry_at;
-    for (int i = 0; i < l->max_pending; i++)
-        if (l->p[i].fd >= 0 && (d == 0 || l->p[i].deadline < d))
-            d = l->p[i].deadline;
-    return d;
-}
-
 /* Forgets pending slot p; closes its fd unless it was handed out. */
 static void drop(tpar_listener *l, struct pending *p, int close_fd)
 {
@@ -241,7 +237,7 @@ static void drop(tpar_listener *l, struct pending *p, int close_fd)
     tpar_auth_clear(&p->auth);
     p->fd = -1;
     l->npending--;
-    if (!l->retry_at)
+    if (!l->retry_at && l->npending < l->max_pending)
         set_accepting(l, 1);
 }
 
@@ -273,6 +269,45 @@ static int flush_auth(struct pending *p)
     return 0;
 }
 
+/* The pending connection that has waited longest, other than except. */
+static struct pending *oldest(const tpar_listener *l, const struct pending *except)
+{
+    struct pending *old = NULL;
+    for (int i = 0; i < l->nslots; i++)
+        if (l->p[i].fd >= 0 && &l->p[i] != except && (!old || l->p[i].since < old->since))
+            old = &l->p[i];
+    return old;
+}
+
+/* With max_pending connections waiting, a newcomer is still accepted once
+ * the oldest of them has waited PENDING_GRACE, and that one is dropped for
+ * it.  Idle peers therefore hold workers out for PENDING_GRACE, not for
+ * auth_timeout; a worker's handshake takes a round trip, so a burst of
+ * genuine workers (thousands at start-up) is never dropped this way. */
+static double room_at(const tpar_listener *l)
+{
+    if (l->npending < l->max_pending)
+        return 0;
+    double grace = l->auth_timeout < PENDING_GRACE ? l->auth_timeout : PENDING_GRACE;
+    return oldest(l, NULL)->since + grace;
+}
+
+static void update_accepting(tpar_listener *l, double now)
+{
+    set_accepting(l, !l->retry_at && room_at(l) <= now);
+}
+
+double tpar_listener_deadline(const tpar_listener *l)
+{
+    double d = l->retry_at;
+    if (!d && !l->accepting)
+        d = room_at(l); /* from then a newcomer drops the oldest */
+    for (int i = 0; i < l->nslots; i++)
+        if (l->p[i].fd >= 0 && (d == 0 || l->p[i].deadline < d))
+            d = l->p[i].deadline;
+    return d;
+}
+
 static int accept_one(tpar_listener *l, tpar_listen_event *ev)
 {
     struct sockaddr_storage ss;
@@ -292,19 +327,21 @@ static int accept_one(tpar_listener *l, tpar_listen_event *ev)
     }
     struct pending *p = l->p;
     while (p->fd >= 0)
-        p++; /* a slot is free: we accept only while npending < max */
+        p++; /* a slot is free: npending <= max_pending < nslots here */
     p->fd = fd;
-    p->deadline = tpar_now() + l->auth_timeout;
+    p->since = tpar_now();
+    p->deadline = p->since + l->auth_timeout;
     describe_peer(&ss, p->peer, sizeof p->peer);
     l->npending++;
-    if (l->npending == l->max_pending)
-        set_accepting(l, 0);
     tpar_tcp_tune(fd);
     int rc = tpar_auth_init(&p->auth, TPAR_AUTH_PARENT, l->key);
     if (rc < 0)
         return refuse(l, p, rc, "cannot start the handshake", ev);
     if (watch(l, fd, EPOLL_CTL_ADD, EPOLLIN) < 0 || flush_auth(p) < 0)
         return refuse(l, p, -EPIPE, "connection lost before authentication", ev);
+    if (l->npending > l->max_pending)
+        return refuse(l, oldest(l, p), -EBUSY,
+                      "dropped: too many connections waiting to authenticate", ev);
     return 0;
 }
 
@@ -346,7 +383,7 @@ static int serve_pending(tpar_listener *l, struct pending *p, tpar_listen_event 
 
 static struct pending *find(tpar_listener *l, int fd)
 {
-    for (int i = 0; i < l->max_pending; i++)
+    for (int i = 0; i < l->nslots; i++)
         if (l->p[i].fd == fd)
             return &l->p[i];
     return NULL;
@@ -355,7 +392,7 @@ static struct pending *find(tpar_listener *l, int fd)
 int tpar_listener_next(tpar_listener *l, tpar_listen_event *ev)
 {
     double now = tpar_now();
-    for (int i = 0; i < l->max_pending; i++) {
+    for (int i = 0; i < l->nslots; i++) {
         struct pending *p = &l->p[i];
         if (p->fd >= 0 && p->deadline <= now)
             return refuse(l, p, -ETIMEDOUT,
@@ -363,11 +400,9 @@ int tpar_listener_next(tpar_listener *l, tpar_listen_event *ev)
                               ? "said nothing in time"
                               : "did not authenticate in time", ev);
     }
-    if (l->retry_at && now >= l->retry_at) {
+    if (l->retry_at && now >= l->retry_at)
         l->retry_at = 0;
-        if (l->npending < l->max_pending)
-            set_accepting(l, 1);
-    }
+    update_accepting(l, now);
     struct epoll_event evs[16];
     int n;
     while ((n = epoll_wait(l->epfd, evs, 16, 0)) < 0 && errno == EINTR)
@@ -385,6 +420,7 @@ int tpar_listener_next(tpar_listener *l, tpar_listen_event *ev)
                     return rc;
                 if (l->npending == before)
                     break; /* nothing more to accept */
+                update_accepting(l, tpar_now());
             }
             continue;
         }
@@ -399,7 +435,7 @@ void tpar_listener_free(tpar_listener *l)
 {
     if (!l)
         return;
-    for (int i = 0; l->p && i < l->max_pending; i++) {
+    for (int i = 0; l->p && i < l->nslots; i++) {
         if (l->p[i].fd >= 0) {
             close(l->p[i].fd);
             tpar_auth_clear(&l->p[i].auth);

@@ -448,8 +448,10 @@ void tpar_tcp_tune(int fd);
  * have not yet authenticated, behind one epoll fd the caller watches for
  * readability (libuv: uv_poll; Trio: wait_readable).  The listener bounds
  * what an unauthenticated peer can cost: at most max_pending connections
- * at a time (past that it stops accepting: the kernel's backlog holds the
- * rest), auth_timeout seconds each, frames of TPAR_AUTH_FRAME_MAX bytes at
+ * at a time (past that the kernel's backlog holds the rest; once the one
+ * that has waited longest has waited 1 s, or auth_timeout if shorter, it is
+ * dropped for the next newcomer: event REFUSED, -EBUSY), auth_timeout
+ * seconds each, frames of TPAR_AUTH_FRAME_MAX bytes at
  * most.  Events are pulled. */
 typedef struct tpar_listener tpar_listener;
 

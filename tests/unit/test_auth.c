@@ -332,18 +332,31 @@ static void test_listener_refuses_and_goes_on(void)
     tpar_listener_free(l);
 }
 
-/* With max_pending 2, a third silent peer is not accepted until one of the
- * first two is dropped; a worker behind them still gets in. */
+/* With max_pending 2, idle peers cannot hold a worker out for their 30 s
+ * auth_timeout: once the oldest has waited 1 s, each newcomer drops it
+ * (-EBUSY), and the worker behind them gets in. */
 static void test_listener_bounds_pending(void)
 {
-    tpar_listener *l = open_listener(1.5, 2);
+    tpar_listener *l = open_listener(30, 2);
     unsigned port = tpar_listener_port(l);
     tpar_listen_event ev;
     int s[3];
     for (int i = 0; i < 3; i++)
         s[i] = dial(port);
-    CHECK_EQ(next_event(l, &ev, 0.2), 0); /* nothing to report yet */
+    CHECK_EQ(next_event(l, &ev, 0.2), 0); /* within the grace: the third waits */
     CHECK_EQ(tpar_listener_pending(l), 2);
+    CHECK_EQ(next_event(l, &ev, 5), 1); /* then it drops the first */
+    CHECK_EQ(ev.kind, TPAR_LISTEN_REFUSED);
+    CHECK_EQ(ev.err, -EBUSY);
+    CHECK(strstr(ev.reason, "too many") != NULL);
+    CHECK_EQ(tpar_listener_pending(l), 2);
+    char buf[256]; /* the first was closed: its challenge, then end of file */
+    ssize_t n;
+    struct pollfd pf = {.fd = s[0], .events = POLLIN};
+    do {
+        CHECK_EQ(poll(&pf, 1, 5000), 1);
+    } while ((n = recv(s[0], buf, sizeof buf, 0)) > 0);
+    CHECK_EQ(n, 0);
     pid_t good = worker_child(port, key_a);
     int workers = 0, refused = 0;
     while (workers == 0 && next_event(l, &ev, 5)) {
@@ -352,14 +365,37 @@ static void test_listener_bounds_pending(void)
             workers++;
             close(ev.fd);
         } else {
+            CHECK_EQ(ev.err, -EBUSY); /* never a timeout */
             refused++;
         }
     }
     CHECK_EQ(workers, 1);
-    CHECK(refused >= 2);
+    CHECK_EQ(refused, 1); /* the worker dropped the second */
     CHECK_EQ(child_status(good), 0);
     for (int i = 0; i < 3; i++)
         close(s[i]);
+    tpar_listener_free(l);
+}
+
+/* A burst of genuine workers, many more than max_pending, all get in:
+ * none is dropped to make room, since each authenticates within the grace. */
+static void test_listener_takes_a_burst_of_workers(void)
+{
+    tpar_listener *l = open_listener(30, 2);
+    unsigned port = tpar_listener_port(l);
+    tpar_listen_event ev;
+    pid_t pid[12];
+    for (int i = 0; i < 12; i++)
+        pid[i] = worker_child(port, key_a);
+    int workers = 0;
+    while (workers < 12 && next_event(l, &ev, 10)) {
+        CHECK_EQ(ev.kind, TPAR_LISTEN_WORKER);
+        workers++;
+        close(ev.fd);
+    }
+    CHECK_EQ(workers, 12);
+    for (int i = 0; i < 12; i++)
+        CHECK_EQ(child_status(pid[i]), 0);
     tpar_listener_free(l);
 }
 
@@ -388,6 +424,7 @@ int main(void)
     RUN(test_listener_accepts_a_worker);
     RUN(test_listener_refuses_and_goes_on);
     RUN(test_listener_bounds_pending);
+    RUN(test_listener_takes_a_burst_of_workers);
     RUN(test_listener_open_errors);
     return CHECK_DONE();
 }
