@@ -1394,6 +1394,11 @@ static _Noreturn void forked_child(const struct tpar__chan *c,
     W.ahead.len = W.mine.len = 0;
     W.in_eof = 0;
     memset(&S, 0, sizeof S);
+    /* Forked by a job that runs in a worker (a nested FORK context): the
+     * flusher thread did not come along, and may have held out_mu at the
+     * fork; the job it watched is not this process's. */
+    out_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+    memset(&J, 0, sizeof J);
     tpar__worker_work(o);
 }
 

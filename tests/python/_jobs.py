@@ -6,6 +6,8 @@ import signal
 import threading
 import time
 
+import trio
+
 STATE = {}
 
 
@@ -184,3 +186,19 @@ def fail_on(pair):
     if x == bad:
         raise ValueError(f"bad item {x}")
     return x
+
+
+def nested_fork_calls(n):
+    """Runs n calls in a FORK context opened inside this job (a worker that
+    forks workers of its own); returns their results and the workers' pids."""
+    import tpar
+
+    async def main():
+        out, pids = [], set()
+        async with tpar.open_worker_context(worker_type=tpar.WorkerType.FORK) as ctx:
+            for i in range(n):
+                out.append(await ctx.run_sync(square, i))
+                pids.add(await ctx.run_sync(pid))
+        return out, sorted(pids)
+
+    return trio.run(main)

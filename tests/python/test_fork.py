@@ -84,3 +84,15 @@ def test_a_fork_workers_stdin_is_dev_null_not_the_callers(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], input="the caller's input\n",
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.stdout.splitlines() == ["('/dev/null', b'')", "the caller's input"], proc.stderr
+
+
+async def test_fork_context_inside_a_job():
+    # A job in a worker opens a FORK context of its own: the forked child
+    # starts its own flusher with fresh state, not the state of the outer
+    # job's flusher (which may hold its lock at the fork).
+    async with trio_parallel.open_worker_context() as ctx:
+        for _ in range(3):
+            out, pids = await ctx.run_sync(_jobs.nested_fork_calls, 50)
+            assert out == [i * i for i in range(50)]
+            assert len(pids) == 1 and pids[0] != os.getpid()
+            assert gone(pids[0])
