@@ -81,6 +81,16 @@ void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * get it as TPAR_PYTHON, its real path (a pyenv shim is run once, here). */
 void python_choose(const struct opts *o);
 
+/* alloc.c: out of memory writes the whole records formatted so far
+ * (cli_oom_flush, set by record.c), says so and exits 255; the x*
+ * allocators never return NULL. */
+extern void (*cli_oom_flush)(void);
+void cli_oom(void) __attribute__((noreturn));
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+
 /* resume.c: a set of raw JSON id texts */
 struct idset;
 /* NULL + *err on failure; dies (exit 255) on a file that holds no records. */

@@ -33,7 +33,7 @@ struct jobq {
     size_t n;
 };
 
-#define MAX_DEPTH 256 /* jobs in flight per worker, at most */
+#define MAX_DEPTH TPAR_LINK_DEPTH /* jobs in flight per worker, at most */
 
 enum wstate {
     W_STARTING, /* spawned, READY not seen */
@@ -48,23 +48,14 @@ struct worker {
     uv_timer_t timer;         /* job timeout, idle timeout, reap retry */
     int timer_mode;
     int open_handles;         /* freed when the last handle has closed */
-    tpar_decoder dec;
-    tpar_buf out;             /* frames not yet written */
+    tpar_link link;           /* frames out, events in, the jobs in flight
+                                 (oldest, the running one, first) */
     int writing;              /* wpoll started */
-    struct job *ring[MAX_DEPTH]; /* in flight, oldest (the running one) first */
-    unsigned rhead, rn;
     int state;
     int killed_for;           /* ST_TIMEOUT / ST_CANCELLED when we killed it */
     int exit_expected;        /* RETIRING seen or its input closed */
-    int retiring_seen;        /* it said it exits after its last result */
-    int ready_seen;
     int wpoll_closed;
     int isolated;             /* holds an isolated job: send it nothing else */
-    int honours_flush;        /* READY said it honours TPAR_JOB_FLUSH_FIRST */
-    int honours_takeback;     /* READY: it answers TAKEBACK */
-    int has_progress;         /* READY: it publishes progress in its up lane */
-    int takeback_pending;     /* a TAKEBACK sent, its GIVEBACK not yet seen */
-    int bell_due;             /* ring the doorbell once the TAKEBACK is written */
     int prog_valid;           /* prog_* read at its death */
     uint64_t prog_started, prog_finished;
     char *proven[16];         /* fns that have returned a result on it */

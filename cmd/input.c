@@ -143,12 +143,7 @@ static ssize_t read_chunk(void)
         size_t cap = in->cap ? in->cap * 2 : 2 * CHUNK;
         while (cap - in->len < CHUNK)
             cap *= 2;
-        char *b = realloc(in->buf, cap);
-        if (!b) {
-            run_fatal("out of memory reading %s", in->name);
-            return -ENOMEM;
-        }
-        in->buf = b;
+        in->buf = xrealloc(in->buf, cap);
         in->cap = cap;
     }
     for (;;) {
@@ -176,7 +171,7 @@ static void maybe_shrink(void)
     in->len -= in->start;
     in->start = 0;
     char *b = realloc(in->buf, 2 * CHUNK);
-    if (b) {
+    if (b) { /* else the larger buffer stays: nothing lost */
         in->buf = b;
         in->cap = 2 * CHUNK;
     }

@@ -21,9 +21,7 @@ static struct job *job_make(uint64_t seq, const char *id, size_t idn, const char
     size_t total = idn + metan;
     for (int i = 0; i < nparts; i++)
         total += lens[i];
-    struct job *j = malloc(sizeof *j + total);
-    if (!j)
-        cli_die(EXIT_USAGE, "out of memory");
+    struct job *j = xmalloc(sizeof *j + total);
     J.bytes += sizeof *j + total;
     j->next = NULL;
     j->seq = seq;
@@ -287,9 +285,7 @@ static void stream_line(const char *s, size_t n, uint64_t seq, const struct orig
             bad_json(seq, at, &err);
         return;
     }
-    char fnbuf[512], *fn = jl.fn.len <= sizeof fnbuf ? fnbuf : malloc(jl.fn.len);
-    if (!fn)
-        cli_die(EXIT_USAGE, "out of memory");
+    char fnbuf[512], *fn = jl.fn.len <= sizeof fnbuf ? fnbuf : xmalloc(jl.fn.len);
     long fnlen = fn_text(s + jl.fn.off, jl.fn.len, fn);
     char idbuf[24];
     const char *id = s + jl.id.off;

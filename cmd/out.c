@@ -1,5 +1,6 @@
 /* Small, fast formatters for the records tpar writes.  Out of memory while
- * formatting output is fatal: a record half written is worse than none. */
+ * formatting output ends tpar (alloc.c): a record half written is worse
+ * than none. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,11 +13,8 @@ const char *const status_names[ST_COUNT] = {
 
 static void reserve(tpar_buf *b, size_t n)
 {
-    if (b->cap - b->len < n && tpar_buf_reserve(b, n) < 0) {
-        /* Not cli_die: options.c formats with out.c, so out.c stays a leaf. */
-        fputs("tpar: out of memory\n", stderr);
-        exit(EXIT_USAGE);
-    }
+    if (b->cap - b->len < n && tpar_buf_reserve(b, n) < 0)
+        cli_oom();
 }
 
 void out_lit(tpar_buf *b, const char *s, size_t n)

@@ -37,6 +37,30 @@ void run_fatal(const char *fmt, ...)
     RUN.request_fatal();
 }
 
+/* Out of memory (alloc.c): the whole records formatted so far go out
+ * before tpar exits, not the one it was formatting (each record is one
+ * line, its newline written last); no allocation, errors ignored. */
+static void write_raw(int fd, const tpar_buf *b)
+{
+    const uint8_t *nl = b->len ? memrchr(b->data, '\n', b->len) : NULL;
+    size_t len = nl ? (size_t)(nl - b->data) + 1 : 0;
+    for (size_t off = 0; fd >= 0 && off < len;) {
+        ssize_t n = write(fd, b->data + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;
+        off += (size_t)n;
+    }
+}
+
+static void flush_on_oom(void)
+{
+    if (RUN.stop != STOP_PIPE)
+        write_raw(R.out_fd, &R.out);
+    write_raw(R.log_fd, &R.log);
+}
+
 void record_init(const struct opts *o, int out_fd, int log_fd)
 {
     R.o = o;
@@ -45,11 +69,10 @@ void record_init(const struct opts *o, int out_fd, int log_fd)
     R.rbase = 1;
     if (o->keep_order) {
         R.rcap = REORDER_WINDOW;
-        R.rslot = calloc(R.rcap, sizeof *R.rslot);
-        R.rlen = calloc(R.rcap, sizeof *R.rlen);
-        if (!R.rslot || !R.rlen)
-            cli_die(EXIT_USAGE, "out of memory");
+        R.rslot = xcalloc(R.rcap, sizeof *R.rslot);
+        R.rlen = xcalloc(R.rcap, sizeof *R.rlen);
     }
+    cli_oom_flush = flush_on_oom;
 }
 
 int record_window_has_room(uint64_t seq)
@@ -273,9 +296,7 @@ static void record_placed(uint64_t seq, size_t start)
     if (R.o->keep_order) {
         if (seq != R.rbase) {
             size_t n = R.out.len - start;
-            char *copy = malloc(n ? n : 1);
-            if (!copy)
-                cli_die(EXIT_USAGE, "out of memory");
+            char *copy = xmalloc(n);
             memcpy(copy, R.out.data + start, n);
             R.rslot[seq % R.rcap] = copy;
             R.rlen[seq % R.rcap] = (uint32_t)n;

@@ -14,36 +14,32 @@ static char *worker_path(void)
 {
     const char *env = getenv("TPAR_WORKER");
     if (env && *env)
-        return strdup(env);
+        return xstrdup(env);
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0)
-        return strdup("tpar-worker");
+        return xstrdup("tpar-worker");
     self[n] = 0;
     char *dir = dirname(self);
     static const char *const cands[] = {"/tpar-worker", "/../pyworker/tpar-worker"};
     for (size_t i = 0; i < 2; i++) {
-        char *p = malloc(strlen(dir) + strlen(cands[i]) + 1);
-        if (!p)
-            return NULL;
+        char *p = xmalloc(strlen(dir) + strlen(cands[i]) + 1);
         strcpy(p, dir);
         strcat(p, cands[i]);
         if (access(p, X_OK) == 0)
             return p;
         free(p);
     }
-    char *p = malloc(strlen(dir) + 16);
-    if (p)
-        sprintf(p, "%s/tpar-worker", dir);
+    char *p = xmalloc(strlen(dir) + 16);
+    sprintf(p, "%s/tpar-worker", dir);
     return p;
 }
 
 void setup_wargv(const struct opts *o, char ***wargv, char ***zargv)
 {
-    char **v = calloc((size_t)(2 * o->npaths + 16), sizeof *v);
+    char **v = xcalloc((size_t)(2 * o->npaths + 16), sizeof *v);
     int n = 0;
-    if (!v || !(v[n++] = worker_path()))
-        cli_die(EXIT_USAGE, "out of memory");
+    v[n++] = worker_path();
     v[n++] = "--pdeathsig";
     v[n++] = "--cwd-path";
     for (int i = 0; i < o->npaths; i++) {
@@ -73,9 +69,7 @@ void setup_wargv(const struct opts *o, char ***wargv, char ***zargv)
     *zargv = NULL;
     if (!o->forkserver)
         return;
-    char **z = calloc((size_t)n + 5, sizeof *z);
-    if (!z)
-        cli_die(EXIT_USAGE, "out of memory");
+    char **z = xcalloc((size_t)n + 5, sizeof *z);
     memcpy(z, v, (size_t)n * sizeof *z);
     z[n++] = "--zygote";
     if (o->preload) {
@@ -133,6 +127,8 @@ void setup_files(const struct opts *o, struct idset **resume, int *out_fd, int *
             cli_die(EXIT_USAGE, "%s %s is also the --joblog", ropt, o->resume);
         /* Missing: the first run of `--resume R -o R`; else a typo. */
         *resume = idset_load(o->resume, ropt, !o->resume_failed, resume_is_out, &err);
+        if (!*resume && err == -ENOMEM)
+            cli_oom();
         if (!*resume)
             cli_die(EXIT_USAGE, "cannot read %s %s: %s", ropt, o->resume, tpar_strerror(err));
         /* R is also the output: keep one record per skipped id, so the

@@ -35,7 +35,12 @@ static void worker_eof(struct worker *w);
 
 static struct job *head(struct worker *w)
 {
-    return w->rn ? w->ring[w->rhead] : NULL;
+    return tpar_link_job(&w->link, 0);
+}
+
+static int honours_flush(const struct worker *w)
+{
+    return (w->link.ready_flags & TPAR_READY_FLUSH_FIRST) != 0;
 }
 
 static int depth(void)
@@ -132,9 +137,12 @@ static void close_input(struct worker *w)
     if (w->remote) {
         /* A SHUTDOWN frame, not a close: its supervisor reads a close while
          * the worker lives as "kill it" (pyworker/connect.h). */
-        if (!w->shutdown_sent && w->state != W_DEAD &&
-            tpar_buf_frame(&w->out, TPAR_FRAME_SHUTDOWN, 0, NULL, 0) == 0)
-            w->shutdown_sent = 1;
+        if (!w->shutdown_sent && w->state != W_DEAD) {
+            int rc = tpar_link_send(&w->link, TPAR_FRAME_SHUTDOWN, 0, NULL, 0, NULL);
+            if (rc == -ENOMEM)
+                cli_oom();
+            w->shutdown_sent = rc == 0;
+        }
         w->exit_expected = 1;
         if (w->state != W_DEAD)
             w->state = W_CLOSING;
@@ -174,7 +182,7 @@ static void on_timer(uv_timer_t *t)
     w->timer_mode = T_NONE;
     if (mode == T_TIMEOUT)
         on_timeout_check(w);
-    else if (mode == T_IDLE && w->rn == 0 && w->state == W_READY)
+    else if (mode == T_IDLE && w->link.njobs == 0 && w->state == W_READY)
         close_input(w);
     else if (mode == T_REAP)
         try_reap(w);
@@ -188,8 +196,7 @@ static void handle_close_cb(uv_handle_t *h)
     if (--w->open_handles == 0) {
         for (int i = 0; i < w->nproven; i++)
             free(w->proven[i]);
-        tpar_decoder_free(&w->dec);
-        tpar_buf_free(&w->out);
+        tpar_link_free(&w->link);
         free(w);
     }
 }
@@ -233,44 +240,30 @@ static int start_proc(tpar_proc *p)
 {
     if (!P.zargv)
         return tpar_proc_spawn(p, P.wargv, NULL);
-    for (int tries = 0; tries < 2; tries++) {
-        int rc = 0, fresh = P.zygote.pid <= 0;
-        if (fresh && (rc = tpar_zygote_start(&P.zygote, P.zargv, NULL)) < 0)
-            return rc;
-        rc = tpar_zygote_fork(&P.zygote, p);
-        if (rc != -EPIPE)
-            return rc;
-        tpar_zygote_stop(&P.zygote);
-        if (fresh) /* it died at its start (a --preload failed): so would the next */
-            break;
-    }
-    return -EPIPE;
+    return tpar_zygote_spawn(&P.zygote, P.zargv, NULL, p);
 }
 
 /* Puts a worker whose fds are open into the pool. */
 static void attach(struct worker *w)
 {
-    tpar_decoder_init(&w->dec, 0);
+    tpar_link_init(&w->link, &w->proc.down, &w->proc.up);
     uv_poll_init(P.loop, &w->rpoll, w->proc.from_fd);
     uv_poll_init(P.loop, &w->wpoll, w->proc.to_fd);
     uv_timer_init(P.loop, &w->timer);
     w->rpoll.data = w->wpoll.data = w->timer.data = w;
     w->open_handles = 3;
     uv_poll_start(&w->rpoll, UV_READABLE, on_readable);
-    struct worker **ws = realloc(P.workers, (size_t)(P.nworkers + 1) * sizeof *ws);
-    if (!ws)
-        run_fatal("out of memory");
-    P.workers = ws;
+    P.workers = xrealloc(P.workers, (size_t)(P.nworkers + 1) * sizeof *P.workers);
     P.workers[P.nworkers++] = w;
     P.started++;
 }
 
 static struct worker *spawn_worker(void)
 {
-    struct worker *w = calloc(1, sizeof *w);
-    if (!w)
-        run_fatal("out of memory");
-    int rc = w ? start_proc(&w->proc) : -ENOMEM;
+    struct worker *w = xcalloc(1, sizeof *w);
+    int rc = start_proc(&w->proc);
+    if (rc == -ENOMEM)
+        cli_oom();
     if (rc == -EPIPE && P.zargv && WIFSIGNALED(P.zygote.status)) {
         /* its forkserver was killed under it (twice), not a --preload
          * that failed (the zygote then exits 70): a broken start */
@@ -300,14 +293,16 @@ int pool_live_remote(void)
     return n;
 }
 
+/* A remote worker: one socket, no lanes (its link sends every payload
+ * inline), no process of ours. */
 int pool_adopt_remote(int fd, const char *peer)
 {
-    struct worker *w = calloc(1, sizeof *w);
-    int wfd = w ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+    struct worker *w = xcalloc(1, sizeof *w);
+    int wfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
     if (wfd < 0) {
         free(w);
         close(fd);
-        return -ENOMEM;
+        return -errno;
     }
     /* One socket, two fds: libuv polls each fd once, for one direction. */
     w->proc.from_fd = fd;
@@ -351,7 +346,7 @@ static void prove(struct worker *w, const struct job *j)
     size_t n;
     const char *fn = job_fn(j, &n);
     char *copy = malloc(n ? n : 1);
-    if (!copy)
+    if (!copy) /* a cache not filled: the job asks for a flush, no more */
         return;
     memcpy(copy, fn, n);
     w->proven[w->nproven] = copy;
@@ -366,37 +361,34 @@ static void prove(struct worker *w, const struct job *j)
  * before the next job started. */
 static int wants_flush_first(const struct worker *w, const struct job *j)
 {
-    if (!w->honours_flush || !w->rn)
+    unsigned n = w->link.njobs;
+    if (!honours_flush(w) || !n)
         return 0;
-    return !is_proven(w, j) || !is_proven(w, w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH]);
+    return !is_proven(w, j) || !is_proven(w, tpar_link_job(&w->link, n - 1));
 }
 
+/* Queues j on w: through its down lane when it is large and the lane is
+ * free (the link decides).  Out of memory stops the run; j goes back to
+ * the queue, where the stop cancels it. */
 static void send_job(struct worker *w, struct job *j, double now)
 {
-    uint8_t hdr[TPAR_FRAME_HEADER];
     j->flush_first = wants_flush_first(w, j);
-    /* A large job goes through the worker's down lane when it is free
-     * (one at a time): the pipe carries only its header. */
-    size_t inline_len = j->payload_len;
-    if (j->payload_len >= TPAR_LANE_MIN &&
-        tpar_lane_put(&w->proc.down, j->data + j->id_len, j->payload_len))
-        inline_len = 0;
-    tpar_frame_header_flags(hdr, TPAR_FRAME_JOB_JSON,
-                            j->flush_first ? TPAR_JOB_FLUSH_FIRST : 0,
-                            inline_len ? 0 : TPAR_FRAME_IN_LANE, j->payload_len);
-    if (tpar_buf_reserve(&w->out, sizeof hdr + inline_len) < 0)
-        run_fatal("out of memory");
-    memcpy(w->out.data + w->out.len, hdr, sizeof hdr);
-    memcpy(w->out.data + w->out.len + sizeof hdr, j->data + j->id_len, inline_len);
-    w->out.len += sizeof hdr + inline_len;
+    j->sent_alone = w->link.njobs == 0;
+    j->wseq = w->link.sent; /* its job frame's number on w */
+    int rc = tpar_link_send(&w->link, TPAR_FRAME_JOB_JSON,
+                            j->flush_first ? TPAR_JOB_FLUSH_FIRST : 0, j->data + j->id_len,
+                            j->payload_len, j);
+    if (rc == -ENOMEM)
+        cli_oom();
+    if (rc < 0) {
+        jobq_push_front(&J.pending, j);
+        run_fatal("cannot send a job to worker %d: %s", (int)w->proc.pid, tpar_strerror(rc));
+        return;
+    }
     j->sent = now;
-    j->sent_alone = w->rn == 0;
-    j->wseq = (uint64_t)w->sent;
-    w->ring[(w->rhead + w->rn) % MAX_DEPTH] = j;
-    w->rn++;
     w->sent++;
     P.inflight++;
-    if (w->rn == 1)
+    if (w->link.njobs == 1)
         head_started(w, now);
 }
 
@@ -420,7 +412,7 @@ static void on_wake(uv_timer_t *t)
  * (see head_was_alone).  Only slow jobs and the very first ones wait. */
 static int defer_fill(struct worker *w, double now)
 {
-    const struct job *h = w->rn == 1 ? w->ring[w->rhead] : NULL;
+    const struct job *h = w->link.njobs == 1 ? head(w) : NULL;
     if (!h || !h->sent_alone || now - h->sent >= ALONE_GAP)
         return 0;
     if (!wake.loop)
@@ -432,17 +424,17 @@ static int defer_fill(struct worker *w, double now)
 
 static void fill(struct worker *w, int d, double now)
 {
-    if (!can_take(w) || w->rn > (unsigned)d / 2 || w->isolated || w->takeback_pending ||
-        defer_fill(w, now))
+    if (!can_take(w) || w->link.njobs > (unsigned)d / 2 || w->isolated ||
+        w->link.takeback_pending || defer_fill(w, now))
         return;
-    while (J.pending.n && w->rn < (unsigned)d && can_take(w)) {
+    while (J.pending.n && w->link.njobs < (unsigned)d && can_take(w)) {
         /* A job with a very short timeout runs alone too: its clock then
          * measures it and nothing else.  Longer ones need not: the worker
          * writes earlier results once a job has run 200 us, so the head of a
          * worker whose clock ran out is the job that is running. */
         if (J.pending.head->isolate ||
             (J.pending.head->timeout > 0 && J.pending.head->timeout < SHORT_TIMEOUT)) {
-            if (w->rn == 0) {
+            if (w->link.njobs == 0) {
                 send_job(w, jobq_pop(&J.pending), now);
                 w->isolated = 1;
             }
@@ -460,7 +452,7 @@ static struct worker *idle_worker(void)
     struct worker *best = NULL;
     for (int i = 0; i < P.nworkers; i++) {
         struct worker *w = P.workers[i];
-        if (w->rn == 0 && can_take(w) && (!best || w->stamp > best->stamp))
+        if (w->link.njobs == 0 && can_take(w) && (!best || w->stamp > best->stamp))
             best = w;
     }
     return best;
@@ -473,16 +465,12 @@ static struct worker *idle_worker(void)
  * sent to it until then. */
 static int take_back(struct worker *w)
 {
-    if (!w->honours_takeback || w->takeback_pending || !w->rn || w->state == W_DEAD ||
-        w->proc.to_fd < 0)
+    if (w->state == W_DEAD || w->proc.to_fd < 0)
         return 0;
-    if (tpar_buf_takeback(&w->out, (uint64_t)w->sent) < 0) {
-        run_fatal("out of memory");
-        return 0;
-    }
-    w->takeback_pending = 1;
-    w->bell_due = 1; /* rung once the frame is in the pipe */
-    return 1;
+    int rc = tpar_link_take_back(&w->link); /* the doorbell rings once it is written */
+    if (rc == -ENOMEM)
+        cli_oom();
+    return rc;
 }
 
 static void cancel_unstarted(struct job *j)
@@ -502,28 +490,16 @@ static void never_started(struct job *j)
         jobq_push_front(&J.pending, j);
 }
 
-static void protocol_error(struct worker *w, const char *what);
-
-static void on_giveback(struct worker *w, const tpar_frame *f)
+/* The newest ev->count jobs in flight never started: back to the queue,
+ * or cancelled when stopping. */
+static void on_giveback(struct worker *w, const tpar_link_event *ev)
 {
-    uint64_t from, to;
-    if (tpar_giveback_parse(f, &from, &to) < 0 || !w->takeback_pending ||
-        to != (uint64_t)w->sent) {
-        protocol_error(w, "unexpected GIVEBACK");
-        return;
-    }
-    w->takeback_pending = 0;
-    /* The jobs given back are the last ones sent: nothing was sent since. */
-    while (w->rn) {
-        struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
-        if (j->wseq < from)
-            break;
-        w->rn--;
-        w->given_back++;
+    for (unsigned i = 0; i < ev->count; i++) {
         P.inflight--;
-        never_started(j);
+        w->given_back++;
+        never_started(tpar_link_take_newest(&w->link));
     }
-    if (!w->rn) {
+    if (!w->link.njobs) {
         w->isolated = 0;
         became_idle(w);
     }
@@ -556,14 +532,15 @@ static void steal(double now)
     for (int i = 0; i < P.nworkers; i++) {
         struct worker *w = P.workers[i];
         live += w->state <= W_READY;
-        idle |= w->rn == 0 && can_take(w);
+        idle |= w->link.njobs == 0 && can_take(w);
     }
     if (!idle && live >= P.o->jobs)
         return;
     double est = 2 * P.cost > STEAL_MIN ? 2 * P.cost : STEAL_MIN, due = 0;
     for (int i = 0; i < P.nworkers; i++) {
         struct worker *w = P.workers[i];
-        if (w->rn < 2 || w->state != W_READY || !w->honours_takeback || w->takeback_pending)
+        if (w->link.njobs < 2 || w->state != W_READY || w->link.takeback_pending ||
+            !(w->link.ready_flags & TPAR_READY_TAKEBACK))
             continue;
         double ran = now - head(w)->start;
         if (ran >= est) {
@@ -591,7 +568,7 @@ void pool_dispatch(void)
     double now = tpar_now();
     int d = depth();
     for (int i = 0; i < P.nworkers && J.pending.n; i++)
-        if (P.workers[i]->rn)
+        if (P.workers[i]->link.njobs)
             fill(P.workers[i], d, now);
     struct worker *w;
     while (J.pending.n && (w = idle_worker()))
@@ -611,10 +588,12 @@ void pool_dispatch(void)
 
 static int flush_worker(struct worker *w)
 {
-    while (w->out.len && w->proc.to_fd >= 0) {
-        ssize_t n = write(w->proc.to_fd, w->out.data, w->out.len);
+    const uint8_t *data;
+    size_t len;
+    while ((len = tpar_link_pending(&w->link, &data)) && w->proc.to_fd >= 0) {
+        ssize_t n = write(w->proc.to_fd, data, len);
         if (n > 0) {
-            tpar_buf_consume(&w->out, (size_t)n);
+            tpar_link_written(&w->link, (size_t)n);
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -626,16 +605,12 @@ static int flush_worker(struct worker *w)
             return 0;
         }
         /* EPIPE: it died; its EOF on the other pipe tells the rest. */
-        w->out.len = 0;
+        tpar_link_written(&w->link, len);
         break;
     }
     if (w->writing) {
         uv_poll_stop(&w->wpoll);
         w->writing = 0;
-    }
-    if (!w->out.len && w->bell_due && w->proc.to_fd >= 0) {
-        tpar_lane_ring(&w->proc.down); /* no lane: it reads the frame in time */
-        w->bell_due = 0;
     }
     return 0;
 }
@@ -643,7 +618,7 @@ static int flush_worker(struct worker *w)
 void pool_flush(void)
 {
     for (int i = 0; i < P.nworkers; i++)
-        if (P.workers[i]->out.len || P.workers[i]->bell_due)
+        if (P.workers[i]->link.out.len)
             flush_worker(P.workers[i]);
 }
 
@@ -660,30 +635,25 @@ static void protocol_error(struct worker *w, const char *what)
     kill_worker(w, 0);
 }
 
-static void on_result(struct worker *w, const tpar_frame *f, double now)
+static void on_result(struct worker *w, const tpar_link_event *ev, double now)
 {
-    if (!w->rn || f->len < 8) {
-        protocol_error(w, w->rn ? "short result" : "result without a job");
-        return;
-    }
-    struct job *j = w->ring[w->rhead];
-    w->rhead = (w->rhead + 1) % MAX_DEPTH;
-    w->rn--;
+    struct job *j = ev->job;
     P.inflight--;
-    double dur = tpar_get_f64le(f->payload);
+    double dur = ev->duration;
     if (dur >= 0 && dur < 1e9)
         P.cost = P.cost > 0 ? 0.9 * P.cost + 0.1 * dur : dur;
-    int ok = (f->status & 0x7f) == TPAR_RESULT_OK;
-    if (w->honours_flush && w->nproven < 16)
+    if (honours_flush(w) && w->nproven < 16)
         prove(w, j);
-    if (f->status & TPAR_RESULT_RETIRING) {
+    if (ev->retiring) {
         w->exit_expected = 1;
-        w->retiring_seen = 1;
         w->state = W_CLOSING;
     }
-    job_attempt_done(j, ok ? ST_OK : ST_ERROR, (const char *)f->payload + 8, f->len - 8,
-                     dur, w->proc.pid);
-    if (w->rn) {
+    /* The record copies the body out (of the up lane too). */
+    job_attempt_done(j, ev->status == TPAR_RESULT_OK ? ST_OK : ST_ERROR,
+                     (const char *)ev->body, ev->len, dur, w->proc.pid);
+    if (ev->in_lane)
+        tpar_link_lane_done(&w->link);
+    if (w->link.njobs) {
         head_started(w, now);
     } else {
         w->isolated = 0;
@@ -691,46 +661,21 @@ static void on_result(struct worker *w, const tpar_frame *f, double now)
     }
 }
 
-static void on_frame(struct worker *w, const tpar_frame *f, double now)
+static void on_event(struct worker *w, const tpar_link_event *ev, double now)
 {
-    switch (f->kind) {
-    case TPAR_FRAME_READY:
-        if (w->state == W_STARTING) {
-            if (w->remote && f->len >= 4) /* its pid, on its node */
-                w->proc.pid = (pid_t)(f->payload[0] | f->payload[1] << 8 |
-                                      f->payload[2] << 16 | (uint32_t)f->payload[3] << 24);
-            w->state = W_READY;
-            w->ready_seen = 1;
-            P.failed_starts = 0;
-            w->honours_flush = (f->status & TPAR_READY_FLUSH_FIRST) != 0;
-            w->honours_takeback = (f->status & TPAR_READY_TAKEBACK) != 0;
-            w->has_progress = (f->status & TPAR_READY_PROGRESS) != 0;
-            became_idle(w);
-        }
-        break;
-    case TPAR_FRAME_RESULT:
-        if (f->flags & TPAR_FRAME_IN_LANE) { /* the body is in the up lane */
-            tpar_frame g = *f;
-            if (tpar_lane_view(&w->proc.up, f->len, &g.payload) < 0) {
-                protocol_error(w, "a lane frame with no payload in the lane");
-                break;
-            }
-            on_result(w, &g, now); /* copies the body out */
-            tpar_lane_done(&w->proc.up);
-            break;
-        }
-        on_result(w, f, now);
-        break;
-    case TPAR_FRAME_GIVEBACK:
-        on_giveback(w, f);
-        break;
-    case TPAR_FRAME_EXTRA: /* for the job whose result comes next */
-        if (w->rn && !(f->flags & TPAR_FRAME_IN_LANE) &&
-            (f->status == TPAR_EXTRA_STATS || f->status == TPAR_EXTRA_OUTPUT))
-            job_set_extra(w->ring[w->rhead], f->status, f->payload, f->len);
-        break;
-    default:
-        protocol_error(w, "unexpected frame kind");
+    if (ev->type == TPAR_LINK_RESULT) {
+        on_result(w, ev, now);
+    } else if (ev->type == TPAR_LINK_GIVEBACK) {
+        on_giveback(w, ev);
+    } else if (ev->type == TPAR_LINK_EXTRA) { /* for the job whose result comes next */
+        if (ev->status == TPAR_EXTRA_STATS || ev->status == TPAR_EXTRA_OUTPUT)
+            job_set_extra(ev->job, ev->status, ev->body, ev->len);
+    } else if (ev->type == TPAR_LINK_READY && w->state == W_STARTING) {
+        if (w->remote && ev->pid > 0) /* its pid, on its node */
+            w->proc.pid = (pid_t)ev->pid;
+        w->state = W_READY;
+        P.failed_starts = 0;
+        became_idle(w);
     }
 }
 
@@ -753,7 +698,7 @@ static void check_rss(struct worker *w)
         /* Finish what it holds, take nothing more, then exit. */
         w->state = W_CLOSING;
         w->exit_expected = 1;
-        if (!w->rn)
+        if (!w->link.njobs)
             close_input(w);
     }
 }
@@ -774,23 +719,25 @@ static void on_readable(uv_poll_t *h, int status, int events)
             return;
         }
         for (size_t off = 0; off < (size_t)n && w->state != W_DEAD;) {
-            tpar_frame f;
-            int got = 0;
-            ptrdiff_t used = tpar_decoder_feed(&w->dec, buf + off, (size_t)n - off, &f, &got);
+            tpar_link_event ev;
+            ptrdiff_t used = tpar_link_feed(&w->link, buf + off, (size_t)n - off, &ev);
+            if (used == -ENOMEM)
+                cli_oom();
             if (used < 0) {
-                protocol_error(w, tpar_strerror((int)used));
+                protocol_error(w, used == TPAR_EPROTO ? w->link.error
+                                                      : tpar_strerror((int)used));
                 return;
             }
             off += (size_t)used;
-            if (got)
-                on_frame(w, &f, now);
+            if (ev.type != TPAR_LINK_NONE)
+                on_event(w, &ev, now);
         }
         if ((size_t)n < sizeof buf)
             break;
     }
     if (P.o->max_rss && w->state == W_READY && !w->remote)
         check_rss(w);
-    if (w->state == W_CLOSING && w->exit_expected && !w->rn)
+    if (w->state == W_CLOSING && w->exit_expected && !w->link.njobs)
         close_input(w);
 }
 
@@ -813,8 +760,7 @@ static void worker_eof(struct worker *w)
         return;
     timer_clear(w);
     /* Its progress outlives it in its up lane: read before the lane closes. */
-    if (w->has_progress &&
-        tpar_lane_progress_get(&w->proc.up, &w->prog_started, &w->prog_finished) == 0)
+    if (tpar_link_progress(&w->link, &w->prog_started, &w->prog_finished) == 0)
         w->prog_valid = 1;
     uv_close((uv_handle_t *)&w->rpoll, handle_close_cb);
     close_wpoll(w);
@@ -882,7 +828,7 @@ static void end_head(struct worker *w, struct job *j, const char *desc)
  * alone, so no finished result can have been held behind it. */
 static int head_was_alone(struct worker *w)
 {
-    const struct job *h = w->ring[w->rhead], *n = w->ring[(w->rhead + 1) % MAX_DEPTH];
+    const struct job *h = tpar_link_job(&w->link, 0), *n = tpar_link_job(&w->link, 1);
     if (n->flush_first) /* had h finished, its result was written before n */
         return 1;
     return h->sent_alone && n->sent - h->sent > ALONE_GAP;
@@ -900,9 +846,8 @@ static void settle_exact(struct worker *w, const char *desc)
 {
     static tpar_buf b;
     char msg[256];
-    while (w->rn) {
-        struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
-        w->rn--;
+    struct job *j;
+    while ((j = tpar_link_take_newest(&w->link))) {
         P.inflight--;
         if (j->wseq >= w->prog_started) {
             if (RUN.stop >= STOP_NOW)
@@ -938,31 +883,27 @@ static void settle_exact(struct worker *w, const char *desc)
  * alone, and is blamed.  (When stopping, they are cancelled.) */
 static void settle_ring(struct worker *w, const char *desc)
 {
+    tpar_link *l = &w->link;
+    struct job *j;
     if (w->prog_valid) {
         settle_exact(w, desc);
         return;
     }
-    if (w->rn > 1 && RUN.stop < STOP_NOW && !w->retiring_seen && w->killed_for != ST_TIMEOUT &&
+    if (l->njobs > 1 && RUN.stop < STOP_NOW && !l->retiring && w->killed_for != ST_TIMEOUT &&
         !head_was_alone(w)) {
-        while (w->rn) {
-            struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
-            w->rn--;
+        while ((j = tpar_link_take_newest(l))) {
             P.inflight--;
             j->isolate = 1;
             jobq_push_front(&J.pending, j);
         }
         return;
     }
-    if (w->rn && !w->retiring_seen) {
-        struct job *j = w->ring[w->rhead];
-        w->rhead = (w->rhead + 1) % MAX_DEPTH;
-        w->rn--;
+    if (l->njobs && !l->retiring) {
+        j = tpar_link_take_oldest(l);
         P.inflight--;
         end_head(w, j, desc);
     }
-    while (w->rn) {
-        struct job *j = w->ring[(w->rhead + w->rn - 1) % MAX_DEPTH];
-        w->rn--;
+    while ((j = tpar_link_take_newest(l))) {
         P.inflight--;
         if (RUN.stop >= STOP_NOW) {
             static const char body[] =
@@ -990,7 +931,7 @@ static void finalize(struct worker *w)
         }
     timer_clear(w);
     uv_close((uv_handle_t *)&w->timer, handle_close_cb);
-    if (!w->ready_seen && !w->killed_for && !(w->remote && w->exit_expected) &&
+    if (!w->link.ready && !w->killed_for && !(w->remote && w->exit_expected) &&
         RUN.stop < STOP_NOW && !RUN.fatal) {
         settle_ring(w, desc); /* no job is sent before READY: nothing to blame */
         if (!w->remote && WIFSIGNALED(w->proc.status)) {
@@ -1003,7 +944,7 @@ static void finalize(struct worker *w)
                      start_hint(w->proc.status));
         return;
     }
-    if (!w->rn && !w->exit_expected && !w->killed_for && RUN.stop < STOP_NOW && !P.o->quiet)
+    if (!w->link.njobs && !w->exit_expected && !w->killed_for && RUN.stop < STOP_NOW && !P.o->quiet)
         cli_warn("worker %d %s while idle", (int)w->proc.pid, desc);
     settle_ring(w, desc);
 }
@@ -1014,7 +955,7 @@ void pool_close_idle(void)
 {
     for (int i = 0; i < P.nworkers; i++) {
         struct worker *w = P.workers[i];
-        if ((!w->rn || w->remote) && w->state != W_DEAD &&
+        if ((!w->link.njobs || w->remote) && w->state != W_DEAD &&
             (w->state != W_STARTING || w->remote))
             close_input(w); /* a remote one finishes its jobs, then exits */
         else if (w->state == W_STARTING)
@@ -1026,7 +967,7 @@ size_t pool_out_bytes(void)
 {
     size_t n = 0;
     for (int i = 0; i < P.nworkers; i++)
-        n += P.workers[i]->out.len;
+        n += P.workers[i]->link.out.len;
     return n;
 }
 

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -24,7 +25,8 @@ extern "C" {
     X(BADFRAME, -7002, "malformed frame")                                     \
     X(TRUNCATED, -7003, "stream ended inside a frame")                        \
     X(BADJSON, -7004, "invalid JSON")                                         \
-    X(AUTH, -7005, "authentication failed")
+    X(AUTH, -7005, "authentication failed")                                   \
+    X(PROTO, -7006, "protocol error")
 
 enum {
 #define TPAR__ERR_ENUM(name, code, msg) TPAR_E##name = (code),
@@ -85,6 +87,8 @@ enum tpar_result_status {
 /* Flag or'ed into the status byte: the worker retires after this result
  * (its retire() returned true, or its task limit was reached). */
 #define TPAR_RESULT_RETIRING 0x80
+/* The status byte without its flags: a tpar_result_status. */
+#define TPAR_RESULT_STATUS_MASK 0x7f
 /* Status byte of a JOB_JSON / JOB_PICKLE frame: write the results you hold
  * before starting this job (the CLI uses it to know which job killed a
  * worker).  A worker that honours it sets this bit in READY's status. */
@@ -282,6 +286,159 @@ int tpar_lane_rang(tpar_lane *l, uint64_t *seen);
  * it was already small, -EBUSY when held, -errno on failure. */
 int tpar_lane_trim(tpar_lane *l);
 
+/* ------------------------------------------------------------------- links */
+
+/* The parent's side of the channel to one worker, sans I/O (nghttp2's
+ * session, not its socket): it encodes the frames the parent sends,
+ * choosing the down lane for a large payload when the lane is free and
+ * inline otherwise; it decodes the worker's bytes into events (READY,
+ * RESULT), viewing a result in the up lane and handing the lane back; and
+ * it knows the jobs in flight on that worker, oldest (the running one)
+ * first, each as a token of the caller's.
+ *
+ * It never reads, writes or closes an fd and knows nothing of processes.
+ * The driver reads from its transport and feeds the bytes in
+ * (tpar_link_feed, or tpar_link_room + tpar_link_commit to read a large
+ * frame straight into place), and writes what tpar_link_pending shows
+ * whenever the transport takes it (tpar_link_written).  Transports: a pipe
+ * pair with lanes (spawned or forked workers: the lanes of their
+ * tpar_proc), or one connected socket without lanes (lanes NULL): every
+ * payload then travels inline. */
+#define TPAR_LINK_DEPTH 256 /* jobs in flight on one worker, at most */
+
+typedef struct tpar_link {
+    tpar_decoder dec;
+    tpar_buf out;                /* frame bytes not yet written */
+    const uint8_t *lent;         /* then these: a lent payload's unwritten */
+    size_t lent_len;             /* bytes (tpar_link_send_lent) */
+    tpar_lane *down, *up;        /* the transport's lanes, or NULL */
+    void *jobs[TPAR_LINK_DEPTH]; /* tokens of the jobs in flight, a ring */
+    uint64_t nums[TPAR_LINK_DEPTH]; /* and their job frames' numbers */
+    unsigned head, njobs;        /* the oldest, and how many */
+    uint64_t sent;               /* job frames sent in its life: the next
+                                    one's number (TAKEBACK numbering) */
+    int takeback_pending;        /* a TAKEBACK queued, its GIVEBACK not seen */
+    int bell_due;                /* ring the down lane's doorbell once the
+                                    TAKEBACK is written */
+    int ready;                   /* READY has come */
+    uint8_t ready_flags;         /* its status byte: TPAR_READY_* */
+    int retiring;                /* a RESULT said TPAR_RESULT_RETIRING */
+    int lane_held;               /* a result's body is in the up lane */
+    const char *error;           /* after TPAR_EPROTO: what was wrong */
+} tpar_link;
+
+enum tpar_link_event_type {
+    TPAR_LINK_NONE = 0,   /* no event yet: feed more */
+    TPAR_LINK_READY,      /* status: READY's flags (TPAR_READY_*) */
+    TPAR_LINK_RESULT,     /* the oldest job in flight ended */
+    TPAR_LINK_EXTRA,      /* an EXTRA frame for the oldest job in flight
+                             (job; status: TPAR_EXTRA_*; body, len) */
+    TPAR_LINK_GIVEBACK,   /* the answer to tpar_link_take_back: the newest
+                             `count` jobs in flight never started and never
+                             will; take them with tpar_link_take_newest */
+};
+
+typedef struct tpar_link_event {
+    int type;             /* enum tpar_link_event_type */
+    int status;           /* RESULT: tpar_result_status; READY: its flags */
+    int retiring;         /* RESULT: the worker exits after this one */
+    int in_lane;          /* RESULT: body is in the up lane: call
+                             tpar_link_lane_done once it is not needed */
+    double duration;      /* RESULT: seconds the worker spent on the job */
+    const uint8_t *body;  /* RESULT: the value or error; valid until the
+                             next feed, or in the lane until lane_done */
+    size_t len;
+    void *job;            /* RESULT: the job's token, as sent */
+    unsigned count;       /* GIVEBACK: how many jobs came back */
+    uint32_t pid;         /* READY: the worker's pid (on its node), 0 if
+                             the frame did not say */
+} tpar_link_event;
+
+/* A link over a transport whose lanes are down and up (NULL: none; a
+ * lane with fd -1 is none too).  tpar_link_free frees its buffers (it
+ * closes nothing); the link may be initialised again. */
+void tpar_link_init(tpar_link *l, tpar_lane *down, tpar_lane *up);
+void tpar_link_free(tpar_link *l);
+
+/* Queues a frame of n payload bytes at p: through the down lane when
+ * n >= TPAR_LANE_MIN and the lane is free, else inline.  A job frame
+ * (JOB_JSON, JOB_PICKLE) joins the jobs in flight with its token `job`;
+ * status is the frame's status byte (TPAR_JOB_FLUSH_FIRST).  On failure
+ * nothing is queued and the lane is as it was: -ENOMEM, TPAR_ETOOBIG,
+ * -ENOSPC (TPAR_LINK_DEPTH jobs in flight already). */
+int tpar_link_send(tpar_link *l, uint8_t kind, uint8_t status, const void *p, size_t n,
+                   void *job);
+/* As tpar_link_send, but an inline payload is lent, not copied: the link
+ * points at p, which must stay valid and unchanged until tpar_link_keep
+ * or until nothing is pending.  The driver writes header and payload with
+ * one writev (tpar_link_pending_iov) and calls tpar_link_keep before p
+ * goes away: only the bytes the transport did not take are copied then.
+ * Room for them is reserved here (address space, touched only by that
+ * copy), so tpar_link_keep cannot fail.  A payload that takes the lane is
+ * copied into the lane as by tpar_link_send. */
+int tpar_link_send_lent(tpar_link *l, uint8_t kind, uint8_t status, const void *p, size_t n,
+                        void *job);
+/* Copies the unwritten bytes of a lent payload into the link's buffer;
+ * no-op when none is lent.  Every other send keeps first. */
+void tpar_link_keep(tpar_link *l);
+/* The same for a payload of n bytes that the caller has published in the
+ * down lane itself (tpar_lane_claim/reserve/publish): only its header is
+ * queued.  On failure the lane is given back (aborted). */
+int tpar_link_send_in_lane(tpar_link *l, uint8_t kind, uint8_t status, size_t n, void *job);
+
+/* Asks the worker for the jobs it holds but has not started: queues a
+ * TAKEBACK and, once it is written, rings the down lane's doorbell (so it
+ * overtakes a batch the worker has read).  Its GIVEBACK event says how
+ * many came back.  1 when queued; 0 when there is nothing to ask (no job
+ * in flight, one already pending, or the worker did not say
+ * TPAR_READY_TAKEBACK); -ENOMEM. */
+int tpar_link_take_back(tpar_link *l);
+
+/* A worker's progress (TPAR_READY_PROGRESS), which survives it in its up
+ * lane: read after its death, before the lanes close.  0, or -ENOENT
+ * (none: no lane, or it does not publish), -errno. */
+int tpar_link_progress(tpar_link *l, uint64_t *started, uint64_t *finished);
+
+/* What the transport should take next: *data and the byte count (0:
+ * nothing to write; with a payload lent, the buffer's bytes, then the
+ * payload's).  tpar_link_pending_iov fills iov[0..2) with all of it and
+ * returns how many are used (0: nothing).  tpar_link_written drops the
+ * first n bytes of what is pending; tpar_link_pending_bytes counts it. */
+size_t tpar_link_pending(const tpar_link *l, const uint8_t **data);
+int tpar_link_pending_iov(const tpar_link *l, struct iovec iov[2]);
+size_t tpar_link_pending_bytes(const tpar_link *l);
+void tpar_link_written(tpar_link *l, size_t n);
+
+/* Decodes data[0..n) as read from the worker, up to the end of the first
+ * event: returns the bytes consumed, with *ev filled (type NONE when none
+ * completed: all n were consumed).  A RESULT takes the oldest job off the
+ * jobs in flight.  Fails with a decoder error (TPAR_EBADFRAME,
+ * TPAR_ETOOBIG, -ENOMEM) or TPAR_EPROTO (l->error says what: a result
+ * without a job, a short one, a lane frame with nothing in the lane, an
+ * unknown kind); the link is then unusable.  No event comes from a
+ * failed call. */
+ptrdiff_t tpar_link_feed(tpar_link *l, const uint8_t *data, size_t n, tpar_link_event *ev);
+/* To read the rest of a large frame straight into place: as
+ * tpar_decoder_room; after reading n bytes there, commit returns 0 (no
+ * event yet, or *ev filled) or fails as feed does. */
+size_t tpar_link_room(tpar_link *l, uint8_t **dst);
+int tpar_link_commit(tpar_link *l, size_t n, tpar_link_event *ev);
+/* The last in-lane result's body is no longer needed: the worker may use
+ * the up lane again.  No-op when none is held. */
+void tpar_link_lane_done(tpar_link *l);
+/* True when the worker's bytes stopped inside a frame (EOF now would be
+ * TPAR_ETRUNCATED). */
+int tpar_link_partial(const tpar_link *l);
+
+/* The jobs in flight: how many; the i-th oldest token (i < count) and its
+ * job frame's number; taking the oldest or the newest off (NULL when
+ * none), after a GIVEBACK or the worker's death. */
+unsigned tpar_link_inflight(const tpar_link *l);
+void *tpar_link_job(const tpar_link *l, unsigned i);
+uint64_t tpar_link_job_number(const tpar_link *l, unsigned i);
+void *tpar_link_take_oldest(tpar_link *l);
+void *tpar_link_take_newest(tpar_link *l);
+
 /* ---------------------------------------------------------------- processes */
 
 /* The worker reads frames on fd 3 and writes frames on fd 4; it moves both
@@ -339,6 +496,10 @@ typedef struct tpar_zygote {
     int reaped, status;
     struct tpar__exit { int32_t tag; int status; } *exits; /* reports not yet claimed */
     size_t nexits, cap_exits;
+    int32_t next_tag;  /* the last fork request's tag: per zygote, so its
+                          own lock guards it (threads in the extension) */
+    size_t nlive;      /* workers forked and not yet reaped: a report each,
+                          so exits has room for them all before a fork */
 } tpar_zygote;
 
 /* Starts the zygote: argv[0] is the tpar-worker path, argv must contain
@@ -350,6 +511,15 @@ int tpar_zygote_start(tpar_zygote *z, char *const argv[], char *const envp[]);
  * blocking until the zygote says the fork's pid (about a millisecond).
  * -EPIPE when the zygote is gone: restart it and try again. */
 int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p);
+
+/* Forks a worker as tpar_zygote_fork does, starting the zygote with argv
+ * and envp first when it is not running, and once more when the fork
+ * finds it gone (it died since: its workers are gone too), unless it was
+ * started by this very call (then it dies at its start: a --preload that
+ * fails, and so would the next).  -EPIPE when
+ * the second one is gone as well; other errors as tpar_zygote_start /
+ * tpar_zygote_fork.  The one policy both front ends follow. */
+int tpar_zygote_spawn(tpar_zygote *z, char *const argv[], char *const envp[], tpar_proc *p);
 
 /* Ends the zygote (SIGKILL after closing its socket) and reaps it; its
  * workers die with it.  Forgets pending reports.  Idempotent. */

@@ -77,6 +77,7 @@ static void zygote_gone(tpar_zygote *z)
     }
     z->pid = 0;
     z->nexits = 0;
+    z->nlive = 0;
 }
 
 void tpar_zygote_stop(tpar_zygote *z)
@@ -85,19 +86,32 @@ void tpar_zygote_stop(tpar_zygote *z)
         zygote_gone(z);
     free(z->exits);
     z->exits = NULL;
-    z->nexits = z->cap_exits = 0;
+    z->nexits = z->cap_exits = z->nlive = 0;
+}
+
+/* Room for n reports.  Made before each fork, so that a report, which
+ * comes when it comes, never needs memory to be kept. */
+static int reserve_exits(tpar_zygote *z, size_t n)
+{
+    if (n <= z->cap_exits)
+        return 0;
+    size_t cap = z->cap_exits ? z->cap_exits * 2 : 16;
+    while (cap < n)
+        cap *= 2;
+    struct tpar__exit *ne = realloc(z->exits, cap * sizeof(*ne));
+    if (!ne)
+        return -ENOMEM;
+    z->exits = ne;
+    z->cap_exits = cap;
+    return 0;
 }
 
 static int note_exit(tpar_zygote *z, int32_t tag, int status)
 {
-    if (z->nexits == z->cap_exits) {
-        size_t cap = z->cap_exits ? z->cap_exits * 2 : 16;
-        struct tpar__exit *ne = realloc(z->exits, cap * sizeof(*ne));
-        if (!ne)
-            return -ENOMEM;
-        z->exits = ne;
-        z->cap_exits = cap;
-    }
+    /* Room was made at the fork; a report of no worker of ours (cannot
+     * happen) may find none. */
+    if (z->nexits == z->cap_exits && reserve_exits(z, z->nexits + 1) < 0)
+        return -ENOMEM;
     z->exits[z->nexits].tag = tag;
     z->exits[z->nexits].status = status;
     z->nexits++;
@@ -134,16 +148,17 @@ static int recv_one(tpar_zygote *z, struct tpar__zmsg *m, int timeout_ms)
 
 int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p)
 {
-    static int32_t next_tag;
     struct tpar__chan c;
     struct tpar__zmsg m;
     int rc;
 
     if (z->pid <= 0)
         return -EPIPE;
+    if (reserve_exits(z, z->nlive + 1) < 0)
+        return -ENOMEM;
     if ((rc = tpar__chan_open(&c)) < 0)
         return rc;
-    int32_t tag = ++next_tag;
+    int32_t tag = ++z->next_tag;
     int fds[4] = {c.in[0], c.out[1], c.down.fd, c.up.fd};
     if (tpar__zsend_fork(z->fd, tag, fds) < 0) {
         zygote_gone(z);
@@ -163,6 +178,7 @@ int tpar_zygote_fork(tpar_zygote *z, tpar_proc *p)
         goto out;
     }
     tpar__chan_hand_over(&c, p, m.b);
+    z->nlive++;
     p->zygote = z;
     p->zygote_gen = z->gen;
     p->zygote_tag = tag;
@@ -172,6 +188,22 @@ out:
     return rc;
 }
 
+int tpar_zygote_spawn(tpar_zygote *z, char *const argv[], char *const envp[], tpar_proc *p)
+{
+    for (int tries = 0; tries < 2; tries++) {
+        int rc, fresh = z->pid <= 0;
+        if (fresh && (rc = tpar_zygote_start(z, argv, envp)) < 0)
+            return rc;
+        rc = tpar_zygote_fork(z, p);
+        if (rc != -EPIPE)
+            return rc;
+        tpar_zygote_stop(z);
+        if (fresh) /* it died at its start (a --preload failed): so would the next */
+            break;
+    }
+    return -EPIPE;
+}
+
 static int claim(tpar_zygote *z, tpar_proc *p)
 {
     for (size_t i = 0; i < z->nexits; i++) {
@@ -179,6 +211,8 @@ static int claim(tpar_zygote *z, tpar_proc *p)
             p->status = z->exits[i].status;
             p->reaped = 1;
             z->exits[i] = z->exits[--z->nexits];
+            if (z->nlive)
+                z->nlive--;
             return 1;
         }
     }

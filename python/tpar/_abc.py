@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - cloudpickle is optional
 
 OK = _core.RESULT_OK
 RETIRING = _core.RESULT_RETIRING
-STATUS_MASK = 0x7F  # a RESULT's status without the RETIRING bit
+STATUS_MASK = _core.RESULT_STATUS_MASK  # a RESULT's status without the RETIRING bit
 RETIRED = _core.RESULT_RETIRED | _core.RESULT_RETIRING  # a RETIRED notice's status
 NO_KWARGS = {}
 # The worker's exit codes (pyworker/loop.h) that the package explains.

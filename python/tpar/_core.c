@@ -1,7 +1,8 @@
 /* tpar._core: the Trio package's view of one worker process.
  *
- * A Worker owns a tpar_proc (core/proc.c) and does the non-blocking reads,
- * writes and frame decoding of docs/protocol.md in C.  It never waits on its
+ * A Worker owns a tpar_proc (core/proc.c) and drives its channel, a
+ * tpar_link (core/link.c: frames, lanes, events): the non-blocking reads
+ * and writes are here, in C.  It never waits on its
  * own: send() and recv() say "not yet" and the Python side waits with
  * trio.lowlevel.wait_writable / wait_readable on the fds.  recv() may spin
  * for a few microseconds first, holding the GIL, because a worker that
@@ -43,6 +44,9 @@ typedef struct {
     tpar_zygote z;
     pthread_mutex_t lock;
     pid_t owner;
+    int stopped;      /* stop() was called: fork() starts no new one */
+    char **argv;      /* what it was started with: it restarts with it */
+    PyObject *keep;   /* the bytes argv points into */
 } ZygoteObject;
 
 typedef struct {
@@ -50,12 +54,9 @@ typedef struct {
     tpar_proc proc;
     pid_t owner;     /* the process that spawned it: a forked child must
                         neither kill nor reap its parent's workers */
-    tpar_decoder dec;
+    tpar_link link;  /* frames out, events in (core/link.c) */
     tpar_buf in;     /* bytes read but not yet decoded */
-    tpar_buf out;    /* frame bytes not yet written */
     int eof;         /* from_fd reached end of file */
-    int ready;       /* the READY frame came */
-    int lane_held;   /* a result's body is in the up lane, not yet done */
     ZygoteObject *zygote; /* the forkserver it came from (owned), or NULL */
     int remote;      /* a connection from tpar-worker --connect: no process
                         of ours (pid 0: never signalled nor waited for) */
@@ -115,13 +116,14 @@ static ssize_t write_some(int fd, struct iovec *iov, int n)
 
 static int flush_out(WorkerObject *w)
 {
-    if (w->out.len == 0)
+    struct iovec iov[2];
+    int n = tpar_link_pending_iov(&w->link, iov);
+    if (n == 0)
         return 0;
-    struct iovec iov = {w->out.data, w->out.len};
-    ssize_t r = write_some(w->proc.to_fd, &iov, 1);
+    ssize_t r = write_some(w->proc.to_fd, iov, n);
     if (r < 0)
         return (int)r;
-    tpar_buf_consume(&w->out, (size_t)r);
+    tpar_link_written(&w->link, (size_t)r);
     return 0;
 }
 
@@ -150,67 +152,27 @@ static void kill_worker(WorkerObject *w, int sig)
     Py_END_ALLOW_THREADS
 }
 
-/* Queues what writev did not take, from offset `done` of header+payload.
- * The start of the frame is in the pipe already, so if the rest cannot be
- * kept the stream is beyond repair: the worker is killed and reads as gone
- * (recv() returns False, alive() False) rather than ever reading half a
- * frame followed by the next one. */
-static int keep_rest(WorkerObject *w, const uint8_t *hdr, const uint8_t *p,
-                     size_t n, size_t done)
+/* Queues a frame on the link (a large payload through the down lane when
+ * it is free: the link decides) and writes what the pipe takes now.  An
+ * inline payload is lent to the link, header and payload go out in one
+ * writev, and only what the pipe did not take is copied (p is the
+ * caller's, gone after this).  On failure nothing was queued. */
+static int send_frame(WorkerObject *w, int kind, const uint8_t *p, size_t n)
 {
-    if (tpar_buf_reserve(&w->out, TPAR_FRAME_HEADER + n - done) < 0) {
-        kill_worker(w, SIGKILL);
-        w->eof = 1;
-        return -ENOMEM;
-    }
-    if (done < TPAR_FRAME_HEADER)
-        (void)tpar_buf_append(&w->out, hdr + done, TPAR_FRAME_HEADER - done);
-    size_t skip = done > TPAR_FRAME_HEADER ? done - TPAR_FRAME_HEADER : 0;
-    (void)tpar_buf_append(&w->out, p + skip, n - skip); /* reserved: cannot fail */
-    return 0;
-}
-
-/* Sends a header and n payload bytes at p; with TPAR_FRAME_IN_LANE in
- * flags only the header (the payload, len bytes, is in the down lane). */
-static int send_raw(WorkerObject *w, int kind, int flags, const uint8_t *p,
-                    size_t len)
-{
-    uint8_t hdr[TPAR_FRAME_HEADER];
-    tpar_frame_header_flags(hdr, (uint8_t)kind, 0, (uint8_t)flags, (uint32_t)len);
-    size_t n = flags & TPAR_FRAME_IN_LANE ? 0 : len;
-    if (w->out.len) { /* queued whole or not at all */
-        if (tpar_buf_reserve(&w->out, sizeof hdr + n) < 0)
-            return -ENOMEM;
-        (void)tpar_buf_append(&w->out, hdr, sizeof hdr);
-        (void)tpar_buf_append(&w->out, p, n);
-        return flush_out(w);
-    }
-    struct iovec iov[2] = {{hdr, sizeof hdr}, {(void *)p, n}};
-    ssize_t r = write_some(w->proc.to_fd, iov, n ? 2 : 1);
-    if (r < 0)
-        return (int)r;
-    if ((size_t)r == sizeof hdr + n)
-        return 0;
-    return keep_rest(w, hdr, p, n, (size_t)r);
-}
-
-/* The header of a payload published in the down lane.  When it cannot
- * go (no memory to queue it, the worker gone), the lane is given back:
- * left FULL, it would stay so, its pages never trimmed. */
-static int send_lane_header(WorkerObject *w, int kind, size_t n)
-{
-    int rc = send_raw(w, kind, TPAR_FRAME_IN_LANE, NULL, n);
+    int rc = tpar_link_send_lent(&w->link, (uint8_t)kind, 0, p, n, NULL);
     if (rc < 0)
-        tpar_lane_abort(&w->proc.down);
+        return rc;
+    rc = flush_out(w);
+    tpar_link_keep(&w->link);
     return rc;
 }
 
-/* A large payload goes through the down lane when it is free. */
-static int send_frame(WorkerObject *w, int kind, const uint8_t *p, size_t n)
+/* The header of a payload published in the down lane (the link gives the
+ * lane back when it cannot be queued). */
+static int send_lane_header(WorkerObject *w, int kind, size_t n)
 {
-    if (n >= TPAR_LANE_MIN && tpar_lane_put(&w->proc.down, p, n))
-        return send_lane_header(w, kind, n);
-    return send_raw(w, kind, 0, p, n);
+    int rc = tpar_link_send_in_lane(&w->link, (uint8_t)kind, 0, n, NULL);
+    return rc < 0 ? rc : flush_out(w);
 }
 
 /* What send() and send_pickled() return: the bytes still pending, or the
@@ -219,7 +181,7 @@ static PyObject *sent(WorkerObject *w, int rc)
 {
     if (rc < 0)
         return set_errno(rc);
-    return PyLong_FromSize_t(w->out.len);
+    return PyLong_FromSize_t(tpar_link_pending_bytes(&w->link));
 }
 
 PyDoc_STRVAR(send_doc,
@@ -297,7 +259,7 @@ static PyObject *Worker_send_pickled(WorkerObject *self, PyObject *const *args,
         int in_lane = tpar_sink_payload(sink, &data, &len);
         tpar_sink_finish(sink, in_lane); /* published before its header goes */
         rc = in_lane ? send_lane_header(self, kind, len)
-                     : send_raw(self, kind, 0, data, len);
+                     : send_frame(self, kind, data, len);
         Py_DECREF(r);
     }
     tpar_sink_finish(sink, 0); /* a failed dump gives the lane back */
@@ -313,9 +275,7 @@ PyDoc_STRVAR(lane_done_doc,
 
 static PyObject *Worker_lane_done(WorkerObject *self, PyObject *unused)
 {
-    if (self->lane_held)
-        tpar_lane_done(&self->proc.up);
-    self->lane_held = 0;
+    tpar_link_lane_done(&self->link);
     Py_RETURN_NONE;
 }
 
@@ -329,46 +289,37 @@ static PyObject *Worker_flush(WorkerObject *self, PyObject *unused)
     int rc = flush_out(self);
     if (rc < 0)
         return set_errno(rc);
-    return PyLong_FromSize_t(self->out.len);
+    return PyLong_FromSize_t(tpar_link_pending_bytes(&self->link));
 }
 
 /* ------------------------------------------------------------------- read */
 
-/* A frame became complete: 1 with *out set for a RESULT, 0 for a frame
- * that is consumed here (READY), -1 with an exception set. */
-static int on_frame(WorkerObject *w, const tpar_frame *f, PyObject **out)
+/* The link failed (rc < 0): a RuntimeError saying why; -1. */
+static int link_error(WorkerObject *w, int rc)
 {
-    if (f->kind == TPAR_FRAME_READY) {
-        w->ready = 1;
-        if (w->remote && f->len >= 4)
-            w->rpid = (uint32_t)f->payload[0] | (uint32_t)f->payload[1] << 8 |
-                      (uint32_t)f->payload[2] << 16 | (uint32_t)f->payload[3] << 24;
+    PyErr_Format(PyExc_RuntimeError, "worker %d: %s", (int)w->proc.pid,
+                 rc == TPAR_EPROTO ? w->link.error : tpar_strerror(rc));
+    return -1;
+}
+
+/* An event came: 1 with *out set for a RESULT, 0 for one consumed here
+ * (READY), -1 with an exception set.  A body in the up lane becomes a
+ * view, which the caller releases before lane_done(). */
+static int on_event(WorkerObject *w, const tpar_link_event *ev, PyObject **out)
+{
+    if (ev->type == TPAR_LINK_READY && w->remote)
+        w->rpid = ev->pid; /* its pid, on its node */
+    if (ev->type != TPAR_LINK_RESULT)
         return 0;
-    }
-    if (f->kind != TPAR_FRAME_RESULT || f->len < 8) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "worker %d sent a malformed frame (kind %d, %u bytes)",
-                     (int)w->proc.pid, f->kind, (unsigned)f->len);
-        return -1;
-    }
-    if (f->flags & TPAR_FRAME_IN_LANE) {
-        /* The body stays where the worker pickled it: a view, which the
-         * caller releases before lane_done(). */
-        const uint8_t *p;
-        if (w->lane_held || tpar_lane_view(&w->proc.up, f->len, &p) < 0) {
-            PyErr_Format(PyExc_RuntimeError,
-                         "worker %d sent a lane frame with no payload in the lane",
-                         (int)w->proc.pid);
-            return -1;
-        }
-        w->lane_held = 1;
-        PyObject *view = PyMemoryView_FromMemory((char *)p + 8, (Py_ssize_t)(f->len - 8),
+    int status = ev->status | (ev->retiring ? TPAR_RESULT_RETIRING : 0);
+    if (ev->in_lane) {
+        PyObject *view = PyMemoryView_FromMemory((char *)ev->body, (Py_ssize_t)ev->len,
                                                  PyBUF_READ);
-        *out = view ? Py_BuildValue("(idN)", f->status, tpar_get_f64le(p), view) : NULL;
-        return *out ? 1 : -1;
+        *out = view ? Py_BuildValue("(idN)", status, ev->duration, view) : NULL;
+    } else {
+        *out = Py_BuildValue("(idy#)", status, ev->duration, (const char *)ev->body,
+                             (Py_ssize_t)ev->len);
     }
-    *out = Py_BuildValue("(idy#)", f->status, tpar_get_f64le(f->payload),
-                         (const char *)f->payload + 8, (Py_ssize_t)(f->len - 8));
     return *out ? 1 : -1;
 }
 
@@ -377,15 +328,11 @@ static int on_frame(WorkerObject *w, const tpar_frame *f, PyObject **out)
 static int decode_held(WorkerObject *w, PyObject **out)
 {
     while (w->in.len) {
-        tpar_frame f;
-        int got = 0;
-        ptrdiff_t used = tpar_decoder_feed(&w->dec, w->in.data, w->in.len, &f, &got);
-        if (used < 0) {
-            PyErr_Format(PyExc_RuntimeError, "worker %d: %s", (int)w->proc.pid,
-                         tpar_strerror((int)used));
-            return -1;
-        }
-        int rc = got ? on_frame(w, &f, out) : 0; /* f may point into in */
+        tpar_link_event ev;
+        ptrdiff_t used = tpar_link_feed(&w->link, w->in.data, w->in.len, &ev);
+        if (used < 0)
+            return link_error(w, (int)used);
+        int rc = on_event(w, &ev, out); /* ev.body may point into in */
         tpar_buf_consume(&w->in, (size_t)used);
         if (rc)
             return rc;
@@ -448,13 +395,14 @@ static PyObject *Worker_recv(WorkerObject *self, PyObject *arg)
         if (self->eof)
             Py_RETURN_FALSE;
         uint8_t *dst;
-        size_t room = self->in.len ? 0 : tpar_decoder_room(&self->dec, &dst);
+        size_t room = self->in.len ? 0 : tpar_link_room(&self->link, &dst);
         ssize_t r;
         if (room >= READ_CHUNK) {
             r = read_direct(self, dst, room);
-            tpar_frame f;
-            if (r > 0 && tpar_decoder_commit(&self->dec, (size_t)r, &f)) {
-                rc = on_frame(self, &f, &res);
+            tpar_link_event ev;
+            if (r > 0) {
+                int c = tpar_link_commit(&self->link, (size_t)r, &ev);
+                rc = c < 0 ? link_error(self, c) : on_event(self, &ev, &res);
                 if (rc)
                     return rc > 0 ? res : NULL;
             }
@@ -549,7 +497,7 @@ PyDoc_STRVAR(close_doc, "close()\n\nCloses both pipes (idempotent).");
 static PyObject *Worker_close(WorkerObject *self, PyObject *unused)
 {
     tpar_proc_close(&self->proc);
-    tpar_buf_free(&self->out);
+    tpar_link_free(&self->link);
     Py_RETURN_NONE;
 }
 
@@ -577,12 +525,12 @@ static PyObject *Worker_get_status(WorkerObject *self, void *c)
 
 static PyObject *Worker_get_pending(WorkerObject *self, void *c)
 {
-    return PyLong_FromSize_t(self->out.len);
+    return PyLong_FromSize_t(tpar_link_pending_bytes(&self->link));
 }
 
 static PyObject *Worker_get_ready(WorkerObject *self, void *c)
 {
-    return PyBool_FromLong(self->ready);
+    return PyBool_FromLong(self->link.ready);
 }
 
 static PyObject *Worker_repr(WorkerObject *self)
@@ -611,9 +559,8 @@ static void Worker_dealloc(WorkerObject *self)
     }
     tpar_proc_close(&self->proc);
     Py_CLEAR(self->zygote);
-    tpar_decoder_free(&self->dec);
+    tpar_link_free(&self->link);
     tpar_buf_free(&self->in);
-    tpar_buf_free(&self->out);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -849,20 +796,27 @@ static WorkerObject *new_worker(core_state *st)
     w->proc.to_fd = w->proc.from_fd = -1;
     w->proc.down = w->proc.up = (tpar_lane)TPAR_LANE_NONE;
     w->owner = getpid();
-    tpar_decoder_init(&w->dec, 0);
+    tpar_link_init(&w->link, NULL, NULL);
     return w;
+}
+
+/* Its process is there: the link takes its lanes. */
+static void attached(WorkerObject *w)
+{
+    tpar_link_init(&w->link, &w->proc.down, &w->proc.up);
 }
 
 PyDoc_STRVAR(zfork_doc,
 "fork() -> Worker\n\nAsks the forkserver for a ready worker (it blocks until\n"
-"the zygote answers).  BrokenPipeError: the zygote is gone; start another.");
+"the zygote answers).  A zygote found dead is started again, once\n"
+"(tpar_zygote_spawn).  BrokenPipeError: it was stopped, or died again.");
 
 static PyObject *Zygote_fork(ZygoteObject *self, PyObject *unused)
 {
     PyObject *module = PyType_GetModule(Py_TYPE(self));
     if (!module)
         return NULL;
-    if (self->owner != getpid() || self->z.pid <= 0) {
+    if (self->owner != getpid() || self->stopped) { /* found dead: restarted below */
         errno = EPIPE;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -872,7 +826,7 @@ static PyObject *Zygote_fork(ZygoteObject *self, PyObject *unused)
     int rc;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->lock);
-    rc = tpar_zygote_fork(&self->z, &w->proc);
+    rc = tpar_zygote_spawn(&self->z, self->argv, NULL, &w->proc);
     pthread_mutex_unlock(&self->lock);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
@@ -880,6 +834,7 @@ static PyObject *Zygote_fork(ZygoteObject *self, PyObject *unused)
         Py_DECREF(w);
         return set_errno(rc);
     }
+    attached(w);
     Py_INCREF(self);
     w->zygote = self;
     return (PyObject *)w;
@@ -887,6 +842,7 @@ static PyObject *Zygote_fork(ZygoteObject *self, PyObject *unused)
 
 static void zygote_stop(ZygoteObject *self)
 {
+    self->stopped = 1;
     if (self->owner != getpid()) { /* a forked child: drop our copy only */
         if (self->z.fd >= 0)
             close(self->z.fd);
@@ -921,6 +877,8 @@ static void Zygote_dealloc(ZygoteObject *self)
     PyObject_GC_UnTrack(self);
     zygote_stop(self);
     pthread_mutex_destroy(&self->lock);
+    PyMem_Free(self->argv);
+    Py_CLEAR(self->keep);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -1021,6 +979,8 @@ static PyObject *core_spawn(PyObject *module, PyObject *arg)
         errno = -rc;
         PyErr_SetFromErrnoWithFilename(PyExc_OSError, argv[0]);
         Py_CLEAR(w);
+    } else {
+        attached(w);
     }
 done:
     PyMem_Free(argv);
@@ -1047,15 +1007,18 @@ static PyObject *core_zygote_start(PyObject *module, PyObject *arg)
         Py_BEGIN_ALLOW_THREADS
         rc = tpar_zygote_start(&zo->z, argv, NULL);
         Py_END_ALLOW_THREADS
+        zo->argv = argv; /* freed with zo */
+        zo->keep = keep;
         if (rc < 0) {
             errno = -rc;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, argv[0]);
             Py_CLEAR(zo);
         }
+        return (PyObject *)zo;
     }
     PyMem_Free(argv);
     Py_DECREF(keep);
-    return (PyObject *)zo;
+    return NULL;
 }
 
 PyDoc_STRVAR(fork_doc,
@@ -1083,6 +1046,7 @@ static PyObject *core_fork_worker(PyObject *module, PyObject *args)
         Py_DECREF(w);
         return PyErr_Occurred() ? NULL : set_errno(rc);
     }
+    attached(w);
     return (PyObject *)w;
 }
 
@@ -1123,6 +1087,7 @@ static int add_constants(PyObject *m)
            PyModule_AddIntConstant(m, "RESULT_ERROR", TPAR_RESULT_ERROR) ||
            PyModule_AddIntConstant(m, "RESULT_RETIRING", TPAR_RESULT_RETIRING) ||
            PyModule_AddIntConstant(m, "RESULT_RETIRED", TPAR_RESULT_RETIRED) ||
+           PyModule_AddIntConstant(m, "RESULT_STATUS_MASK", TPAR_RESULT_STATUS_MASK) ||
            PyModule_AddIntConstant(m, "FRAME_MAX", (long)TPAR_FRAME_MAX_DEFAULT)
                ? -1 : 0;
 }

@@ -121,21 +121,19 @@ class ForkserverLauncher(SpawnLauncher):
 
     def start(self):
         with self.lock:
-            for attempt in (1, 2):
-                if self.closed:
-                    raise trio.ClosedResourceError("this worker context is closed")
-                z = self._zygote_locked()
-                pid = z.pid
-                try:
-                    return z.fork()
-                except BrokenPipeError as exc:  # it died: the next one takes over
-                    z.stop()
-                    self.zygote = None
-                    if attempt == 2:
-                        raise broken(
-                            f"the forkserver (tpar-worker --zygote, pid {pid}) died before "
-                            f"it could fork a worker: see its message on stderr", pid,
-                            None) from exc
+            if self.closed:
+                raise trio.ClosedResourceError("this worker context is closed")
+            z = self._zygote_locked()
+            pid = z.pid
+            try:
+                return z.fork()  # restarts a dead zygote once itself
+            except BrokenPipeError as exc:  # it died, and so did the next one
+                z.stop()
+                self.zygote = None
+                raise broken(
+                    f"the forkserver (tpar-worker --zygote, pid {pid}) died, and its "
+                    f"restart died before it could fork a worker: see its message on "
+                    f"stderr", pid, None) from exc
 
     def warm_up(self):
         """The zygote is spawned here, and a thread asks it for the workers,

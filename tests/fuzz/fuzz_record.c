@@ -26,6 +26,11 @@ void cli_die(int code, const char *fmt, ...)
     abort();
 }
 
+void cli_oom(void)
+{
+    abort();
+}
+
 /* Strict UTF-8 (no overlongs, surrogates or > U+10FFFF): the reference. */
 static int utf8_valid(const uint8_t *s, size_t n)
 {

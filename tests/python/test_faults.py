@@ -84,20 +84,20 @@ async def test_a_jobs_child_dies_when_its_worker_is_killed(faults_env, wt):
     assert gone(child), "the job's child outlived its killed worker"
 
 
-async def test_a_forkserver_that_keeps_dying_raises_broken_worker(monkeypatch):
-    """The zygote dies under each start: BrokenWorkerError, not BrokenPipeError."""
+async def test_a_forkserver_that_keeps_dying_raises_broken_worker(tmp_path, monkeypatch):
+    """The zygote is killed, and the one Zygote.fork() starts in its place
+    dies at its start too: BrokenWorkerError, not BrokenPipeError."""
+    marker = tmp_path / "die"
+    monkeypatch.setenv("TPAR_TEST_ZYGOTE_DIES", str(marker))
     async with trio_parallel.open_worker_context(
-            worker_type=trio_parallel.WorkerType.FORKSERVER) as ctx:
-        launcher = ctx._cache.launcher
-        real = launcher._zygote_locked
-
-        def dead_zygote():
-            z = real()
-            os.kill(z.pid, signal.SIGKILL)
-            while os.path.exists(f"/proc/{z.pid}") and open(f"/proc/{z.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-                time.sleep(0.005)
-            return z
-
-        monkeypatch.setattr(launcher, "_zygote_locked", dead_zygote)
-        with pytest.raises(trio_parallel.BrokenWorkerError):
+            worker_type=trio_parallel.WorkerType.FORKSERVER, preload=["_preload_dies"]) as ctx:
+        first = await ctx.run_sync(os.getpid)
+        zygote = ctx._cache.launcher.zygote.pid
+        marker.write_text("")
+        os.kill(zygote, signal.SIGKILL)
+        while os.path.exists(f"/proc/{first}"):  # its workers die with it
+            await trio.sleep(0.01)
+        with pytest.raises(trio_parallel.BrokenWorkerError, match="forkserver.*died"):
             await ctx.run_sync(os.getpid)
+        marker.unlink()  # the next start works again
+        assert await ctx.run_sync(os.getpid) != first
