@@ -35,6 +35,33 @@ struct jobq {
 
 #define MAX_DEPTH TPAR_LINK_DEPTH /* jobs in flight per worker, at most */
 
+/* A worker's life (cmd/worker.c), one way only:
+ *
+ *   STARTING --READY--> READY --+--> CLOSING --EOF--> DEAD --reaped--> freed
+ *       |                       |                      ^
+ *       +-----------------------+----------EOF---------+
+ *
+ *   STARTING -> READY     its READY frame came (on_event).
+ *   STARTING -> CLOSING   killed: a protocol error, or the run ends before
+ *                         it is ready (pool_close_idle, pool_kill_all).
+ *   READY -> CLOSING      killed (a job timeout, a stop); or it is to exit
+ *                         on its own (exit_expected): a RESULT said
+ *                         RETIRING, it went over --max-worker-rss, or its
+ *                         input was closed (idle timeout, the end).
+ *   any -> DEAD           EOF (or an error) on its output: both fds and
+ *                         the read and write watchers closed (worker_eof).
+ *   DEAD -> freed         reaped (try_reap, retried on the timer): its jobs
+ *                         settled (settle_ring), the timer closed; freed
+ *                         when the last of its three handles has closed.
+ *
+ * Invariants, asserted by worker_check():
+ *   - jobs are sent only in READY: STARTING holds none, and a worker with
+ *     jobs has seen READY;  an isolated worker holds at most one;
+ *   - the timer: TIMEOUT only with jobs, IDLE only without, REAP only when
+ *     DEAD (the only timer a DEAD worker has besides none);
+ *   - its input closed (to_fd -1) means CLOSING or DEAD; DEAD means both
+ *     fds closed and the write watcher too;  writing means the write
+ *     watcher is open;  killed_for is set only once it left READY. */
 enum wstate {
     W_STARTING, /* spawned, READY not seen */
     W_READY,    /* takes jobs */
@@ -46,15 +73,18 @@ struct worker {
     tpar_proc proc;
     uv_poll_t rpoll, wpoll;   /* from_fd readable, to_fd writable */
     uv_timer_t timer;         /* job timeout, idle timeout, reap retry */
-    int timer_mode;
+    int timer_mode;           /* what the timer is armed for: T_* in worker.c */
     int open_handles;         /* freed when the last handle has closed */
     tpar_link link;           /* frames out, events in, the jobs in flight
                                  (oldest, the running one, first) */
-    int writing;              /* wpoll started */
-    int state;
-    int killed_for;           /* ST_TIMEOUT / ST_CANCELLED when we killed it */
-    int exit_expected;        /* RETIRING seen or its input closed */
-    int wpoll_closed;
+    int writing;              /* wpoll started: to_fd was full */
+    int state;                /* enum wstate */
+    int killed_for;           /* we sent SIGKILL: ST_TIMEOUT / ST_CANCELLED,
+                                 what its running job ends as; 0 otherwise
+                                 (or killed for a protocol error) */
+    int exit_expected;        /* it will exit on its own: RETIRING seen, over
+                                 --max-worker-rss, or its input closed */
+    int wpoll_closed;         /* wpoll closed (its input is closed) */
     int isolated;             /* holds an isolated job: send it nothing else */
     int prog_valid;           /* prog_* read at its death */
     uint64_t prog_started, prog_finished;

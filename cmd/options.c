@@ -215,9 +215,7 @@ static int parse_jobs(const char *s)
 static unsigned parse_retry_on(const char *s)
 {
     unsigned mask = 0;
-    char *copy = strdup(s), *save = NULL;
-    if (!copy)
-        cli_die(EXIT_USAGE, "out of memory");
+    char *copy = xstrdup(s), *save = NULL;
     for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (!strcmp(t, "broken"))
             mask |= 1u << ST_BROKEN;
@@ -264,9 +262,7 @@ static void parse_halt(struct opts *o, const char *s)
 
 static void add_path(struct opts *o, const char *dir)
 {
-    const char **p = realloc(o->paths, (size_t)(o->npaths + 1) * sizeof *p);
-    if (!p)
-        cli_die(EXIT_USAGE, "out of memory");
+    const char **p = xrealloc(o->paths, (size_t)(o->npaths + 1) * sizeof *p);
     p[o->npaths++] = dir;
     o->paths = p;
 }
@@ -492,11 +488,11 @@ static void write_buf(int fd, tpar_buf *b)
  * the input. */
 static void sources_to_input(struct opts *o, struct source *src, int k)
 {
-    size_t *idx = calloc((size_t)k, sizeof *idx);
-    const char **at = calloc((size_t)k, sizeof *at);
+    size_t *idx = xcalloc((size_t)k, sizeof *idx);
+    const char **at = xcalloc((size_t)k, sizeof *at);
     int fd = memfd_create("tpar-arguments", MFD_CLOEXEC);
-    if (!idx || !at || fd < 0)
-        cli_die(EXIT_USAGE, "::: needs memory for its jobs: %s", strerror(errno ? errno : ENOMEM));
+    if (fd < 0)
+        cli_die(EXIT_USAGE, "::: needs memory for its jobs: %s", strerror(errno));
     int bare = o->star && k == 1, empty = 0;
     for (int i = 0; i < k; i++) {
         empty |= !src[i].n;
@@ -566,8 +562,7 @@ static void sources(struct opts *o, int n, char **v)
         if (sep4)
             continue;
         if (sep3 || files) {
-            if (!(src = realloc(src, (size_t)(k + 1) * sizeof *src)))
-                cli_die(EXIT_USAGE, "out of memory");
+            src = xrealloc(src, (size_t)(k + 1) * sizeof *src);
             memset(&src[k++], 0, sizeof *src);
         }
         if (files)

@@ -133,7 +133,10 @@ void setup_files(const struct opts *o, struct idset **resume, int *out_fd, int *
             cli_die(EXIT_USAGE, "cannot read %s %s: %s", ropt, o->resume, tpar_strerror(err));
         /* R is also the output: keep one record per skipped id, so the
          * records appended make one final record per id. */
-        if (resume_is_out && (err = idset_compact(*resume, o->resume, !o->resume_failed)) < 0)
+        err = resume_is_out ? idset_compact(*resume, o->resume, !o->resume_failed) : 0;
+        if (err == -ENOMEM)
+            cli_oom();
+        if (err < 0)
             cli_die(EXIT_USAGE, "cannot rewrite %s %s: %s", ropt, o->resume, tpar_strerror(err));
     }
     if (o->output)

@@ -6,6 +6,7 @@
  * that is what lets a single parent feed hundreds of thousands of tiny jobs
  * per second.  The depth adapts to the measured job cost so that about
  * TARGET_QUEUE seconds of work wait in each worker; slow jobs get depth 1. */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -36,6 +37,26 @@ static void worker_eof(struct worker *w);
 static struct job *head(struct worker *w)
 {
     return tpar_link_job(&w->link, 0);
+}
+
+/* The invariants of a worker's state machine (engine.h): checked at each
+ * transition, in every build that keeps asserts (meson's default). */
+static void worker_check(const struct worker *w)
+{
+    unsigned n = w->link.njobs;
+    assert(w->state >= W_STARTING && w->state <= W_DEAD);
+    assert(w->state != W_STARTING || n == 0);
+    assert(n == 0 || w->link.ready);
+    assert(!w->isolated || n <= 1);
+    assert(w->timer_mode != T_TIMEOUT || n > 0);
+    assert(w->timer_mode != T_IDLE || n == 0);
+    assert((w->timer_mode == T_REAP) <= (w->state == W_DEAD));
+    assert(w->state != W_DEAD || w->timer_mode == T_REAP || w->timer_mode == T_NONE);
+    assert(w->proc.to_fd >= 0 || w->state >= W_CLOSING);
+    assert(w->state != W_DEAD || (w->proc.from_fd < 0 && w->proc.to_fd < 0 && w->wpoll_closed));
+    assert(!w->writing || !w->wpoll_closed);
+    assert(!w->killed_for || w->state >= W_CLOSING);
+    (void)n;
 }
 
 static int honours_flush(const struct worker *w)
@@ -95,6 +116,7 @@ static void became_idle(struct worker *w)
         timer_set(w, T_IDLE, P.o->idle_timeout);
     else
         timer_clear(w);
+    worker_check(w);
 }
 
 static void kill_worker(struct worker *w, int why)
@@ -113,6 +135,7 @@ static void kill_worker(struct worker *w, int why)
         return;
     }
     tpar_proc_kill(&w->proc, SIGKILL);
+    worker_check(w);
 }
 
 static void on_timeout_check(struct worker *w)
@@ -156,6 +179,7 @@ static void close_input(struct worker *w)
     w->exit_expected = 1;
     if (w->state != W_DEAD)
         w->state = W_CLOSING;
+    worker_check(w);
 }
 
 static void finalize(struct worker *w);
@@ -178,6 +202,7 @@ static void try_reap(struct worker *w)
 static void on_timer(uv_timer_t *t)
 {
     struct worker *w = t->data;
+    worker_check(w);
     int mode = w->timer_mode;
     w->timer_mode = T_NONE;
     if (mode == T_TIMEOUT)
@@ -390,6 +415,7 @@ static void send_job(struct worker *w, struct job *j, double now)
     P.inflight++;
     if (w->link.njobs == 1)
         head_started(w, now);
+    worker_check(w);
 }
 
 static int can_take(struct worker *w)
@@ -677,6 +703,7 @@ static void on_event(struct worker *w, const tpar_link_event *ev, double now)
         P.failed_starts = 0;
         became_idle(w);
     }
+    worker_check(w);
 }
 
 static void check_rss(struct worker *w)
@@ -739,6 +766,7 @@ static void on_readable(uv_poll_t *h, int status, int events)
         check_rss(w);
     if (w->state == W_CLOSING && w->exit_expected && !w->link.njobs)
         close_input(w);
+    worker_check(w);
 }
 
 /* ---------------------------------------------------------- death, reap */
@@ -767,6 +795,7 @@ static void worker_eof(struct worker *w)
     tpar_proc_close(&w->proc); /* after uv_close: libuv no longer polls them */
     w->state = W_DEAD;
     w->reap_start = tpar_now();
+    worker_check(w);
     try_reap(w);
 }
 

@@ -1,6 +1,7 @@
 """The Python half of tpar-worker: resolving job functions, formatting
 errors, and the pickle-job path of the Trio package.  Embedded into the
-worker binary at build time; the JSON hot path stays in C (worker.c)."""
+worker binary at build time; the JSON hot path stays in C (loop.c, and
+jsonenc.c for the values)."""
 
 import os
 import sys

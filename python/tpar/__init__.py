@@ -18,7 +18,7 @@ from ._impl import (
 from ._remote import RemoteContext, open_remote_context
 from ._map import map
 
-__version__ = "0.1.0"
+from ._core import VERSION as __version__  # meson.build's project version
 
 __all__ = [
     "BrokenWorkerError",

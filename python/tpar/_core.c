@@ -1088,7 +1088,8 @@ static int add_constants(PyObject *m)
            PyModule_AddIntConstant(m, "RESULT_RETIRING", TPAR_RESULT_RETIRING) ||
            PyModule_AddIntConstant(m, "RESULT_RETIRED", TPAR_RESULT_RETIRED) ||
            PyModule_AddIntConstant(m, "RESULT_STATUS_MASK", TPAR_RESULT_STATUS_MASK) ||
-           PyModule_AddIntConstant(m, "FRAME_MAX", (long)TPAR_FRAME_MAX_DEFAULT)
+           PyModule_AddIntConstant(m, "FRAME_MAX", (long)TPAR_FRAME_MAX_DEFAULT) ||
+           PyModule_AddStringConstant(m, "VERSION", TPAR_VERSION)
                ? -1 : 0;
 }
 
