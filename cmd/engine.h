@@ -259,8 +259,8 @@ size_t pool_out_bytes(void);   /* frames queued for the workers, not yet written
 void pool_prestart(int n);     /* starts n workers now */
 void pool_take_back_all(void); /* stopping: takes back the queued jobs */
 /* A remote worker's authenticated connection joins the pool (it takes
- * fd).  Past -j live remote workers it is shut down at once.  0 or
- * -ENOMEM (fd closed). */
+ * fd).  Past -j live remote workers it is shut down at once.  0, or
+ * -errno when fd cannot be duplicated (fd closed); out of memory exits. */
 int pool_adopt_remote(int fd, const char *peer);
 int pool_live_remote(void);    /* remote workers that take or will take jobs */
 

@@ -61,15 +61,22 @@ void python_choose(const struct opts *o)
     const char *what = "--python";
     const char *py = o->python ? o->python
                                : tpar__interp_default(buf, sizeof buf, slash ? self : NULL, &what);
-    if (tpar__interp_probe(py, &ip, err, sizeof err) < 0)
+    int rc = tpar__interp_probe(py, &ip, err, sizeof err);
+    if (rc == -ENOMEM)
+        cli_oom();
+    if (rc < 0)
         cli_die(EXIT_USAGE, "%s: %s", what, err);
-    if (launcher_dir(dir, sizeof dir) == 0 &&
-        tpar__interp_find_core(&ip, dir, TPAR_VERSION, core, sizeof core) < 0) {
+    rc = launcher_dir(dir, sizeof dir) == 0
+             ? tpar__interp_find_core(&ip, dir, TPAR_VERSION, core, sizeof core)
+             : 0;
+    if (rc == -ENOMEM)
+        cli_oom();
+    if (rc < 0) {
         cli_die(EXIT_USAGE,
                 "%s: no tpar worker core for Python %s (%s, needs tpar/_worker%s): "
                 "install tpar into that Python, or build tpar with -Dworker_pythons=%s",
                 what, ip.version, ip.exe, ip.ext_suffix, ip.exe);
     }
     if (setenv("TPAR_PYTHON", ip.exe, 1) < 0)
-        cli_die(EXIT_USAGE, "out of memory");
+        cli_oom();
 }

@@ -458,7 +458,10 @@ static int try_core(const char *dir, const char *sub, const struct tpar_interp *
         return -ENAMETOOLONG;
     if (access(out, R_OK) != 0)
         return -ENOENT;
-    if (tpar__interp_core_version(out, v, sizeof v) < 0 || strcmp(v, version) != 0)
+    int r = tpar__interp_core_version(out, v, sizeof v);
+    if (r == -ENOMEM) /* not "no core": the caller says out of memory */
+        return r;
+    if (r < 0 || strcmp(v, version) != 0)
         return -ENOENT;
     return 0;
 }
@@ -468,19 +471,20 @@ int tpar__interp_find_core(const struct tpar_interp *ip, const char *launcher_di
 {
     static const char *const beside[] = {"", "/../python/tpar", "/../lib/tpar",
                                          "/../lib64/tpar"};
+    int r;
     for (size_t i = 0; i < sizeof beside / sizeof *beside; i++)
-        if (try_core(launcher_dir, beside[i], ip, version, out, n) == 0)
-            return 0;
+        if ((r = try_core(launcher_dir, beside[i], ip, version, out, n)) == 0 || r == -ENOMEM)
+            return r;
     /* The launcher of a venv or prefix tpar is installed into: that
      * install's core serves any interpreter of the same ABI. */
     int major = 0, minor = 0;
     char sub[64];
     if (sscanf(ip->version, "%d.%d", &major, &minor) == 2 &&
         pathf(sub, sizeof sub, "/../lib/python%d.%d/site-packages/tpar", major, minor) == 0 &&
-        try_core(launcher_dir, sub, ip, version, out, n) == 0)
-        return 0;
-    if (try_core(ip->platlib, "/tpar", ip, version, out, n) == 0 ||
-        try_core(ip->purelib, "/tpar", ip, version, out, n) == 0)
-        return 0;
+        ((r = try_core(launcher_dir, sub, ip, version, out, n)) == 0 || r == -ENOMEM))
+        return r;
+    if ((r = try_core(ip->platlib, "/tpar", ip, version, out, n)) == 0 || r == -ENOMEM ||
+        (r = try_core(ip->purelib, "/tpar", ip, version, out, n)) == 0 || r == -ENOMEM)
+        return r;
     return -ENOENT;
 }

@@ -46,7 +46,7 @@ int tpar__interp_probe(const char *python, struct tpar_interp *ip, char *err, si
  * launcher is installed in (a wheel's core serves every build of its
  * Python version), then the interpreter's own site-packages (tpar
  * installed into it).  launcher_dir may be NULL.  Returns 0 with the
- * path in out, or -ENOENT. */
+ * path in out, -ENOENT, or -ENOMEM (reading a candidate core). */
 int tpar__interp_find_core(const struct tpar_interp *ip, const char *launcher_dir,
                            const char *version, char *out, size_t n);
 
