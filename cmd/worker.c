@@ -664,6 +664,11 @@ static void protocol_error(struct worker *w, const char *what)
 static void on_result(struct worker *w, const tpar_link_event *ev, double now)
 {
     struct job *j = ev->job;
+    if (!j) { /* a RETIRED notice with no job (the package's workers only) */
+        w->exit_expected = 1;
+        w->state = W_CLOSING;
+        return;
+    }
     P.inflight--;
     double dur = ev->duration;
     if (dur >= 0 && dur < 1e9)

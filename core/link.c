@@ -198,7 +198,10 @@ static int fail(tpar_link *l, const char *why)
 static int on_result(tpar_link *l, const tpar_frame *f, tpar_link_event *ev)
 {
     const uint8_t *p = f->payload;
-    if (!l->njobs)
+    /* A RETIRED notice may come with no job in flight (the package's
+     * retire() said so after the last result): it answers no job then. */
+    int notice = (f->status & TPAR_RESULT_STATUS_MASK) == TPAR_RESULT_RETIRED;
+    if (!l->njobs && !notice)
         return fail(l, "a result without a job");
     if (f->len < 8)
         return fail(l, "a short result");
@@ -216,7 +219,7 @@ static int on_result(tpar_link *l, const tpar_frame *f, tpar_link_event *ev)
     ev->duration = tpar_get_f64le(p);
     ev->body = p + 8;
     ev->len = f->len - 8;
-    ev->job = tpar_link_take_oldest(l);
+    ev->job = tpar_link_take_oldest(l); /* NULL: a notice that answers no job */
     if (ev->retiring)
         l->retiring = 1;
     return 0;

@@ -348,7 +348,8 @@ typedef struct tpar_link_event {
     const uint8_t *body;  /* RESULT: the value or error; valid until the
                              next feed, or in the lane until lane_done */
     size_t len;
-    void *job;            /* RESULT: the job's token, as sent */
+    void *job;            /* RESULT: the job's token, as sent (NULL for a
+                             RETIRED notice sent with no job in flight) */
     unsigned count;       /* GIVEBACK: how many jobs came back */
     uint32_t pid;         /* READY: the worker's pid (on its node), 0 if
                              the frame did not say */
