@@ -88,6 +88,13 @@ def make_cases():
                           "from the moment two `while True: pass` processes "
                           "start: a spin-before-block must not make it worse "
                           "than trio-parallel's on a busy machine"),
+        "warm_busy_first": Case(T, "trio.warm_busy_first", "Warm latency of "
+                                "run_sync(bool), the first 20 calls after two "
+                                "CPU-bound processes start", "µs",
+                                note="mean of the first 20 calls of the row "
+                                "above: before any spin has adapted (a "
+                                "spin whose yield loses the CPU to the "
+                                "hogs costs a time slice)"),
         "idle_rss": Case(T, "trio.idle_rss", "Idle worker RSS", "MB",
                          note="RSS of a worker 0.2 s after its last job "
                          "(FORK workers share most of it with the parent)"),
@@ -236,7 +243,7 @@ def run_one(impl, wtype, want, sz, env, python=PYTHON):
         return {k: {"skip": why} for k in want + ["cold", "idle_uss"]}
 
 
-SCALE = {"cold": 1e3, "warm": 1e6, "warm_busy": 1e6, "throughput": 1, "single_use": 1e3,
+SCALE = {"cold": 1e3, "warm": 1e6, "warm_busy": 1e6, "warm_busy_first": 1e6, "throughput": 1, "single_use": 1e3,
          "bigdata": 1, "idle_rss": 1e-6, "idle_uss": 1e-6}
 
 

@@ -96,7 +96,8 @@ async def trio_warm_cases(trio, run_sync, cases, sz, out):
             await run_sync(bool)
         out["warm"] = (time.perf_counter() - t0) / n
     if "warm_busy" in cases:
-        out["warm_busy"] = await warm_beside_hogs(run_sync, sz["warm_n"])
+        out["warm_busy"], out["warm_busy_first"] = await warm_beside_hogs(
+            run_sync, sz["warm_n"])
     if "idle_rss" in cases:
         pid = await run_sync(os.getpid)
         await trio.sleep(0.2)
@@ -127,12 +128,14 @@ async def trio_warm_cases(trio, run_sync, cases, sz, out):
 
 
 HOGS = 2  # CPU-bound processes beside the warm calls
+FIRST = 20  # warm_busy_first: the calls right after the hogs start
 
 
 async def warm_beside_hogs(run_sync, n):
     """Mean latency of n sequential run_sync(bool) calls to a warm worker
     while HOGS CPU-bound processes run beside, from the first call after
-    they start (a spin that adapts is measured while it adapts)."""
+    they start (a spin that adapts is measured while it adapts), and the
+    mean of the first FIRST of them alone (before anything adapts)."""
     import subprocess
     await run_sync(bool)  # the worker is there
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
@@ -140,9 +143,12 @@ async def warm_beside_hogs(run_sync, n):
     try:
         time.sleep(0.2)  # they run
         t0 = time.perf_counter()
-        for _ in range(n):
+        for _ in range(FIRST):
             await run_sync(bool)
-        return (time.perf_counter() - t0) / n
+        first = (time.perf_counter() - t0) / FIRST
+        for _ in range(n - FIRST):
+            await run_sync(bool)
+        return (time.perf_counter() - t0) / max(n, FIRST), first
     finally:
         for h in hogs:
             h.kill()
@@ -198,7 +204,8 @@ def ppe_cases(wtype, cases, sz, out):
                 ex.submit(bool).result()
             out["warm"] = (time.perf_counter() - t0) / n
         if "warm_busy" in cases:
-            out["warm_busy"] = {"skip": "not measured for ProcessPoolExecutor (a Trio-package row)"}
+            out["warm_busy"] = out["warm_busy_first"] = {
+                "skip": "not measured for ProcessPoolExecutor (a Trio-package row)"}
         if "idle_rss" in cases:
             pid = ex.submit(os.getpid).result()
             time.sleep(0.2)

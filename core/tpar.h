@@ -712,6 +712,17 @@ double tpar_now(void);
 /* Number of CPUs this process may run on (sched_getaffinity), >= 1. */
 int tpar_cpu_count(void);
 
+/* 1 when more tasks are runnable on this machine than it has CPUs online
+ * (the running count of /proc/loadavg, the caller included), else 0; 0
+ * too where /proc/loadavg cannot be read.  Reads it at most once every
+ * TPAR_LOAD_CHECK_S seconds of `now` (tpar_now()) per process, and
+ * answers from the last reading in between.  A spin that yields the CPU
+ * hands it, on such a machine, to another process for a time slice,
+ * where a task blocked in poll would have been woken at once: spinners
+ * ask this first. */
+int tpar_cpus_oversubscribed(double now);
+#define TPAR_LOAD_CHECK_S 0.005
+
 #ifdef __cplusplus
 }
 #endif

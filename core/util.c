@@ -1,7 +1,10 @@
-/* Error strings, the clock, the CPU count. */
+/* Error strings, the clock, the CPU count and load. */
 #include "tpar.h"
 
+#include <fcntl.h>
 #include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,4 +38,51 @@ int tpar_cpu_count(void)
     }
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+/* "0.20 0.18 0.12 3/80 11206" -> 3, the tasks runnable now; -1 when the
+ * text is not that. */
+static long runnable_now(const char *text)
+{
+    const char *p = text;
+    for (int field = 0; field < 3; field++) {
+        p = strchr(p, ' ');
+        if (!p)
+            return -1;
+        p++;
+    }
+    char *end;
+    long n = strtol(p, &end, 10);
+    return end != p && *end == '/' ? n : -1;
+}
+
+int tpar_cpus_oversubscribed(double now)
+{
+    /* Per process, shared by threads: a reading's age and its answer.
+     * Relaxed: two threads that race both read the file, nothing worse. */
+    static _Atomic double next;
+    static atomic_int loaded;
+    static long cpus;
+    if (now < atomic_load_explicit(&next, memory_order_relaxed))
+        return atomic_load_explicit(&loaded, memory_order_relaxed);
+    atomic_store_explicit(&next, now + TPAR_LOAD_CHECK_S, memory_order_relaxed);
+    if (!cpus) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        cpus = n > 0 ? n : 1;
+    }
+    /* Opened each time (every few ms at most): no fd of ours stays open
+     * in a worker, where a job may count or close them. */
+    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    long running = runnable_now(buf);
+    int over = running > cpus;
+    atomic_store_explicit(&loaded, over, memory_order_relaxed);
+    return over;
 }

@@ -1147,7 +1147,9 @@ static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spi
 {
     static double no_spin_until; /* a yield lost the CPU: not before this */
     double t0 = tpar_now(), deadline = t0 + (double)*spin * 1e-6;
-    if (t0 < no_spin_until)
+    /* Nor on a machine with more runnable tasks than CPUs: there the
+     * first yield already loses the CPU for a time slice. */
+    if (t0 < no_spin_until || (*spin > 0 && tpar_cpus_oversubscribed(t0)))
         deadline = t0;
     for (;;) {
         ssize_t n = read(W.in_fd, buf, cap);

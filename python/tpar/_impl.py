@@ -55,6 +55,7 @@ _modules = sys.modules
 SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
 _SPIN_LOST_S = 4 * SPIN_US * 1e-6  # a spin that took this long was preempted
 _NO_SPIN_S = 0.5  # ... and then no spin (nor yield-spin) for this long
+_LOAD_CHECK_S = 0.005  # /proc/loadavg is read at most this often
 _perf = time.perf_counter
 # A worker killed by a signal before READY (the OOM killer, an operator,
 # its forkserver dying under it) never ran the job it was sent: the call
@@ -125,6 +126,50 @@ def _worker_type(value):
     raise ValueError(f"worker_type must be a member of WorkerType (or its value: "
                      f"{', '.join(repr(t.value) for t in WorkerType)}), got {value!r}")
 
+
+
+# --------------------------------------------------------------- load
+
+try:
+    _CPUS = os.sysconf("SC_NPROCESSORS_ONLN")
+except (ValueError, OSError):
+    _CPUS = os.cpu_count() or 1
+_load_next = 0.0  # perf_counter of the next reading
+_loaded = False  # the last reading's answer
+
+
+def _runnable_now(text):
+    """/proc/loadavg's text ("0.20 0.18 0.12 3/80 11206") -> the tasks
+    runnable now (3), or -1."""
+    try:
+        return int(text.split()[3].split(b"/")[0])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _oversubscribed():
+    """True when more tasks are runnable on this machine than it has CPUs
+    (this one included), as core/util.c's tpar_cpus_oversubscribed, which
+    the workers ask: read at most every _LOAD_CHECK_S.  A spin then loses
+    the CPU for a time slice at its first yield; blocking in epoll is
+    woken at once."""
+    global _load_next, _loaded
+    now = _perf()
+    if now < _load_next:
+        return _loaded
+    _load_next = now + _LOAD_CHECK_S
+    try:
+        fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        text = os.read(fd, 128)
+    except OSError:
+        text = b""
+    finally:
+        os.close(fd)
+    _loaded = _runnable_now(text) > _CPUS
+    return _loaded
 
 
 # ------------------------------------------------------------------ context
@@ -255,7 +300,9 @@ class WorkerContext:
             # where blocking in epoll would have been woken at once.
             warm = (w.ready or cache.starts_at_once) and _perf() >= cache.no_spin_until
             res = None
-            if spin and warm and cache.running == 1:
+            if spin and warm and cache.running == 1 and _oversubscribed():
+                warm = False  # straight to epoll
+            elif spin and warm and cache.running == 1:
                 t0 = _perf()
                 res = w.recv(SPIN_US)
                 if _perf() - t0 > _SPIN_LOST_S:  # a yield lost the CPU

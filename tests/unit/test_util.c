@@ -1,0 +1,57 @@
+/* core/util.c: the machine-load check that spinners ask first. */
+#include "check.h"
+#include "tpar.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int count_fds(void)
+{
+    int n = 0;
+    for (int fd = 0; fd < 1024; fd++)
+        n += fcntl(fd, F_GETFD) != -1;
+    return n;
+}
+
+/* As many CPU-bound children as there are CPUs online, with this process
+ * one more runnable task than CPUs: the check must see it, from a fresh
+ * reading (now past the cached one's age), and leave no fd open. */
+static void test_more_runnable_tasks_than_cpus_is_seen(void)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    CHECK(cpus > 0 && cpus <= 256);
+    pid_t kids[256];
+    for (long i = 0; i < cpus; i++) {
+        kids[i] = fork();
+        if (kids[i] == 0)
+            for (;;) {
+            }
+    }
+    struct timespec settle = {0, 50 * 1000 * 1000};
+    nanosleep(&settle, NULL); /* they run */
+    int fds = count_fds(), seen = 0;
+    double now = tpar_now();
+    /* Some reading within a second finds them all runnable, and us. */
+    for (int i = 0; i < 100 && !seen; i++) {
+        now += 2 * TPAR_LOAD_CHECK_S;
+        seen = tpar_cpus_oversubscribed(now);
+    }
+    CHECK_EQ(seen, 1);
+    CHECK_EQ(count_fds(), fds);
+    for (long i = 0; i < cpus; i++) {
+        kill(kids[i], SIGKILL);
+        waitpid(kids[i], NULL, 0);
+    }
+    /* Within TPAR_LOAD_CHECK_S of a reading, its answer is given again
+     * without a new one (the hogs are gone now). */
+    CHECK_EQ(tpar_cpus_oversubscribed(now + TPAR_LOAD_CHECK_S / 2), 1);
+}
+
+int main(void)
+{
+    RUN(test_more_runnable_tasks_than_cpus_is_seen);
+    return CHECK_DONE();
+}
