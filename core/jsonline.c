@@ -519,3 +519,42 @@ int tpar_jsonline_job_parse(const char *s, size_t n, tpar_jsonline_job *out,
     out->meta = v[5];
     return 0;
 }
+
+/* ------------------------------------------------------------- escaping */
+
+size_t tpar_jsonline_escape(const uint8_t *s, size_t n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = s[i];
+        if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = (char)c;
+        } else if (c == '\n' || c == '\t') {
+            *o++ = '\\';
+            *o++ = c == '\n' ? 'n' : 't';
+        } else if (c < 0x20) {
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+            o += 6;
+        } else if (c < 0x80) {
+            *o++ = (char)c;
+        } else {
+            /* a lead byte, then its valid continuation */
+            size_t len = c >= 0xC2 && c <= 0xF4 ? utf8_seq(s + i, s + n) : 0;
+            if (len) {
+                memcpy(o, s + i, len);
+                o += len;
+                i += len - 1;
+            } else {
+                memcpy(o, "\\ufffd", 6);
+                o += 6;
+            }
+        }
+    }
+    *o++ = '"';
+    return (size_t)(o - out);
+}

@@ -11,6 +11,7 @@
 #define TPAR_JSONLINE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -86,6 +87,20 @@ int tpar_jsonline_job_parse(const char *s, size_t n, tpar_jsonline_job *out,
  * grows a string).  Returns the decoded length, or -1 on a lone
  * surrogate escape.  The result may contain NUL bytes (\u0000). */
 long tpar_jsonline_unescape(const char *s, size_t n, char *out);
+
+/* Room tpar_jsonline_escape may need for n bytes. */
+#define TPAR_JSONLINE_ESCAPED_MAX(n) ((n) * 6 + 2)
+
+/* Writes the bytes s[0..n) as a JSON string literal, quotes included, at
+ * out, which must hold TPAR_JSONLINE_ESCAPED_MAX(n) bytes; returns the
+ * length written.  The bytes should be UTF-8 (our messages, file names, a
+ * job's output, a message cut mid-character): each byte that does not
+ * start a valid sequence (no overlong forms, no surrogates, nothing past
+ * U+10FFFF) becomes U+FFFD, so the literal is always valid JSON.  '"' and
+ * '\\' are escaped, \n and \t in their short forms, other control
+ * characters as \u00XX; the rest is copied as it is.  The CLI's records
+ * and the worker's EXTRA frames both write strings with it. */
+size_t tpar_jsonline_escape(const uint8_t *s, size_t n, char *out);
 
 #ifdef __cplusplus
 }

@@ -25,6 +25,7 @@
 #include "connect.h"
 #include "internal.h"
 #include "jsonenc.h"
+#include "jsonline.h"
 #include "sink.h"
 #include "worker_py.h"
 
@@ -770,58 +771,12 @@ static void extra_begin(void)
     }
 }
 
-static size_t utf8_seq(const uint8_t *s, size_t n)
-{
-    uint8_t c = s[0];
-    size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
-    if (c > 0xF4 || len == 0 || len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++)
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-    if ((c == 0xE0 && s[1] < 0xA0) || (c == 0xED && s[1] > 0x9F) ||
-        (c == 0xF0 && s[1] < 0x90) || (c == 0xF4 && s[1] > 0x8F))
-        return 0;
-    return len;
-}
-
 /* Bytes as a JSON string; what is not UTF-8 becomes U+FFFD. */
 static void put_jstr(tpar_buf *b, const uint8_t *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    if (tpar_buf_reserve(b, n * 6 + 2) < 0)
+    if (tpar_buf_reserve(b, TPAR_JSONLINE_ESCAPED_MAX(n)) < 0)
         oom();
-    uint8_t *o = b->data + b->len;
-    *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        uint8_t c = s[i];
-        if (c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = c;
-        } else if (c == '\n' || c == '\t') {
-            *o++ = '\\';
-            *o++ = c == '\n' ? 'n' : 't';
-        } else if (c < 0x20) {
-            memcpy(o, "\\u00", 4);
-            o[4] = (uint8_t)hex[c >> 4];
-            o[5] = (uint8_t)hex[c & 15];
-            o += 6;
-        } else if (c < 0x80) {
-            *o++ = c;
-        } else {
-            size_t len = utf8_seq(s + i, n - i);
-            if (len) {
-                memcpy(o, s + i, len);
-                o += len;
-                i += len - 1;
-            } else {
-                memcpy(o, "\\ufffd", 6);
-                o += 6;
-            }
-        }
-    }
-    *o++ = '"';
-    b->len = (size_t)(o - b->data);
+    b->len += tpar_jsonline_escape(s, n, (char *)b->data + b->len);
 }
 
 static void put_lit(tpar_buf *b, const char *s)

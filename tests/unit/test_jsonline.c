@@ -219,6 +219,51 @@ static void test_unescape(void)
     CHECK(tpar_jsonline_unescape(s, strlen(s), out) == 3 && out[1] == 0, "NUL kept");
 }
 
+/* The one JSON string escaper (the CLI's records and the worker's EXTRA
+ * frames): short escapes, \u00XX, UTF-8 kept, each bad byte U+FFFD, and
+ * what it writes is a string the scanner accepts and that unescapes back
+ * (reading past the end of the input crashes: guarded). */
+static void test_escape(void)
+{
+    static const struct {
+        const char *in;
+        size_t n;
+        const char *want;
+    } cases[] = {
+        {"", 0, "\"\""},
+        {"a\"b\\c/", 6, "\"a\\\"b\\\\c/\""},
+        {"l1\nl2\tx\r\x01\x1f", 10, "\"l1\\nl2\\tx\\u000d\\u0001\\u001f\""},
+        {"a\0b", 3, "\"a\\u0000b\""},
+        {"\xc3\xa9\xf0\x9f\x98\x80", 6, "\"\xc3\xa9\xf0\x9f\x98\x80\""},
+        {"\xc3", 1, "\"\\ufffd\""},               /* cut mid-character */
+        {"\xc0\xaf", 2, "\"\\ufffd\\ufffd\""},     /* overlong */
+        {"\xed\xa0\x80", 3, "\"\\ufffd\\ufffd\\ufffd\""}, /* a surrogate */
+        {"\xf4\x90\x80\x80", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\""}, /* past U+10FFFF */
+        {"\xff" "a", 2, "\"\\ufffda\""},
+        {"\x7f", 1, "\"\x7f\""},
+    };
+    char out[128], back[128];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = cases[i].n;
+        const char *in = guarded(cases[i].in, n);
+        size_t k = tpar_jsonline_escape((const uint8_t *)in, n, out);
+        CHECK(k <= TPAR_JSONLINE_ESCAPED_MAX(n), "case %zu: %zu bytes", i, k);
+        CHECK(k == strlen(cases[i].want) && memcmp(out, cases[i].want, k) == 0,
+              "case %zu: got %.*s", i, (int)k, out);
+        CHECK(value_ok_n(out, k), "case %zu: not a JSON value", i);
+        long m = tpar_jsonline_unescape(out, k, back);
+        int valid = !strstr(cases[i].want, "fffd");
+        if (valid)
+            CHECK(m == (long)n && memcmp(back, cases[i].in, n) == 0, "case %zu: round trip", i);
+    }
+    /* The bound: every byte a control character. */
+    char ctl[16];
+    memset(ctl, 1, sizeof ctl);
+    CHECK(tpar_jsonline_escape((const uint8_t *)ctl, sizeof ctl, out) ==
+              TPAR_JSONLINE_ESCAPED_MAX(sizeof ctl),
+          "worst case");
+}
+
 /* Every prefix of a valid job line is rejected without reading past it. */
 static void test_prefixes(void)
 {
@@ -241,6 +286,7 @@ int main(void)
     test_job();
     test_bad_jobs();
     test_unescape();
+    test_escape();
     test_prefixes();
     printf("%d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
