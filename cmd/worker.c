@@ -644,7 +644,7 @@ static int flush_worker(struct worker *w)
 void pool_flush(void)
 {
     for (int i = 0; i < P.nworkers; i++)
-        if (P.workers[i]->link.out.len)
+        if (tpar_link_pending_bytes(&P.workers[i]->link))
             flush_worker(P.workers[i]);
 }
 
@@ -1001,7 +1001,7 @@ size_t pool_out_bytes(void)
 {
     size_t n = 0;
     for (int i = 0; i < P.nworkers; i++)
-        n += P.workers[i]->link.out.len;
+        n += tpar_link_pending_bytes(&P.workers[i]->link);
     return n;
 }
 
