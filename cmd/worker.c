@@ -448,10 +448,16 @@ static int defer_fill(struct worker *w, double now)
     return 1;
 }
 
+/* w may be sent jobs now: not while it holds an isolated job, nor while a
+ * TAKEBACK waits for its GIVEBACK (its RESULTs may all have come first). */
+static int can_fill(struct worker *w)
+{
+    return can_take(w) && !w->isolated && !w->link.takeback_pending;
+}
+
 static void fill(struct worker *w, int d, double now)
 {
-    if (!can_take(w) || w->link.njobs > (unsigned)d / 2 || w->isolated ||
-        w->link.takeback_pending || defer_fill(w, now))
+    if (!can_fill(w) || w->link.njobs > (unsigned)d / 2 || defer_fill(w, now))
         return;
     while (J.pending.n && w->link.njobs < (unsigned)d && can_take(w)) {
         /* A job with a very short timeout runs alone too: its clock then
@@ -472,13 +478,14 @@ static void fill(struct worker *w, int d, double now)
     }
 }
 
-/* The idle worker used last (LIFO: the others stay idle and time out). */
+/* The idle worker used last (LIFO: the others stay idle and time out),
+ * among those fill() would send a job to. */
 static struct worker *idle_worker(void)
 {
     struct worker *best = NULL;
     for (int i = 0; i < P.nworkers; i++) {
         struct worker *w = P.workers[i];
-        if (w->link.njobs == 0 && can_take(w) && (!best || w->stamp > best->stamp))
+        if (w->link.njobs == 0 && can_fill(w) && (!best || w->stamp > best->stamp))
             best = w;
     }
     return best;
@@ -558,7 +565,7 @@ static void steal(double now)
     for (int i = 0; i < P.nworkers; i++) {
         struct worker *w = P.workers[i];
         live += w->state <= W_READY;
-        idle |= w->link.njobs == 0 && can_take(w);
+        idle |= w->link.njobs == 0 && can_fill(w);
     }
     if (!idle && live >= P.o->jobs)
         return;
@@ -597,8 +604,13 @@ void pool_dispatch(void)
         if (P.workers[i]->link.njobs)
             fill(P.workers[i], d, now);
     struct worker *w;
-    while (J.pending.n && (w = idle_worker()))
+    while (J.pending.n && (w = idle_worker())) {
+        size_t before = J.pending.n;
         fill(w, d, now);
+        assert(J.pending.n < before); /* idle_worker chose one fill() fills */
+        if (J.pending.n == before)
+            break;
+    }
     /* Lazy start: one more worker while jobs wait and none is free. */
     int starting = 0, live = 0;
     for (int i = 0; i < P.nworkers; i++) {

@@ -246,3 +246,29 @@ assert_cancelled_never_ran() {
         assert_cancelled_never_ran "$D/out"
     done
 }
+
+@test "stealing: a worker whose RESULTs all came before its GIVEBACK is not sent jobs until the GIVEBACK; the run goes on" {
+    # The stand-in worker (fixtures/fake_worker.py) reads a TAKEBACK only
+    # between jobs and answers it 2 s later, so the worker whose queue was
+    # stolen has no job in flight while its TAKEBACK is still unanswered.
+    # A job that arrives then must go elsewhere: tpar spun forever in its
+    # dispatch loop, choosing that worker and sending it nothing.
+    printf '#!/bin/sh\nexec "%s" "%s/fake_worker.py" "$@"\n' "$(real_python)" "$FIXTURES" >"$D/fake"
+    chmod +x "$D/fake"
+    mkfifo "$D/in.fifo"
+    {
+        jobs_n 50 operator:add '[1, 2]'
+        sleep 0.3 # both workers idle; then three jobs queue on one of them
+        printf '%s\n' '{"id":"b","fn":"time:sleep","args":[0.1]}' \
+            '{"id":"long","fn":"time:sleep","args":[0.5]}' \
+            '{"id":"behind","fn":"time:sleep","args":[0]}'
+        sleep 1.1 # their results are in, the GIVEBACK is not
+        printf '%s\n' '{"id":"late","fn":"time:sleep","args":[0]}'
+    } >"$D/in.fifo" &
+    FAKE_GIVEBACK_DELAY=2 TPAR_WORKER="$D/fake" run -0 --separate-stderr \
+        timeout -s KILL 30 "$TPAR" -j2 <"$D/in.fifo"
+    wait
+    assert_equal "$(jq -s 'length' <<<"$output")" 54
+    assert_equal "$(jq -s '[.[] | select(.status == "ok")] | length' <<<"$output")" 54
+    assert_equal "$(jq -r 'select(.id == "late") | .status' <<<"$output")" ok
+}
