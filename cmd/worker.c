@@ -462,7 +462,7 @@ static void fill(struct worker *w, int d, double now)
     while (J.pending.n && w->link.njobs < (unsigned)d && can_take(w)) {
         /* A job with a very short timeout runs alone too: its clock then
          * measures it and nothing else.  Longer ones need not: the worker
-         * writes earlier results once a job has run 200 us, so the head of a
+         * writes earlier results once a job has run 200 us to 1.2 ms, so the head of a
          * worker whose clock ran out is the job that is running. */
         if (J.pending.head->isolate ||
             (J.pending.head->timeout > 0 && J.pending.head->timeout < SHORT_TIMEOUT)) {

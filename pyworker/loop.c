@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -20,6 +21,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "connect.h"
@@ -299,19 +301,40 @@ static void oom(void)
  * timeout, a segfault) must not hold back the results finished before it:
  * the parent would lose them, and blame the wrong job for the death.  So
  * while a job runs, a thread writes the finished results once the job has
- * run for FLUSH_AFTER.  It never touches Python.  out_mu guards W.out;
- * the main thread holds it whenever it is not running a job. */
-#define FLUSH_AFTER_NS 200000
+ * run for FLUSH_AFTER, and watches the input for a TAKEBACK (take-back,
+ * below).  It never touches Python.  out_mu guards W.out; the main thread
+ * holds it whenever it is not running a job.
+ *
+ * The flusher follows the jobs through atomics, not out_mu, and a job's
+ * start does not wake it: a wake-up and a lock handed back and forth at
+ * every job (futex calls, and a thread that takes a CPU from the parent's
+ * spin) more than doubled a warm call's latency.  While jobs come, it looks
+ * every FLUSH_TICK for one that has run FLUSH_AFTER, and takes out_mu only
+ * then (the main thread does not hold it while a job runs); after
+ * FLUSH_IDLE with no job it sleeps until the next job wakes it.  So a long
+ * job's earlier results go out after FLUSH_AFTER to FLUSH_AFTER +
+ * FLUSH_TICK. */
+#define FLUSH_AFTER_NS 200000LL
+#define FLUSH_TICK_NS 1000000L
+#define FLUSH_IDLE_NS 20000000LL
 
 static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t out_cv;
+static pthread_mutex_t fl_mu = PTHREAD_MUTEX_INITIALIZER; /* the flusher's idle sleep */
+static pthread_cond_t fl_cv;
 static struct {
-    int running;     /* a job is running */
-    int idle;        /* the flusher waits for a job to start */
-    int watching;    /* the flusher polls the input (out_mu released) */
-    uint64_t gen;    /* jobs started */
-    struct timespec started;
+    atomic_int running;            /* a job is running */
+    atomic_int idle;               /* the flusher sleeps until a job starts */
+    _Atomic uint64_t gen;          /* jobs started */
+    _Atomic long long started_ns;  /* CLOCK_MONOTONIC, the last job's start */
+    int watching;                  /* the flusher polls the input (out_mu released) */
 } J;
+
+static long long mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 
 /* ------------------------------------------------------------ take-back
  *
@@ -405,7 +428,7 @@ static void read_ahead(void)
 /* The job begun as generation gen still runs. */
 static int same_job(uint64_t gen)
 {
-    return J.running && J.gen == gen;
+    return atomic_load(&J.running) && atomic_load(&J.gen) == gen;
 }
 
 static void flush_held(void)
@@ -443,33 +466,39 @@ static void watch_input(uint64_t gen)
     }
 }
 
-static void ts_add_ns(struct timespec *t, long ns)
+static void sleep_until_ns(long long t)
 {
-    t->tv_nsec += ns;
-    if (t->tv_nsec >= 1000000000L) {
-        t->tv_sec++;
-        t->tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = {.tv_sec = (time_t)(t / 1000000000LL), .tv_nsec = (long)(t % 1000000000LL)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
 }
 
 static void *flusher(void *arg)
 {
-    pthread_mutex_lock(&out_mu);
     for (;;) {
-        J.idle = 1;
-        while (!J.running)
-            pthread_cond_wait(&out_cv, &out_mu);
-        J.idle = 0;
-        uint64_t gen = J.gen;
-        struct timespec deadline = J.started;
-        ts_add_ns(&deadline, FLUSH_AFTER_NS);
-        int rc = 0;
-        while (same_job(gen) && rc != ETIMEDOUT)
-            rc = pthread_cond_timedwait(&out_cv, &out_mu, &deadline);
+        if (!atomic_load(&J.running)) {
+            long long now = mono_ns();
+            if (now - atomic_load(&J.started_ns) < FLUSH_IDLE_NS) {
+                sleep_until_ns(now + FLUSH_TICK_NS); /* jobs come: look again soon */
+                continue;
+            }
+            pthread_mutex_lock(&fl_mu); /* none for a while: the next one wakes us */
+            atomic_store(&J.idle, 1);
+            while (!atomic_load(&J.running))
+                pthread_cond_wait(&fl_cv, &fl_mu);
+            atomic_store(&J.idle, 0);
+            pthread_mutex_unlock(&fl_mu);
+        }
+        uint64_t gen = atomic_load(&J.gen);
+        sleep_until_ns(atomic_load(&J.started_ns) + FLUSH_AFTER_NS);
         if (!same_job(gen))
             continue;
-        flush_held();
-        watch_input(gen);
+        pthread_mutex_lock(&out_mu); /* free while the job runs */
+        if (same_job(gen)) {
+            flush_held();
+            watch_input(gen);
+        }
+        pthread_mutex_unlock(&out_mu);
     }
     return NULL;
 }
@@ -481,8 +510,7 @@ static void start_flusher(void)
     pthread_t t;
     sigset_t all, old;
     pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&out_cv, &ca);
+    pthread_cond_init(&fl_cv, &ca);
     if (W.wake_fd < 0) /* without it the flusher polls every 10 ms */
         W.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     pthread_condattr_destroy(&ca);
@@ -502,14 +530,17 @@ static void start_flusher(void)
  * flusher write what is finished if the code runs long. */
 static void job_begin(void)
 {
-    J.gen++;
-    J.running = 1;
+    atomic_fetch_add(&J.gen, 1);
+    atomic_store(&J.started_ns, mono_ns());
+    atomic_store(&J.running, 1);
     W.started = W.jobs_taken; /* 1 + the index of this job */
     if (W.progress)
         tpar_lane_progress_set(&W.up, W.started, W.finished);
-    clock_gettime(CLOCK_MONOTONIC, &J.started);
-    if (J.idle)
-        pthread_cond_signal(&out_cv);
+    if (atomic_load(&J.idle)) { /* it saw no job for a while */
+        pthread_mutex_lock(&fl_mu);
+        pthread_cond_signal(&fl_cv);
+        pthread_mutex_unlock(&fl_mu);
+    }
     /* The flusher still watches the input for an earlier job: move it on
      * to this one.  Done here, not when that job ended: woken then, it
      * would take the CPU from the result being written. */
@@ -524,7 +555,7 @@ static void job_begin(void)
 static void job_end(void)
 {
     pthread_mutex_lock(&out_mu);
-    J.running = 0;
+    atomic_store(&J.running, 0);
     W.finished = W.started;
     if (W.progress)
         tpar_lane_progress_set(&W.up, W.started, W.finished);
@@ -1097,6 +1128,8 @@ static void adapt_spin(double t0, long *spin, long spin_max)
     }
 }
 
+#define LOST_YIELD_S 0.0005 /* a yield that took this long lost a time slice */
+
 static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spin,
                           long spin_max)
 {
@@ -1122,11 +1155,15 @@ static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spi
         /* When the parent shares our CPU, this is what lets it run (and
          * send the next job); on a CPU of our own it returns at once. */
         sched_yield();
-        if (tpar_now() - now > (double)spin_max * 1e-6) {
+        if (tpar_now() - now > LOST_YIELD_S) {
             /* The yield gave the CPU away for a time slice: other processes
              * want the CPUs.  Spinning on would only keep us off them when
              * the job comes (a sleeper is woken at once): block, and spin
-             * again only once input comes quickly (adapt_spin). */
+             * again only once input comes quickly (adapt_spin).  A shorter
+             * wait is no time slice (an interrupt, a kernel thread, the
+             * parent running on our CPU): at the spin's own 50 µs, such
+             * blips on a quiet machine kept the worker from spinning most
+             * of the time, and a warm call took 50-75 µs instead of 20. */
             *spin = 0;
             no_spin_until = tpar_now() + 0.5;
             break;
@@ -1355,7 +1392,12 @@ static _Noreturn void forked_child(const struct tpar__chan *c,
      * flusher thread did not come along, and may have held out_mu at the
      * fork; the job it watched is not this process's. */
     out_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
-    memset(&J, 0, sizeof J);
+    fl_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+    atomic_store(&J.running, 0);
+    atomic_store(&J.idle, 0);
+    atomic_store(&J.gen, 0);
+    atomic_store(&J.started_ns, 0);
+    J.watching = 0;
     tpar__worker_work(o);
 }
 

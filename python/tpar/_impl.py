@@ -53,7 +53,11 @@ _JOB = _core.FRAME_JOB_PICKLE
 _MP_PROCESS = "multiprocessing.process"
 _modules = sys.modules
 SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
-_SPIN_LOST_S = 4 * SPIN_US * 1e-6  # a spin that took this long was preempted
+# A spin that took this long lost a time slice to another process.  Not
+# less: shorter blips (an interrupt, a kernel thread, the worker on our
+# CPU) come on a quiet machine too, and at 200 us they kept calls off the
+# spin for half a second at a time (warm calls 50-90 us instead of 20).
+_SPIN_LOST_S = 0.0005 + SPIN_US * 1e-6
 _NO_SPIN_S = 0.5  # ... and then no spin (nor yield-spin) for this long
 _LOAD_CHECK_S = 0.005  # /proc/loadavg is read at most this often
 _perf = time.perf_counter
