@@ -723,6 +723,18 @@ int tpar_cpu_count(void);
 int tpar_cpus_oversubscribed(double now);
 #define TPAR_LOAD_CHECK_S 0.005
 
+/* /proc/loadavg's text ("0.20 0.18 0.12 3/80 11206") -> the tasks
+ * runnable now (3), or -1 when the text is not that. */
+long tpar_loadavg_runnable(const char *text);
+
+/* A spinner's sched_yield() that took this long (seconds) lost a time
+ * slice to another process: it stops spinning for a while.  Shorter
+ * waits are blips (an interrupt, a kernel thread, the peer on our CPU)
+ * that come on a quiet machine too; at 50-200 µs they kept both sides
+ * off the spin most of the time (docs/design.md, "Spinning before
+ * blocking"). */
+#define TPAR_LOST_YIELD_S 0.0005
+
 #ifdef __cplusplus
 }
 #endif

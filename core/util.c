@@ -40,9 +40,7 @@ int tpar_cpu_count(void)
     return n > 0 ? (int)n : 1;
 }
 
-/* "0.20 0.18 0.12 3/80 11206" -> 3, the tasks runnable now; -1 when the
- * text is not that. */
-static long runnable_now(const char *text)
+long tpar_loadavg_runnable(const char *text)
 {
     const char *p = text;
     for (int field = 0; field < 3; field++) {
@@ -81,7 +79,7 @@ int tpar_cpus_oversubscribed(double now)
     if (n <= 0)
         return 0;
     buf[n] = '\0';
-    long running = runnable_now(buf);
+    long running = tpar_loadavg_runnable(buf);
     int over = running > cpus;
     atomic_store_explicit(&loaded, over, memory_order_relaxed);
     return over;

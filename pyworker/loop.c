@@ -1128,8 +1128,6 @@ static void adapt_spin(double t0, long *spin, long spin_max)
     }
 }
 
-#define LOST_YIELD_S 0.0005 /* a yield that took this long lost a time slice */
-
 static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spin,
                           long spin_max)
 {
@@ -1155,15 +1153,11 @@ static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spi
         /* When the parent shares our CPU, this is what lets it run (and
          * send the next job); on a CPU of our own it returns at once. */
         sched_yield();
-        if (tpar_now() - now > LOST_YIELD_S) {
+        if (tpar_now() - now > TPAR_LOST_YIELD_S) {
             /* The yield gave the CPU away for a time slice: other processes
              * want the CPUs.  Spinning on would only keep us off them when
              * the job comes (a sleeper is woken at once): block, and spin
-             * again only once input comes quickly (adapt_spin).  A shorter
-             * wait is no time slice (an interrupt, a kernel thread, the
-             * parent running on our CPU): at the spin's own 50 µs, such
-             * blips on a quiet machine kept the worker from spinning most
-             * of the time, and a warm call took 50-75 µs instead of 20. */
+             * again only once input comes quickly (adapt_spin). */
             *spin = 0;
             no_spin_until = tpar_now() + 0.5;
             break;

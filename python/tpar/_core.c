@@ -1068,12 +1068,26 @@ static PyObject *core_cpu_count(PyObject *module, PyObject *unused)
     return PyLong_FromLong(tpar_cpu_count());
 }
 
+PyDoc_STRVAR(oversub_doc,
+"cpus_oversubscribed([now]) -> bool\n\nMore tasks runnable on this machine than CPUs online\n"
+"(core/util.c, tpar_cpus_oversubscribed: /proc/loadavg read at most every\n"
+"5 ms of `now`, time.monotonic()'s clock, default the current time).");
+
+static PyObject *core_cpus_oversubscribed(PyObject *mod, PyObject *args)
+{
+    double now = -1;
+    if (!PyArg_ParseTuple(args, "|d", &now))
+        return NULL;
+    return PyBool_FromLong(tpar_cpus_oversubscribed(now < 0 ? tpar_now() : now));
+}
+
 static PyMethodDef core_methods[] = {
     {"spawn", core_spawn, METH_O, spawn_doc},
     {"zygote_start", core_zygote_start, METH_O, zstart_doc},
     {"fork_worker", core_fork_worker, METH_VARARGS, fork_doc},
     {"describe_status", core_describe_status, METH_O, describe_doc},
     {"cpu_count", core_cpu_count, METH_NOARGS, "CPUs this process may run on."},
+    {"cpus_oversubscribed", core_cpus_oversubscribed, METH_VARARGS, oversub_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1089,7 +1103,8 @@ static int add_constants(PyObject *m)
            PyModule_AddIntConstant(m, "RESULT_RETIRED", TPAR_RESULT_RETIRED) ||
            PyModule_AddIntConstant(m, "RESULT_STATUS_MASK", TPAR_RESULT_STATUS_MASK) ||
            PyModule_AddIntConstant(m, "FRAME_MAX", (long)TPAR_FRAME_MAX_DEFAULT) ||
-           PyModule_AddStringConstant(m, "VERSION", TPAR_VERSION)
+           PyModule_AddStringConstant(m, "VERSION", TPAR_VERSION) ||
+           PyModule_AddObject(m, "LOST_YIELD_S", PyFloat_FromDouble(TPAR_LOST_YIELD_S))
                ? -1 : 0;
 }
 

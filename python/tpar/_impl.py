@@ -53,13 +53,10 @@ _JOB = _core.FRAME_JOB_PICKLE
 _MP_PROCESS = "multiprocessing.process"
 _modules = sys.modules
 SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
-# A spin that took this long lost a time slice to another process.  Not
-# less: shorter blips (an interrupt, a kernel thread, the worker on our
-# CPU) come on a quiet machine too, and at 200 us they kept calls off the
-# spin for half a second at a time (warm calls 50-90 us instead of 20).
-_SPIN_LOST_S = 0.0005 + SPIN_US * 1e-6
+# A spin that took this long lost a time slice to another process (the
+# worker's rule too: core/tpar.h, TPAR_LOST_YIELD_S), beyond the spin itself.
+_SPIN_LOST_S = _core.LOST_YIELD_S + SPIN_US * 1e-6
 _NO_SPIN_S = 0.5  # ... and then no spin (nor yield-spin) for this long
-_LOAD_CHECK_S = 0.005  # /proc/loadavg is read at most this often
 _perf = time.perf_counter
 # A worker killed by a signal before READY (the OOM killer, an operator,
 # its forkserver dying under it) never ran the job it was sent: the call
@@ -134,46 +131,11 @@ def _worker_type(value):
 
 # --------------------------------------------------------------- load
 
-try:
-    _CPUS = os.sysconf("SC_NPROCESSORS_ONLN")
-except (ValueError, OSError):
-    _CPUS = os.cpu_count() or 1
-_load_next = 0.0  # perf_counter of the next reading
-_loaded = False  # the last reading's answer
-
-
-def _runnable_now(text):
-    """/proc/loadavg's text ("0.20 0.18 0.12 3/80 11206") -> the tasks
-    runnable now (3), or -1."""
-    try:
-        return int(text.split()[3].split(b"/")[0])
-    except (IndexError, ValueError):
-        return -1
-
-
-def _oversubscribed():
-    """True when more tasks are runnable on this machine than it has CPUs
-    (this one included), as core/util.c's tpar_cpus_oversubscribed, which
-    the workers ask: read at most every _LOAD_CHECK_S.  A spin then loses
-    the CPU for a time slice at its first yield; blocking in epoll is
-    woken at once."""
-    global _load_next, _loaded
-    now = _perf()
-    if now < _load_next:
-        return _loaded
-    _load_next = now + _LOAD_CHECK_S
-    try:
-        fd = os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        text = os.read(fd, 128)
-    except OSError:
-        text = b""
-    finally:
-        os.close(fd)
-    _loaded = _runnable_now(text) > _CPUS
-    return _loaded
+# True when more tasks are runnable on this machine than it has CPUs (this
+# one included): the workers' own check (core/util.c), read at most every
+# 5 ms.  A spin then loses the CPU for a time slice at its first yield;
+# blocking in epoll is woken at once.
+_oversubscribed = _core.cpus_oversubscribed
 
 
 # ------------------------------------------------------------------ context

@@ -10,14 +10,7 @@ import time
 import trio
 
 import tpar as trio_parallel
-from tpar import _impl
-
-
-def test_the_runnable_count_is_read_from_loadavg_text():
-    assert _impl._runnable_now(b"0.20 0.18 0.12 3/80 11206\n") == 3
-    assert _impl._runnable_now(b"1.00 1.00 1.00 17/1024 5\n") == 17
-    assert _impl._runnable_now(b"") == -1
-    assert _impl._runnable_now(b"0.20 0.18 0.12 x/80 1\n") == -1
+from tpar import _core, _impl
 
 
 def _fds():
@@ -25,26 +18,29 @@ def _fds():
 
 
 def test_more_runnable_tasks_than_cpus_is_seen():
+    # The package asks core/util.c's check (tests/unit/test_util.c tests
+    # its reading of /proc/loadavg), through _core, as the workers do.
+    assert _impl._oversubscribed is _core.cpus_oversubscribed
+    cpus = os.sysconf("SC_NPROCESSORS_ONLN")
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            for _ in range(_impl._CPUS)]
+            for _ in range(cpus)]
     try:
         fds = _fds()
         seen = False
-        deadline = time.monotonic() + 10
+        now = time.monotonic()
+        deadline = now + 10
         while not seen and time.monotonic() < deadline:
-            _impl._load_next = 0.0  # a fresh reading
-            seen = _impl._oversubscribed()
+            now = max(now, time.monotonic()) + 0.01  # past the last reading's age
+            seen = _core.cpus_oversubscribed(now)
             time.sleep(0.01)
         assert seen
         assert _fds() == fds  # nothing left open
-        # Within _LOAD_CHECK_S of a reading its answer stands, unread.
-        _impl._load_next = time.perf_counter() + 60
+        # Within 5 ms of a reading its answer stands, unread.
         for h in hogs:
             h.kill()
             h.wait()
-        assert _impl._oversubscribed()
+        assert _core.cpus_oversubscribed(now + 0.0025)
     finally:
-        _impl._load_next = 0.0
         for h in hogs:
             h.kill()
             h.wait()

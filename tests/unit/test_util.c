@@ -50,8 +50,17 @@ static void test_more_runnable_tasks_than_cpus_is_seen(void)
     CHECK_EQ(tpar_cpus_oversubscribed(now + TPAR_LOAD_CHECK_S / 2), 1);
 }
 
+static void test_the_runnable_count_is_read_from_loadavg_text(void)
+{
+    CHECK_EQ(tpar_loadavg_runnable("0.20 0.18 0.12 3/80 11206\n"), 3);
+    CHECK_EQ(tpar_loadavg_runnable("1.00 1.00 1.00 17/1024 5\n"), 17);
+    CHECK_EQ(tpar_loadavg_runnable(""), -1);
+    CHECK_EQ(tpar_loadavg_runnable("0.20 0.18 0.12 x/80 1\n"), -1);
+}
+
 int main(void)
 {
+    RUN(test_the_runnable_count_is_read_from_loadavg_text);
     RUN(test_more_runnable_tasks_than_cpus_is_seen);
     return CHECK_DONE();
 }
