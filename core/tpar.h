@@ -713,14 +713,16 @@ double tpar_now(void);
 int tpar_cpu_count(void);
 
 /* 1 when more tasks are runnable on this machine than it has CPUs online
- * (the running count of /proc/loadavg, the caller included), else 0; 0
+ * (the running count of /proc/loadavg, the caller included; less one
+ * when process `ours` (a worker's parent; 0: none) is among them: tpar's
+ * own parent, feeding the workers, is not contention), else 0; 0
  * too where /proc/loadavg cannot be read.  Reads it at most once every
  * TPAR_LOAD_CHECK_S seconds of `now` (tpar_now()) per process, and
  * answers from the last reading in between.  A spin that yields the CPU
  * hands it, on such a machine, to another process for a time slice,
  * where a task blocked in poll would have been woken at once: spinners
  * ask this first. */
-int tpar_cpus_oversubscribed(double now);
+int tpar_cpus_oversubscribed(double now, pid_t ours);
 #define TPAR_LOAD_CHECK_S 0.005
 
 /* /proc/loadavg's text ("0.20 0.18 0.12 3/80 11206") -> the tasks
@@ -734,6 +736,14 @@ long tpar_loadavg_runnable(const char *text);
  * off the spin most of the time (docs/design.md, "Spinning before
  * blocking"). */
 #define TPAR_LOST_YIELD_S 0.0005
+
+/* ... and a worker then spins again after this long (seconds).  Short:
+ * the time slice it lost is often the parent's, when the worker had been
+ * woken onto the parent's CPU; blocking meanwhile gets it placed anew
+ * (on a CPU of its own, most often), and a worker that no longer spins
+ * costs every job a wake-up.  Where another process keeps taking the
+ * CPU, the load check above keeps it off the spin. */
+#define TPAR_WORKER_NO_SPIN_S 0.02
 
 #ifdef __cplusplus
 }

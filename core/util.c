@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -54,7 +55,24 @@ long tpar_loadavg_runnable(const char *text)
     return end != p && *end == '/' ? n : -1;
 }
 
-int tpar_cpus_oversubscribed(double now)
+/* 1 when process `pid` is runnable now (state R in /proc/PID/stat). */
+static int pid_runnable(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    const char *end = strrchr(buf, ')'); /* the name may hold anything */
+    return end && end[1] == ' ' && end[2] == 'R';
+}
+
+int tpar_cpus_oversubscribed(double now, pid_t ours)
 {
     /* Per process, shared by threads: a reading's age and its answer.
      * Relaxed: two threads that race both read the file, nothing worse. */
@@ -80,6 +98,13 @@ int tpar_cpus_oversubscribed(double now)
         return 0;
     buf[n] = '\0';
     long running = tpar_loadavg_runnable(buf);
+    /* A worker's parent, running, is tpar's own: it feeds the workers and
+     * waits for them.  Counted as contention, a parent and a worker per
+     * CPU (the package's default limiter, the CLI's default -j) kept every
+     * worker off the spin in the throughput case, where blocking costs
+     * each job a wake-up (docs/design.md, "Spinning before blocking"). */
+    if (ours > 0 && running > 0 && pid_runnable(ours))
+        running--;
     int over = running > cpus;
     atomic_store_explicit(&loaded, over, memory_order_relaxed);
     return over;

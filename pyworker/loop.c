@@ -1135,7 +1135,7 @@ static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spi
     double t0 = tpar_now(), deadline = t0 + (double)*spin * 1e-6;
     /* Nor on a machine with more runnable tasks than CPUs: there the
      * first yield already loses the CPU for a time slice. */
-    if (t0 < no_spin_until || (*spin > 0 && tpar_cpus_oversubscribed(t0)))
+    if (t0 < no_spin_until || (*spin > 0 && tpar_cpus_oversubscribed(t0, getppid())))
         deadline = t0;
     for (;;) {
         ssize_t n = read(W.in_fd, buf, cap);
@@ -1155,11 +1155,12 @@ static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spi
         sched_yield();
         if (tpar_now() - now > TPAR_LOST_YIELD_S) {
             /* The yield gave the CPU away for a time slice: other processes
-             * want the CPUs.  Spinning on would only keep us off them when
-             * the job comes (a sleeper is woken at once): block, and spin
-             * again only once input comes quickly (adapt_spin). */
+             * want the CPUs (or we were woken onto our parent's).  Spinning
+             * on would only keep us off them when the job comes (a sleeper
+             * is woken at once): block for a while, and spin again once
+             * input comes quickly (adapt_spin). */
             *spin = 0;
-            no_spin_until = tpar_now() + 0.5;
+            no_spin_until = tpar_now() + TPAR_WORKER_NO_SPIN_S;
             break;
         }
     }

@@ -1078,7 +1078,7 @@ static PyObject *core_cpus_oversubscribed(PyObject *mod, PyObject *args)
     double now = -1;
     if (!PyArg_ParseTuple(args, "|d", &now))
         return NULL;
-    return PyBool_FromLong(tpar_cpus_oversubscribed(now < 0 ? tpar_now() : now));
+    return PyBool_FromLong(tpar_cpus_oversubscribed(now < 0 ? tpar_now() : now, 0));
 }
 
 static PyMethodDef core_methods[] = {
