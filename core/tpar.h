@@ -729,21 +729,15 @@ int tpar_cpus_oversubscribed(double now, pid_t ours);
  * runnable now (3), or -1 when the text is not that. */
 long tpar_loadavg_runnable(const char *text);
 
-/* A spinner's sched_yield() that took this long (seconds) lost a time
- * slice to another process: it stops spinning for a while.  Shorter
- * waits are blips (an interrupt, a kernel thread, the peer on our CPU)
- * that come on a quiet machine too; at 50-200 µs they kept both sides
- * off the spin most of the time (docs/design.md, "Spinning before
+/* The parent's spin for a warm call's answer: a sched_yield() that took
+ * this long (seconds) lost a time slice to another process, and it stops
+ * spinning for a while.  Shorter waits are blips (an interrupt, a kernel
+ * thread) that come on a quiet machine too; at 50-200 µs they kept it off
+ * the spin most of the time.  The workers have no such rule: their load
+ * check (above) sees the other processes, and a worker's lost slice is
+ * most often its own parent's (docs/design.md, "Spinning before
  * blocking"). */
 #define TPAR_LOST_YIELD_S 0.0005
-
-/* ... and a worker then spins again after this long (seconds).  Short:
- * the time slice it lost is often the parent's, when the worker had been
- * woken onto the parent's CPU; blocking meanwhile gets it placed anew
- * (on a CPU of its own, most often), and a worker that no longer spins
- * costs every job a wake-up.  Where another process keeps taking the
- * CPU, the load check above keeps it off the spin. */
-#define TPAR_WORKER_NO_SPIN_S 0.02
 
 #ifdef __cplusplus
 }

@@ -1131,11 +1131,15 @@ static void adapt_spin(double t0, long *spin, long spin_max)
 static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spin,
                           long spin_max)
 {
-    static double no_spin_until; /* a yield lost the CPU: not before this */
     double t0 = tpar_now(), deadline = t0 + (double)*spin * 1e-6;
-    /* Nor on a machine with more runnable tasks than CPUs: there the
-     * first yield already loses the CPU for a time slice. */
-    if (t0 < no_spin_until || (*spin > 0 && tpar_cpus_oversubscribed(t0, getppid())))
+    /* No spin on a machine with more runnable tasks than CPUs, our
+     * parent aside: there the first yield already loses the CPU for a time
+     * slice.  (No rule on a yield that lost the CPU: on two CPUs the slice
+     * lost is most often our parent's, by which we were woken onto its
+     * CPU, and stopping the spin for it made every job wake a sleeping
+     * worker; where other processes take the CPUs, this check already
+     * sees them: docs/design.md, "Spinning before blocking".) */
+    if (*spin > 0 && tpar_cpus_oversubscribed(t0, getppid()))
         deadline = t0;
     for (;;) {
         ssize_t n = read(W.in_fd, buf, cap);
@@ -1147,22 +1151,11 @@ static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spi
             continue;
         if (errno != EAGAIN)
             return -1;
-        double now = tpar_now();
-        if (now >= deadline)
+        if (tpar_now() >= deadline)
             break;
         /* When the parent shares our CPU, this is what lets it run (and
          * send the next job); on a CPU of our own it returns at once. */
         sched_yield();
-        if (tpar_now() - now > TPAR_LOST_YIELD_S) {
-            /* The yield gave the CPU away for a time slice: other processes
-             * want the CPUs (or we were woken onto our parent's).  Spinning
-             * on would only keep us off them when the job comes (a sleeper
-             * is woken at once): block for a while, and spin again once
-             * input comes quickly (adapt_spin). */
-            *spin = 0;
-            no_spin_until = tpar_now() + TPAR_WORKER_NO_SPIN_S;
-            break;
-        }
     }
     double idle_end = t0 + W.idle_ms * 1e-3;
     for (;;) {

@@ -54,7 +54,7 @@ _MP_PROCESS = "multiprocessing.process"
 _modules = sys.modules
 SPIN_US = 50.0  # how long recv() polls for a quick answer before epoll
 # A spin that took this long lost a time slice to another process (the
-# worker's rule too: core/tpar.h, TPAR_LOST_YIELD_S), beyond the spin itself.
+# threshold in core/tpar.h, TPAR_LOST_YIELD_S), beyond the spin itself.
 _SPIN_LOST_S = _core.LOST_YIELD_S + SPIN_US * 1e-6
 _NO_SPIN_S = 0.5  # ... and then no spin (nor yield-spin) for this long
 _perf = time.perf_counter
