@@ -113,16 +113,16 @@ class WorkerCache:
             while idle:
                 w, since = idle.pop()
                 if since >= horizon:
-                    if self.quiet(w):
-                        self.busy.add(w)
-                        return w
-                    self.bury_dead(w)  # died while idle: replaced
-                    continue
+                    # Not read for liveness here: a worker that died while
+                    # idle makes the job's send fail with EPIPE, and the
+                    # call goes to another (release_dead).
+                    self.busy.add(w)
+                    return w
                 self.bury(w, locked=True)  # stale: replaced silently
                 for old, _ in idle:
                     self.bury(old, locked=True)
                 idle.clear()
-            if self.failures:  # a worker found dead here had a raising retire()
+            if self.failures:  # a stale one buried here had a raising retire()
                 self.running -= 1
                 raise self.failures.pop(0)
         try:
@@ -269,6 +269,15 @@ class WorkerCache:
                     self.bury_dead(w)
             self.idle[:] = keep
             return bool(keep or self.dying)
+
+    def release_dead(self, w):
+        """w, taken by a call, was found dead before the job reached it
+        (it died or retired while idle): replaced, and if its retire()
+        raised, the call (or the next) raises BrokenWorkerError."""
+        with self.lock:
+            self.running -= 1
+            self.busy.discard(w)
+            self.bury_dead(w)
 
     def release_killed(self, w):
         self.unchecked.discard(w)

@@ -249,8 +249,15 @@ class WorkerContext:
             # shared memory); a job that will not pickle leaves the worker
             # untouched and usable.
             _pickle_into(w.send_pickled, _JOB, (fn, args, _NO_KWARGS), self._by_ref)
-        except BrokenPipeError:  # it died: the read below sees the EOF
-            pass
+        except BrokenPipeError:
+            if w.ready:
+                # It died (or retired) while idle, and the job never reached
+                # it: replaced silently, as the cache's reaper replaces one
+                # it finds dead.  (The cache does not look before handing
+                # out a worker: a read a call saved.)
+                cache.release_dead(w)
+                return await self._run(fn, args, kill_on_cancel, spin)
+            # Before READY: the read below sees the EOF (a broken start).
         except BaseException:
             # An unpicklable job leaves it untouched; one that failed half
             # sent (no memory for the rest) has had it killed.

@@ -9,7 +9,7 @@ import threading
 import time
 
 import trio
-from trio.lowlevel import checkpoint, wait_readable, wait_writable
+from trio.lowlevel import cancel_shielded_checkpoint, wait_readable, wait_writable
 
 from . import _core
 from ._abc import WorkerType, broken, note, why
@@ -286,12 +286,20 @@ async def finish(w, warm=True):
     # While other tasks have work, yielding to them and polling again keeps
     # this process awake: cheaper than sleeping in epoll and being woken.
     # Not for a worker still starting up: it needs the CPU more than we do.
-    deadline = _perf() + YIELD_SPIN_S if warm else 0.0
+    # The first poll comes after a yield: a job just sent is not answered
+    # yet.  The yields are not cancel points (one coroutine layer and a
+    # check fewer at each); a cancellation is seen in wait_readable, at
+    # most YIELD_SPIN_S late.
+    if warm:
+        deadline = _perf() + YIELD_SPIN_S
+        await cancel_shielded_checkpoint()
+    else:
+        deadline = 0.0
     while True:
         res = w.recv(0.0)
         if res is not None:
             return res
         if _perf() < deadline:
-            await checkpoint()
+            await cancel_shielded_checkpoint()
         else:
             await wait_readable(w.from_fd)

@@ -306,6 +306,25 @@ async def _raising_retire_at_the_next_call(ctx):
     assert await ctx.run_sync(_jobs.add, 1, 1) == 2
 
 
+async def test_a_raising_retire_found_at_the_send_is_broken_worker_error(monkeypatch):
+    # The dead worker is found by the job's send (EPIPE), not by the
+    # reaper: the same BrokenWorkerError, once, then a fresh worker.
+    from test_run_sync import spy_release_dead, zombie
+    seen = spy_release_dead(monkeypatch)
+    async with trio_parallel.open_worker_context(retire=_jobs.retire_raise) as ctx:
+        for _ in range(20):
+            pid = await ctx.run_sync(os.getpid)  # its retire() raises after
+            with trio.fail_after(10):
+                while not (zombie(pid) or gone(pid)):
+                    await trio.sleep(0.001)
+            with pytest.raises(trio_parallel.BrokenWorkerError, match="retire") as info:
+                await ctx.run_sync(os.getpid)
+            assert info.value.pid == pid and info.value.exitcode == 75
+            if seen:
+                break
+        assert seen == [pid]
+
+
 async def test_a_raising_retire_is_broken_worker_error_at_context_exit():
     with pytest.raises(trio_parallel.BrokenWorkerError, match="retire") as info:
         async with trio_parallel.open_worker_context(retire=_jobs.retire_raise) as ctx:

@@ -138,6 +138,41 @@ async def test_worker_killed_while_idle_is_replaced_silently():
         assert gone(pid)
 
 
+def spy_release_dead(monkeypatch):
+    """The pids of the workers that calls found dead at the job's send
+    (WorkerCache.release_dead), as they come."""
+    from tpar import _cache
+    seen = []
+    real = _cache.WorkerCache.release_dead
+
+    def spy(self, w):
+        seen.append(w.pid)
+        return real(self, w)
+    monkeypatch.setattr(_cache.WorkerCache, "release_dead", spy)
+    return seen
+
+
+async def test_a_worker_found_dead_at_the_send_is_replaced_silently(monkeypatch):
+    """The cache hands out an idle worker without reading it first: one
+    that died while idle fails the job's send (EPIPE), before the job
+    reached it, and the call goes to a fresh worker.  (The reaper thread
+    may find it dead first, now and then: tried until this path ran.)"""
+    seen = spy_release_dead(monkeypatch)
+    async with trio_parallel.open_worker_context() as ctx:
+        for _ in range(20):
+            pid = await ctx.run_sync(_jobs.pid)
+            os.kill(pid, signal.SIGKILL)
+            with trio.fail_after(10):
+                while not (zombie(pid) or gone(pid)):
+                    await trio.sleep(0.001)
+            new = await ctx.run_sync(_jobs.pid)
+            assert new != pid
+            assert gone(pid)
+            if seen:
+                break
+        assert seen == [pid]
+
+
 async def test_workers_ignore_sigint():
     async with trio_parallel.open_worker_context() as ctx:
         pid = await ctx.run_sync(_jobs.pid)
