@@ -1128,18 +1128,25 @@ static void adapt_spin(double t0, long *spin, long spin_max)
     }
 }
 
+static pid_t feeder; /* tpar__worker_set_feeder; 0: our parent */
+
+void tpar__worker_set_feeder(pid_t pid)
+{
+    feeder = pid;
+}
+
 static ssize_t read_input(tpar_decoder *dec, uint8_t *buf, size_t cap, long *spin,
                           long spin_max)
 {
     double t0 = tpar_now(), deadline = t0 + (double)*spin * 1e-6;
-    /* No spin on a machine with more runnable tasks than CPUs, our
-     * parent aside: there the first yield already loses the CPU for a time
-     * slice.  (No rule on a yield that lost the CPU: on two CPUs the slice
+    /* No spin on a machine with more runnable tasks than CPUs, the
+     * process that feeds us aside (our parent, or our zygote's): there the
+     * first yield already loses the CPU for a time slice.  (No rule on a yield that lost the CPU: on two CPUs the slice
      * lost is most often our parent's, by which we were woken onto its
      * CPU, and stopping the spin for it made every job wake a sleeping
      * worker; where other processes take the CPUs, this check already
      * sees them: docs/design.md, "Spinning before blocking".) */
-    if (*spin > 0 && tpar_cpus_oversubscribed(t0, getppid()))
+    if (*spin > 0 && tpar_cpus_oversubscribed(t0, feeder ? feeder : getppid()))
         deadline = t0;
     for (;;) {
         ssize_t n = read(W.in_fd, buf, cap);

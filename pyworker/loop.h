@@ -60,6 +60,12 @@ void tpar__worker_ignore_sigint(void); /* a no-op handler: not inherited by exec
  * death with `parent` (exits at once if that has died already). */
 void tpar__worker_after_fork(pid_t parent, int pdeathsig);
 
+/* The process that sends this worker its jobs, which its load check
+ * leaves out while it runs: its parent (0, the default), or, in a zygote
+ * (set before its first fork, inherited by its workers), the zygote's
+ * own parent. */
+void tpar__worker_set_feeder(pid_t pid);
+
 /* Gives the free memory at the top of malloc's heap back to the system. */
 void tpar__worker_trim_heap(void);
 

@@ -238,6 +238,8 @@ _Noreturn void tpar__zygote_serve(const struct tpar_worker_opts *o)
         tpar__worker_die(EXIT_PROTOCOL, "signalfd failed");
     if (o->preload)
         preload(o->preload, o->preload_strict);
+    /* Our workers' jobs come from our parent, not from us. */
+    tpar__worker_set_feeder(getppid());
     tpar__worker_warm_for_fork();
     settle_for_fork();
     make_spare(o, sock, sfd);
