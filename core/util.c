@@ -55,19 +55,30 @@ long tpar_loadavg_runnable(const char *text)
     return end != p && *end == '/' ? n : -1;
 }
 
+/* Reads the small file at `path` into buf as a string (NUL-terminated);
+ * 0, or -1 when it cannot be read.  Opened each time (every few ms at
+ * most): no fd of ours stays open in a worker, where a job may count or
+ * close them. */
+static int read_small(const char *path, char *buf, size_t size)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    return 0;
+}
+
 /* 1 when process `pid` is runnable now (state R in /proc/PID/stat). */
 static int pid_runnable(pid_t pid)
 {
     char path[64], buf[256];
     snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_small(path, buf, sizeof buf) < 0)
         return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
     const char *end = strrchr(buf, ')'); /* the name may hold anything */
     return end && end[1] == ' ' && end[2] == 'R';
 }
@@ -86,24 +97,16 @@ int tpar_cpus_oversubscribed(double now, pid_t ours)
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         cpus = n > 0 ? n : 1;
     }
-    /* Opened each time (every few ms at most): no fd of ours stays open
-     * in a worker, where a job may count or close them. */
-    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
     char buf[128];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
+    if (read_small("/proc/loadavg", buf, sizeof buf) < 0)
         return 0;
-    buf[n] = '\0';
     long running = tpar_loadavg_runnable(buf);
     /* A worker's parent, running, is tpar's own: it feeds the workers and
      * waits for them.  Counted as contention, a parent and a worker per
      * CPU (the package's default limiter, the CLI's default -j) kept every
      * worker off the spin in the throughput case, where blocking costs
      * each job a wake-up (docs/design.md, "Spinning before blocking"). */
-    if (ours > 0 && running > 0 && pid_runnable(ours))
+    if (running > cpus && ours > 0 && pid_runnable(ours)) /* read only if it matters */
         running--;
     int over = running > cpus;
     atomic_store_explicit(&loaded, over, memory_order_relaxed);

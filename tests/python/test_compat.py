@@ -309,14 +309,12 @@ async def _raising_retire_at_the_next_call(ctx):
 async def test_a_raising_retire_found_at_the_send_is_broken_worker_error(monkeypatch):
     # The dead worker is found by the job's send (EPIPE), not by the
     # reaper: the same BrokenWorkerError, once, then a fresh worker.
-    from test_run_sync import spy_release_dead, zombie
+    from test_run_sync import spy_release_dead, until_dead
     seen = spy_release_dead(monkeypatch)
     async with trio_parallel.open_worker_context(retire=_jobs.retire_raise) as ctx:
         for _ in range(20):
             pid = await ctx.run_sync(os.getpid)  # its retire() raises after
-            with trio.fail_after(10):
-                while not (zombie(pid) or gone(pid)):
-                    await trio.sleep(0.001)
+            await until_dead(pid, 0.001)
             with pytest.raises(trio_parallel.BrokenWorkerError, match="retire") as info:
                 await ctx.run_sync(os.getpid)
             assert info.value.pid == pid and info.value.exitcode == 75

@@ -123,16 +123,20 @@ async def test_dying_worker_is_broken_worker_error(job, args, words):
         assert await ctx.run_sync(_jobs.add, 1, 1) == 2  # a fresh worker
 
 
+async def until_dead(pid, poll=0.01):
+    """Until pid is dead: a zombie, or already reaped by the context's
+    reaper thread (which prunes dead idle workers by itself; waiting for a
+    zombie alone hung when the reaper came first)."""
+    with trio.fail_after(10):
+        while not (zombie(pid) or gone(pid)):
+            await trio.sleep(poll)
+
+
 async def test_worker_killed_while_idle_is_replaced_silently():
     async with trio_parallel.open_worker_context() as ctx:
         pid = await ctx.run_sync(_jobs.pid)
         os.kill(pid, signal.SIGKILL)
-        # Dead: a zombie, or already reaped by the context's reaper thread
-        # (which prunes dead idle workers by itself; waiting for a zombie
-        # alone hung when the reaper came first).
-        with trio.fail_after(10):
-            while not (zombie(pid) or gone(pid)):
-                await trio.sleep(0.01)
+        await until_dead(pid)
         new = await ctx.run_sync(_jobs.pid)
         assert new != pid
         assert gone(pid)
@@ -162,9 +166,7 @@ async def test_a_worker_found_dead_at_the_send_is_replaced_silently(monkeypatch)
         for _ in range(20):
             pid = await ctx.run_sync(_jobs.pid)
             os.kill(pid, signal.SIGKILL)
-            with trio.fail_after(10):
-                while not (zombie(pid) or gone(pid)):
-                    await trio.sleep(0.001)
+            await until_dead(pid, 0.001)
             new = await ctx.run_sync(_jobs.pid)
             assert new != pid
             assert gone(pid)
