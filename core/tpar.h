@@ -718,7 +718,8 @@ int tpar_cpu_count(void);
  * own parent, feeding the workers, is not contention), else 0; 0
  * too where /proc/loadavg cannot be read.  Reads it at most once every
  * TPAR_LOAD_CHECK_S seconds of `now` (tpar_now()) per process, and
- * answers from the last reading in between.  A spin that yields the CPU
+ * answers from the last reading in between, for the same `ours` (another
+ * `ours` reads again).  A spin that yields the CPU
  * hands it, on such a machine, to another process for a time slice,
  * where a task blocked in poll would have been woken at once: spinners
  * ask this first. */

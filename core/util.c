@@ -85,14 +85,18 @@ static int pid_runnable(pid_t pid)
 
 int tpar_cpus_oversubscribed(double now, pid_t ours)
 {
-    /* Per process, shared by threads: a reading's age and its answer.
-     * Relaxed: two threads that race both read the file, nothing worse. */
+    /* Per process, shared by threads: a reading's age, the `ours` it was
+     * made for and its answer.  Relaxed: two threads that race both read
+     * the file, nothing worse; a torn pair (one's age, the other's
+     * `ours`) only reads it again. */
     static _Atomic double next;
-    static atomic_int loaded;
+    static atomic_int loaded, loaded_for = -1;
     static long cpus;
-    if (now < atomic_load_explicit(&next, memory_order_relaxed))
+    if (now < atomic_load_explicit(&next, memory_order_relaxed) &&
+        (int)ours == atomic_load_explicit(&loaded_for, memory_order_relaxed))
         return atomic_load_explicit(&loaded, memory_order_relaxed);
     atomic_store_explicit(&next, now + TPAR_LOAD_CHECK_S, memory_order_relaxed);
+    atomic_store_explicit(&loaded_for, (int)ours, memory_order_relaxed);
     if (!cpus) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         cpus = n > 0 ? n : 1;

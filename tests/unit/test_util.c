@@ -66,9 +66,18 @@ static void test_more_runnable_tasks_than_cpus_is_seen(void)
         now += 2 * TPAR_LOAD_CHECK_S;
         seen = tpar_cpus_oversubscribed(now, 0);
     }
+    /* A reading is an answer for the `ours` it was made for: asked for
+     * another within its age, the check reads again (it answered the
+     * first caller's again before). */
+    int both = 0;
+    for (int i = 0; i < 100 && !both; i++) {
+        now += 2 * TPAR_LOAD_CHECK_S;
+        both = !tpar_cpus_oversubscribed(now, kids[0]) && tpar_cpus_oversubscribed(now, 0);
+    }
     CHECK_EQ(seen, 1);
     CHECK_EQ(asleep, 1);
     CHECK_EQ(calm, 1);
+    CHECK_EQ(both, 1);
     CHECK_EQ(count_fds(), fds);
     no_hogs(kids, cpus);
     /* Within TPAR_LOAD_CHECK_S of a reading, its answer is given again
