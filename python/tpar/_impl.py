@@ -24,6 +24,7 @@ from numbers import Real
 import trio
 from trio.lowlevel import (
     RunVar,
+    cancel_shielded_checkpoint,
     checkpoint,
     current_task as _current_task,
     enable_ki_protection,
@@ -47,7 +48,7 @@ from ._abc import (
 )
 from ._cache import WorkerCache
 from ._locate import main_path, worker_argv  # noqa: F401 - worker_argv: tests
-from ._proc import bury as _bury, collect as _collect, finish as _finish
+from ._proc import YIELD_SPIN_S as _YIELD_SPIN_S, bury as _bury, collect as _collect, finish as _finish
 
 _JOB = _core.FRAME_JOB_PICKLE
 _MP_PROCESS = "multiprocessing.process"
@@ -65,6 +66,38 @@ _perf = time.perf_counter
 # that exits before READY (a failed init, exit 70) is the user's to fix.
 MAX_FAILED_STARTS = 64
 _monotonic = time.monotonic
+
+
+_HELD = object()  # _run_sync's limiter: the caller holds one of another kind
+_COLD = object()  # _wait_fast: no spin of any kind; wait in epoll
+
+
+def _wait_fast(w, cache, spin):
+    """How a call waits for w's answer, decided without awaiting: the
+    answer itself (a spin in C caught it), a float (the deadline of a
+    yield-spin, for a warm worker with the whole job sent), None (finish()
+    flushes the rest of the job first, or the spin in C missed), or _COLD
+    (no spin of any kind)."""
+    # Spin only when no other job of ours could use the time, and not for a
+    # worker still starting (no READY yet; a FORK child starts at once): it
+    # will not answer within a spin, and the CPU is better left to it.  Nor
+    # while the CPUs are oversubscribed: a spin's sched_yield() then hands
+    # the CPU to another process for a whole time slice, where blocking in
+    # epoll would have been woken at once.
+    if not ((w.ready or cache.starts_at_once) and _perf() >= cache.no_spin_until):
+        return _COLD
+    if spin and cache.running == 1:
+        if _oversubscribed():
+            return _COLD  # straight to epoll
+        t0 = _perf()
+        res = w.recv(SPIN_US)
+        if _perf() - t0 > _SPIN_LOST_S:  # a yield lost the CPU
+            cache.no_spin_until = _perf() + _NO_SPIN_S
+        if res is not None:
+            return res
+    if w.pending:
+        return None  # finish() writes the rest, then yield-spins
+    return _perf() + _YIELD_SPIN_S
 
 
 # ---------------------------------------------------------------- checks
@@ -210,116 +243,126 @@ class WorkerContext:
 
     @enable_ki_protection
     async def _run_sync(self, fn, args, kill_on_cancel, limiter):
+        # One coroutine from the limiter to the outcome: every coroutine
+        # layer costs each resume of the task (3.11 enters the eval loop
+        # once per layer), ~0.7 us a call each (docs/design.md, "Throughput
+        # of tiny calls").  Only the rare paths await helpers.
         if limiter is None:
             limiter = current_default_worker_limiter()
-        if type(limiter) is not trio.CapacityLimiter:
+        if type(limiter) is trio.CapacityLimiter:
+            # What `async with limiter` does, two coroutine layers cheaper;
+            # its acquire is the entry checkpoint.
+            task = _current_task()
+            await limiter.acquire_on_behalf_of(task)
+        elif limiter is not _HELD:
             await checkpoint()  # entry is an unconditional checkpoint
             async with limiter:
-                return await self._run(fn, args, kill_on_cancel, False)
-        # What `async with limiter` does, two coroutine layers cheaper; its
-        # acquire is the entry checkpoint.
-        task = _current_task()
-        await limiter.acquire_on_behalf_of(task)
+                return await self._run_sync(fn, args, kill_on_cancel, _HELD)
+        else:
+            task = None  # our caller holds another kind of limiter
         try:
             # Spin for the answer only when no task queues behind us.
-            return await self._run(fn, args, kill_on_cancel,
-                                   limiter.borrowed_tokens < limiter.total_tokens
-                                   or not _tasks_waiting(limiter))
-        finally:
-            limiter.release_on_behalf_of(task)
-
-    async def _run(self, fn, args, kill_on_cancel, spin):
-        cache = self._cache
-        try:
-            if self._closing:
-                raise trio.ClosedResourceError("this worker context is closed")
-            w = cache.acquire()
-        except trio.ClosedResourceError:
-            if not self._replaced:
-                raise
-            # configure_default_context replaced this default while the
-            # call waited for its limiter: the new default runs it.
-            return await _get_default_context()._run(fn, args, kill_on_cancel, spin)
-        if cache.unchecked and w in cache.unchecked:
-            await self._await_preload(w)
-        if cache.keyless and _MP_PROCESS in _modules and w in cache.keyless:
-            cache.send_authkey(w)  # multiprocessing was imported after w started
-        try:
-            # Pickled straight into the worker's frame (a large job into
-            # shared memory); a job that will not pickle leaves the worker
-            # untouched and usable.
-            _pickle_into(w.send_pickled, _JOB, (fn, args, _NO_KWARGS), self._by_ref)
-        except BrokenPipeError:
-            if w.ready:
-                # It died (or retired) while idle, and the job never reached
-                # it: replaced silently, as the cache's reaper replaces one
-                # it finds dead.  (The cache does not look before handing
-                # out a worker: a read a call saved.)
-                cache.release_dead(w)
-                return await self._run(fn, args, kill_on_cancel, spin)
-            # Before READY: the read below sees the EOF (a broken start).
-        except BaseException:
-            # An unpicklable job leaves it untouched; one that failed half
-            # sent (no memory for the rest) has had it killed.
-            cache.release(w, w.alive())
-            raise
-        try:
-            # Spin only when no other job of ours could use the time, and
-            # not for a worker still starting (no READY yet; a FORK child
-            # starts at once): it will not answer within a spin, and the
-            # CPU is better left to it.
-            # Nor while the CPUs are oversubscribed: a spin's sched_yield()
-            # then hands the CPU to another process for a whole time slice,
-            # where blocking in epoll would have been woken at once.
-            warm = (w.ready or cache.starts_at_once) and _perf() >= cache.no_spin_until
-            res = None
-            if spin and warm and cache.running == 1 and _oversubscribed():
-                warm = False  # straight to epoll
-            elif spin and warm and cache.running == 1:
-                t0 = _perf()
-                res = w.recv(SPIN_US)
-                if _perf() - t0 > _SPIN_LOST_S:  # a yield lost the CPU
-                    cache.no_spin_until = _perf() + _NO_SPIN_S
-            if res is None:
+            spin = task is not None and (limiter.borrowed_tokens < limiter.total_tokens
+                                         or not _tasks_waiting(limiter))
+            ctx = self
+            while True:  # a call that never reached its worker goes to another
+                cache = ctx._cache
                 try:
-                    res = await _finish(w, warm)
-                except trio.Cancelled:
-                    if kill_on_cancel:
+                    if ctx._closing:
+                        raise trio.ClosedResourceError("this worker context is closed")
+                    w = cache.acquire()
+                except trio.ClosedResourceError:
+                    if not ctx._replaced:
                         raise
-                    # As trio.to_thread.run_sync: the job runs to its end and
-                    # the cancellation, still pending, lands at the caller's
-                    # next checkpoint.  (Cheaper than a shielded scope on
-                    # every call.)
-                    with trio.CancelScope(shield=True):
-                        res = await _finish(w, warm)
-        except BaseException:
-            # Cancelled (kill_on_cancel), KeyboardInterrupt, a protocol error:
-            # the worker is in an unknown state, so it goes.
-            cache.release_killed(w)
-            raise
-        if res is False:
-            if not w.ready and await self._broken(w, start=True):
-                return await self._run(fn, args, kill_on_cancel, spin)
-            await self._broken(w)
-        if self._failed_starts:
-            self._failed_starts = 0
-        status, _, body = res
-        if status == _RETIRED:
-            # w's retire() said yes after its last result, before this
-            # job: it was not run.  Another worker runs it.
-            cache.release(w, False)
-            return await self._run(fn, args, kill_on_cancel, spin)
-        if type(body) is memoryview:
-            # A large value, still in the worker's up lane: decode it before
-            # the worker goes back to the cache and may need the lane.
-            try:
-                return _outcome(status, body)
-            finally:
-                body.release()
-                w.lane_done()
+                    # configure_default_context replaced this default while
+                    # the call waited for its limiter: the new default runs it.
+                    ctx = _get_default_context()
+                    continue
+                if cache.unchecked and w in cache.unchecked:
+                    await ctx._await_preload(w)
+                if cache.keyless and _MP_PROCESS in _modules and w in cache.keyless:
+                    cache.send_authkey(w)  # multiprocessing was imported after w started
+                try:
+                    # Pickled straight into the worker's frame (a large job
+                    # into shared memory); a job that will not pickle leaves
+                    # the worker untouched and usable.
+                    _pickle_into(w.send_pickled, _JOB, (fn, args, _NO_KWARGS), ctx._by_ref)
+                except BrokenPipeError:
+                    if w.ready:
+                        # It died (or retired) while idle, and the job never
+                        # reached it: replaced silently, as the cache's reaper
+                        # replaces one it finds dead.  (The cache does not
+                        # look before handing out a worker: a read a call
+                        # saved.)
+                        cache.release_dead(w)
+                        continue
+                    # Before READY: the read below sees the EOF (a broken start).
+                except BaseException:
+                    # An unpicklable job leaves it untouched; one that failed
+                    # half sent (no memory for the rest) has had it killed.
+                    cache.release(w, w.alive())
+                    raise
+                try:
+                    res = _wait_fast(w, cache, spin)
+                    warm = res is None  # finish() writes the rest, then yield-spins
+                    if res is _COLD:
+                        res = None
+                    elif type(res) is float:
+                        # Warm, all sent: finish()'s yield-spin, inline (a
+                        # coroutine layer fewer at each of its yields).  Its
+                        # yields are not cancel points; a cancellation is
+                        # seen in finish's wait_readable, at most
+                        # YIELD_SPIN_S late.
+                        deadline, res = res, None
+                        while _perf() < deadline:
+                            await cancel_shielded_checkpoint()
+                            res = w.recv(0.0)
+                            if res is not None:
+                                break
+                    if res is None:
+                        try:
+                            res = await _finish(w, warm)
+                        except trio.Cancelled:
+                            if kill_on_cancel:
+                                raise
+                            # As trio.to_thread.run_sync: the job runs to its
+                            # end and the cancellation, still pending, lands
+                            # at the caller's next checkpoint.  (Cheaper than
+                            # a shielded scope on every call.)
+                            with trio.CancelScope(shield=True):
+                                res = await _finish(w, warm)
+                except BaseException:
+                    # Cancelled (kill_on_cancel), KeyboardInterrupt, a protocol
+                    # error: the worker is in an unknown state, so it goes.
+                    cache.release_killed(w)
+                    raise
+                if res is False:
+                    if not w.ready and await ctx._broken(w, start=True):
+                        continue
+                    await ctx._broken(w)
+                if ctx._failed_starts:
+                    ctx._failed_starts = 0
+                status, _, body = res
+                if status == _RETIRED:
+                    # w's retire() said yes after its last result, before
+                    # this job: it was not run.  Another worker runs it.
+                    cache.release(w, False)
+                    continue
+                if type(body) is memoryview:
+                    # A large value, still in the worker's up lane: decode it
+                    # before the worker goes back to the cache and may need
+                    # the lane.
+                    try:
+                        return _outcome(status, body)
+                    finally:
+                        body.release()
+                        w.lane_done()
+                        cache.release(w, not status & _RETIRING)
                 cache.release(w, not status & _RETIRING)
-        cache.release(w, not status & _RETIRING)
-        return _outcome(status, body)
+                return _outcome(status, body)
+        finally:
+            if task is not None:
+                limiter.release_on_behalf_of(task)
 
     async def _await_preload(self, w):
         """Reads the answer to w's preload job; raises its import error (w
