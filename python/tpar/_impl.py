@@ -26,6 +26,7 @@ from trio.lowlevel import (
     RunVar,
     cancel_shielded_checkpoint,
     checkpoint,
+    checkpoint_if_cancelled,
     current_task as _current_task,
     enable_ki_protection,
 )
@@ -67,6 +68,17 @@ _perf = time.perf_counter
 MAX_FAILED_STARTS = 64
 _monotonic = time.monotonic
 
+
+# CapacityLimiter.acquire_on_behalf_of, inline in _run_sync: the same
+# steps on the same private attributes (unchanged from trio 0.23 to 0.35),
+# without its coroutine layer, and parked outside its `except WouldBlock:`,
+# which keeps the exception, two tracebacks and a frame alive while the task
+# waits.  20,000 waiting calls are 20,000 x 5 objects fewer for each full
+# collection of the cyclic GC to walk.  A Trio without them gets the call.
+_probe = trio.CapacityLimiter(1)
+_PARK_IN_LIMITER = isinstance(getattr(_probe, "_pending_borrowers", None), dict) and \
+    hasattr(getattr(_probe, "_lot", None), "park")
+del _probe
 
 _HELD = object()  # _run_sync's limiter: the caller holds one of another kind
 _COLD = object()  # _wait_fast: no spin of any kind; wait in epoll
@@ -253,7 +265,26 @@ class WorkerContext:
             # What `async with limiter` does, two coroutine layers cheaper;
             # its acquire is the entry checkpoint.
             task = _current_task()
-            await limiter.acquire_on_behalf_of(task)
+            if _PARK_IN_LIMITER:
+                # acquire_on_behalf_of, inline (see _PARK_IN_LIMITER).
+                await checkpoint_if_cancelled()
+                try:
+                    limiter.acquire_on_behalf_of_nowait(task)
+                    parked = False
+                except trio.WouldBlock:
+                    parked = True
+                if parked:
+                    pending = limiter._pending_borrowers
+                    pending[task] = task
+                    try:
+                        await limiter._lot.park()
+                    except trio.Cancelled:
+                        pending.pop(task)
+                        raise
+                else:
+                    await cancel_shielded_checkpoint()
+            else:
+                await limiter.acquire_on_behalf_of(task)
         elif limiter is not _HELD:
             await checkpoint()  # entry is an unconditional checkpoint
             async with limiter:

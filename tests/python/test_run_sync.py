@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import trio
+import trio.testing
 
 import _jobs
 from conftest import remote_traceback
@@ -290,7 +291,20 @@ async def test_default_limiter_per_run():
     assert other[0] is not lim
 
 
-async def test_limiter_is_held_for_the_whole_job():
+@pytest.fixture(params=["inline", "trio"])
+def park(request, monkeypatch):
+    """run_sync waits for a CapacityLimiter's token with acquire_on_behalf_of
+    inline ("inline", where this Trio has the internals it uses), or by
+    calling it ("trio": any other Trio)."""
+    from tpar import _impl
+    if request.param == "trio":
+        monkeypatch.setattr(_impl, "_PARK_IN_LIMITER", False)
+    elif not _impl._PARK_IN_LIMITER:
+        pytest.skip("this Trio's CapacityLimiter lacks the internals the inline wait uses")
+    return request.param
+
+
+async def test_limiter_is_held_for_the_whole_job(park):
     lim = trio.CapacityLimiter(1)
     peak = 0
     async with trio_parallel.open_worker_context() as ctx:
@@ -312,6 +326,88 @@ async def test_limiter_is_held_for_the_whole_job():
                 assert lim.statistics().tasks_waiting == 2
             n.cancel_scope.cancel()
     assert peak == 1
+
+
+async def test_a_call_cancelled_while_waiting_for_its_limiter_leaves_it_clean(park):
+    lim = trio.CapacityLimiter(1)
+    async with trio_parallel.open_worker_context() as ctx:
+        async with trio.open_nursery() as n:
+            n.start_soon(lambda: ctx.run_sync(_jobs.sleep_pid, 0.3, limiter=lim))
+            while not lim.borrowed_tokens:
+                await trio.sleep(0.005)
+            with trio.move_on_after(0.05) as scope:
+                await ctx.run_sync(_jobs.pid, limiter=lim)
+            assert scope.cancelled_caught
+            assert lim.statistics().tasks_waiting == 0
+            assert not lim._pending_borrowers  # what the inline wait writes
+        assert lim.borrowed_tokens == 0
+        assert await ctx.run_sync(_jobs.add, 1, 2, limiter=lim) == 3  # not lost
+
+
+async def test_calls_waiting_for_the_limiter_each_run_holding_its_token(park):
+    lim = trio.CapacityLimiter(2)
+    holders = []
+    async with trio_parallel.open_worker_context() as ctx:
+
+        async def one(i):
+            assert await ctx.run_sync(_jobs.sleep_then, (0.02, i), limiter=lim) == i
+            holders.append(trio.lowlevel.current_task() in lim.statistics().borrowers)
+
+        async with trio.open_nursery() as n:
+            for i in range(8):
+                n.start_soon(one, i)
+            await trio.testing.wait_all_tasks_blocked()
+            assert lim.statistics().tasks_waiting == 6
+    assert holders == [False] * 8  # each gave its token back on return
+    assert lim.borrowed_tokens == 0
+
+
+def test_a_waiting_call_holds_fewer_objects_than_trios_own_waiter(park):
+    """Each of 20,000 calls waiting for the default limiter is walked by every
+    full collection of the cyclic GC: with Trio's acquire_on_behalf_of, a
+    waiting call keeps its coroutine, the WouldBlock it caught, two tracebacks
+    and a frame alive, more than a bare Trio task waiting on the same limiter
+    (docs/design.md, "Throughput of tiny calls")."""
+    import gc
+
+    n = 300
+
+    async def floor(lim):  # bench/trio_floor.py's: the limiter, one yield
+        task = trio.lowlevel.current_task()
+        await lim.acquire_on_behalf_of(task)
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            lim.release_on_behalf_of(task)
+
+    async def per_waiter(spawn):
+        lim = trio.CapacityLimiter(1)
+        lim.acquire_on_behalf_of_nowait("the test")
+        async with trio.open_nursery() as nursery:
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+            before = len(gc.get_objects())
+            for _ in range(n):
+                nursery.start_soon(spawn, lim)
+            await trio.testing.wait_all_tasks_blocked()
+            assert lim.statistics().tasks_waiting == n
+            gc.collect()
+            held = (len(gc.get_objects()) - before) / n
+            lim.release_on_behalf_of("the test")
+        return held
+
+    async def main():
+        async with trio_parallel.open_worker_context() as ctx:
+            await ctx.run_sync(bool)
+            trio_floor = await per_waiter(floor)
+            ours = await per_waiter(lambda lim: ctx.run_sync(bool, limiter=lim))
+            return trio_floor, ours
+
+    trio_floor, ours = trio.run(main)
+    if park == "inline":
+        assert ours < trio_floor, (ours, trio_floor)
+    else:
+        assert ours > trio_floor, (ours, trio_floor)  # the test can tell
 
 
 async def test_any_async_context_manager_is_a_limiter():
