@@ -185,80 +185,25 @@ _oversubscribed = _core.cpus_oversubscribed
 
 # ------------------------------------------------------------------ context
 
-class WorkerContext:
-    """A context for running synchronous functions in an isolated cache of
-    worker processes.  Made by `open_worker_context`, never directly."""
+def _run_sync_for(ref, doc):
+    """A run_sync coroutine function: of the context ref() (a weak reference:
+    the function is the context's own, and must not keep it alive), or with
+    ref None, of the caller's cache_scope or the default context (tpar's
+    run_sync).  Its one coroutine is the whole call, from the limiter to the
+    outcome; only the rare paths await helpers.  Every coroutine layer costs
+    each resume of the task (3.11 enters the eval loop once per layer), and
+    each call waiting for the limiter holds its layers for every full
+    collection of the cyclic GC to walk (docs/design.md, "Throughput of tiny
+    calls")."""
 
-    __slots__ = ("_idle_timeout", "_init", "_retire", "_grace_period", "_worker_type",
-                 "_preload", "_cache", "_by_ref", "_closing", "_replaced", "_failed_starts",
-                 "__weakref__")
-
-    # Read-only, as trio-parallel's (a frozen attrs class).
-    idle_timeout = property(lambda self: self._idle_timeout,
-                            doc="Seconds an idle worker waits for a job.")
-    init = property(lambda self: self._init, doc="Called in each worker before its first job.")
-    retire = property(lambda self: self._retire,
-                      doc="Called in the worker after each job; true retires it.")
-    grace_period = property(lambda self: self._grace_period,
-                            doc="Seconds workers get to exit cleanly at close.")
-    worker_type = property(lambda self: self._worker_type, doc="The WorkerType.")
-    preload = property(lambda self: self._preload,
-                       doc="Modules every worker imports before its first job.")
-
-    def __init__(self, *args, **kwargs):
-        raise TypeError("WorkerContext has no public constructor: use tpar.open_worker_context()")
-
-    @classmethod
-    def _create(cls, idle_timeout=600.0, init=bool, retire=bool, grace_period=30.0,
-                worker_type=WorkerType.SPAWN, preload=()):
-        worker_type = _check_params(idle_timeout, init, retire, grace_period, worker_type)
-        preload = _check_preload(preload)
-        self = object.__new__(cls)
-        self._idle_timeout = float(idle_timeout)
-        self._init = init
-        self._retire = retire
-        self._grace_period = float(grace_period)
-        self._worker_type = worker_type
-        self._preload = preload
-        self._by_ref = main_path() is not None
-        self._cache = WorkerCache(worker_type, self._idle_timeout, preload, init, retire,
-                                  self._by_ref)
-        self._closing = False  # no new call is taken (closing, or closed)
-        self._failed_starts = 0  # workers in a row killed before READY
-        self._replaced = False  # a default context replaced by configure_default_context
-        _live_contexts.add(self)
-        return self
-
-    def __repr__(self):
-        return (f"<WorkerContext idle_timeout={self.idle_timeout} grace_period="
-                f"{self.grace_period} worker_type={self.worker_type.name}"
-                + (f" preload={self.preload!r}" if self.preload else "") + ">")
-
-    def statistics(self):
-        """Return the number of idle and running workers in this context."""
-        return self._cache.statistics()
-
-    def _prestart(self, n):
-        self._cache.prestart(n)
-
-    # -------------------------------------------------------------- run_sync
-
-    async def run_sync(self, sync_fn, *args, cancellable=False, kill_on_cancel=False,
-                       limiter=None):
-        """Run ``sync_fn(*args)`` in a worker process of this context and
-        return or raise its outcome.  See `tpar.run_sync` for the details.
-
-        Raises:
-          trio.ClosedResourceError: the context is closed, or closing (its
-            ``async with`` block has ended and it waits for running jobs)."""
-        return await self._run_sync(sync_fn, args, kill_on_cancel or cancellable, limiter)
-
-    @enable_ki_protection
-    async def _run_sync(self, fn, args, kill_on_cancel, limiter):
-        # One coroutine from the limiter to the outcome: every coroutine
-        # layer costs each resume of the task (3.11 enters the eval loop
-        # once per layer), ~0.7 us a call each (docs/design.md, "Throughput
-        # of tiny calls").  Only the rare paths await helpers.
+    async def run_sync(sync_fn, *args, cancellable=False, kill_on_cancel=False, limiter=None):
+        if ref is None:
+            ctx = (_scopes and _scoped_context()) or _default_ctx or _get_default_context()
+        else:
+            ctx = ref()
+            if ctx is None:  # only its run_sync was kept
+                raise trio.ClosedResourceError("this worker context is closed")
+        kill_on_cancel = kill_on_cancel or cancellable
         if limiter is None:
             limiter = current_default_worker_limiter()
         if type(limiter) is trio.CapacityLimiter:
@@ -288,14 +233,14 @@ class WorkerContext:
         elif limiter is not _HELD:
             await checkpoint()  # entry is an unconditional checkpoint
             async with limiter:
-                return await self._run_sync(fn, args, kill_on_cancel, _HELD)
+                return await run_sync(sync_fn, *args, kill_on_cancel=kill_on_cancel,
+                                      limiter=_HELD)
         else:
             task = None  # our caller holds another kind of limiter
         try:
             # Spin for the answer only when no task queues behind us.
             spin = task is not None and (limiter.borrowed_tokens < limiter.total_tokens
                                          or not _tasks_waiting(limiter))
-            ctx = self
             while True:  # a call that never reached its worker goes to another
                 cache = ctx._cache
                 try:
@@ -317,7 +262,8 @@ class WorkerContext:
                     # Pickled straight into the worker's frame (a large job
                     # into shared memory); a job that will not pickle leaves
                     # the worker untouched and usable.
-                    _pickle_into(w.send_pickled, _JOB, (fn, args, _NO_KWARGS), ctx._by_ref)
+                    _pickle_into(w.send_pickled, _JOB, (sync_fn, args, _NO_KWARGS),
+                                 ctx._by_ref)
                 except BrokenPipeError:
                     if w.ready:
                         # It died (or retired) while idle, and the job never
@@ -394,6 +340,108 @@ class WorkerContext:
         finally:
             if task is not None:
                 limiter.release_on_behalf_of(task)
+
+    run_sync.__doc__ = doc
+    run_sync.__qualname__ = name = "run_sync" if ref is None else "WorkerContext.run_sync"
+    protected = enable_ki_protection(run_sync)
+    if protected is run_sync:  # Trio marks the code object
+        return run_sync
+    # An older Trio wraps a coroutine function in a plain function, which
+    # inspect would no longer call a coroutine function: the wrapper goes
+    # inside, one layer down.
+
+    async def run_sync(sync_fn, *args, cancellable=False, kill_on_cancel=False, limiter=None):
+        return await protected(sync_fn, *args, cancellable=cancellable,
+                               kill_on_cancel=kill_on_cancel, limiter=limiter)
+    run_sync.__doc__, run_sync.__qualname__ = doc, name
+    return run_sync
+
+
+class _OwnRunSync:
+    """WorkerContext.run_sync: on a context, the function made for it
+    (_run_sync_for), so that a call is one coroutine; on the class, the
+    documented method, which goes through it."""
+
+    def __init__(self, method):
+        self.method = method
+        self.__doc__ = method.__doc__
+
+    def __get__(self, ctx, cls=None):
+        return self.method if ctx is None else ctx._run
+
+
+class WorkerContext:
+    """A context for running synchronous functions in an isolated cache of
+    worker processes.  Made by `open_worker_context`, never directly."""
+
+    __slots__ = ("_idle_timeout", "_init", "_retire", "_grace_period", "_worker_type",
+                 "_preload", "_cache", "_by_ref", "_closing", "_replaced", "_failed_starts",
+                 "_run", "__weakref__")
+
+    # Read-only, as trio-parallel's (a frozen attrs class).
+    idle_timeout = property(lambda self: self._idle_timeout,
+                            doc="Seconds an idle worker waits for a job.")
+    init = property(lambda self: self._init, doc="Called in each worker before its first job.")
+    retire = property(lambda self: self._retire,
+                      doc="Called in the worker after each job; true retires it.")
+    grace_period = property(lambda self: self._grace_period,
+                            doc="Seconds workers get to exit cleanly at close.")
+    worker_type = property(lambda self: self._worker_type, doc="The WorkerType.")
+    preload = property(lambda self: self._preload,
+                       doc="Modules every worker imports before its first job.")
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("WorkerContext has no public constructor: use tpar.open_worker_context()")
+
+    @classmethod
+    def _create(cls, idle_timeout=600.0, init=bool, retire=bool, grace_period=30.0,
+                worker_type=WorkerType.SPAWN, preload=()):
+        worker_type = _check_params(idle_timeout, init, retire, grace_period, worker_type)
+        preload = _check_preload(preload)
+        self = object.__new__(cls)
+        self._idle_timeout = float(idle_timeout)
+        self._init = init
+        self._retire = retire
+        self._grace_period = float(grace_period)
+        self._worker_type = worker_type
+        self._preload = preload
+        self._by_ref = main_path() is not None
+        self._cache = WorkerCache(worker_type, self._idle_timeout, preload, init, retire,
+                                  self._by_ref)
+        self._closing = False  # no new call is taken (closing, or closed)
+        self._failed_starts = 0  # workers in a row killed before READY
+        self._replaced = False  # a default context replaced by configure_default_context
+        self._run = _run_sync_for(weakref.ref(self), cls.run_sync.__doc__)  # its run_sync
+        _live_contexts.add(self)
+        return self
+
+    def __repr__(self):
+        return (f"<WorkerContext idle_timeout={self.idle_timeout} grace_period="
+                f"{self.grace_period} worker_type={self.worker_type.name}"
+                + (f" preload={self.preload!r}" if self.preload else "") + ">")
+
+    def statistics(self):
+        """Return the number of idle and running workers in this context."""
+        return self._cache.statistics()
+
+    def _prestart(self, n):
+        self._cache.prestart(n)
+
+    # -------------------------------------------------------------- run_sync
+
+    async def run_sync(self, sync_fn, *args, cancellable=False, kill_on_cancel=False,
+                       limiter=None):
+        """Run ``sync_fn(*args)`` in a worker process of this context and
+        return or raise its outcome.  See `tpar.run_sync` for the details.
+
+        Raises:
+          trio.ClosedResourceError: the context is closed, or closing (its
+            ``async with`` block has ended and it waits for running jobs)."""
+        return await self._run(sync_fn, *args, cancellable=cancellable,
+                               kill_on_cancel=kill_on_cancel, limiter=limiter)
+
+    run_sync = _OwnRunSync(run_sync)
+
 
     async def _await_preload(self, w):
         """Reads the answer to w's preload job; raises its import error (w
@@ -599,8 +647,7 @@ def current_default_worker_limiter():
         return limiter
 
 
-async def run_sync(sync_fn, *args, cancellable=False, kill_on_cancel=False, limiter=None):
-    """Run ``sync_fn(*args)`` in a separate process and return/raise its outcome.
+run_sync = _run_sync_for(None, """Run ``sync_fn(*args)`` in a separate process and return/raise its outcome.
 
     This function is intended to enable the following:
 
@@ -634,9 +681,7 @@ async def run_sync(sync_fn, *args, cancellable=False, kill_on_cancel=False, limi
       BaseException: Whatever ``sync_fn(*args)`` raises, with the worker's
         traceback as its ``__cause__``.
       BrokenWorkerError: The worker died unexpectedly.
-    """
-    ctx = (_scopes and _scoped_context()) or _default_ctx or _get_default_context()
-    return await ctx._run_sync(sync_fn, args, kill_on_cancel or cancellable, limiter)
+    """)
 
 
 @asynccontextmanager
