@@ -69,12 +69,13 @@ MAX_FAILED_STARTS = 64
 _monotonic = time.monotonic
 
 
-# CapacityLimiter.acquire_on_behalf_of, inline in _run_sync: the same
-# steps on the same private attributes (unchanged from trio 0.23 to 0.35),
-# without its coroutine layer, and parked outside its `except WouldBlock:`,
-# which keeps the exception, two tracebacks and a frame alive while the task
-# waits.  20,000 waiting calls are 20,000 x 5 objects fewer for each full
-# collection of the cyclic GC to walk.  A Trio without them gets the call.
+# CapacityLimiter.acquire_on_behalf_of, inline in run_sync (_run_sync_for):
+# the same steps on the same private attributes (unchanged from trio 0.23 to
+# 0.35), without its coroutine layer, and parked outside its `except
+# WouldBlock:`, which keeps the exception, two tracebacks and a frame alive
+# while the task waits.  20,000 waiting calls are 20,000 x 5 objects fewer
+# for each full collection of the cyclic GC to walk.  A Trio without them
+# gets the call.
 _probe = trio.CapacityLimiter(1)
 _PARK_IN_LIMITER = isinstance(getattr(_probe, "_pending_borrowers", None), dict) and \
     hasattr(getattr(_probe, "_lot", None), "park")
@@ -647,7 +648,8 @@ def current_default_worker_limiter():
         return limiter
 
 
-run_sync = _run_sync_for(None, """Run ``sync_fn(*args)`` in a separate process and return/raise its outcome.
+run_sync = _run_sync_for(None, """\
+Run ``sync_fn(*args)`` in a separate process and return/raise its outcome.
 
     This function is intended to enable the following:
 
