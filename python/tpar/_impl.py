@@ -81,7 +81,7 @@ _PARK_IN_LIMITER = isinstance(getattr(_probe, "_pending_borrowers", None), dict)
     hasattr(getattr(_probe, "_lot", None), "park")
 del _probe
 
-_HELD = object()  # _run_sync's limiter: the caller holds one of another kind
+_HELD = object()  # run_sync's limiter: the caller holds one of another kind
 _COLD = object()  # _wait_fast: no spin of any kind; wait in epoll
 
 
